@@ -1,1 +1,42 @@
-fn main(){}
+//! `tierkv-bench`: offload tuning benchmarks for tierkv.
+
+mod drive;
+mod fio;
+mod report;
+mod tier;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tierkv-bench",
+    version,
+    about = "Benchmarks every tierkv tier against a baseline measured in the same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Put/get throughput and latency per tier beside memcpy, fio and raw object_store.
+    Tier(tier::TierArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Tier(args) => {
+            tier::run(args).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! Block identity, KV layout and the tiered KV block store.
+//!
+//! - [`KvLayout`]: the geometry of one block (all layers, K and V) and its byte order.
+//! - [`Namespace`]: what makes KV payloads incompatible or private; seeds the hash chain.
+//! - [`BlockHash`] and [`hash_blocks`]: the prefix hash chain over token ids.
+//! - [`TieredStore`]: an ordered list of tiers with eviction, demotion, promotion,
+//!   pinning, an in-memory `lookup_prefix` and an event stream.
+//! - [`StoreConfig`]: the TOML configuration of a store.
+
+mod config;
+mod error;
+mod hash;
+mod layout;
+mod namespace;
+pub mod store;
+
+pub use config::{ByteSize, EvictPolicy, S3Config, StoreConfig, TierConfig, TierSection};
+pub use error::{KvStoreError, Result};
+pub use hash::{BlockHash, hash_blocks};
+pub use layout::{DType, KvLayout};
+pub use namespace::Namespace;
+pub use store::{
+    PinGuard, StoreEvent, StoreEventKind, StoreOptions, StoreStats, TierPolicy, TierStoreStats,
+    TieredStore,
+};
+pub use tierkv_tiers::{BlockKey, PutOutcome, Tier, TierKind, TierStats};

@@ -1,0 +1,25 @@
+//! Storage media for tierkv.
+//!
+//! Every medium is a bounded, content-addressed pool of blocks behind the one [`Tier`]
+//! trait. Nothing here knows about models, tokens or the network: a block is an opaque
+//! byte payload named by a [`BlockKey`].
+//!
+//! - [`HostTier`]: one page-aligned allocation cut into fixed-size slots.
+//! - [`DiskTier`]: a preallocated file of slots written and read with io_uring and
+//!   O_DIRECT on dedicated threads, indexed by RocksDB so it survives restarts.
+//! - [`ObjectTier`]: `object_store` (local directory, S3, OSS/MinIO through an S3 endpoint).
+
+mod error;
+pub mod header;
+pub mod io;
+mod key;
+mod stats;
+pub mod tier;
+
+pub use error::{Result, TierError};
+pub use key::{BlockKey, BlockKeyMap, BuildBlockKeyHasher};
+pub use stats::{TierCounters, TierStats};
+pub use tier::disk::{DiskTier, DiskTierConfig};
+pub use tier::host::{HostTier, HostTierConfig};
+pub use tier::object::{ObjectBackend, ObjectTier, ObjectTierConfig};
+pub use tier::{PutOutcome, Tier, TierKind};

@@ -1,0 +1,150 @@
+//! `tierkv-bench tier`: put and get throughput and latency of every configured tier,
+//! each row beside a baseline measured in the same run (memcpy for host, fio for disk,
+//! raw object_store for object), plus `lookup_prefix` against a plain hash set.
+
+mod disk;
+mod host;
+mod lookup;
+mod object;
+
+use anyhow::Context;
+use bytes::Bytes;
+use std::path::PathBuf;
+use tierkv_kvstore::{ByteSize, StoreConfig, TierConfig};
+use tierkv_tiers::BlockKey;
+
+use crate::report::{self, Row};
+
+#[derive(clap::Args, Debug)]
+pub struct TierArgs {
+    /// Store configuration whose tiers are measured (kind, path, queue depth, backend).
+    /// Default: the built-in host + disk + object (local directory) tiers under --dir.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Working directory for disk files, objects and fio's file; put it on the
+    /// filesystem you want measured. Removed afterwards.
+    #[arg(long, default_value = "tierkv-bench-data")]
+    pub dir: PathBuf,
+    /// Block sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "256KiB,2MiB,16MiB")]
+    pub block_sizes: Vec<ByteSize>,
+    /// Concurrent requests for the object tier and its baseline.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// I/Os in flight for the disk tier and fio.
+    #[arg(long, default_value_t = 16)]
+    pub queue_depth: u32,
+    /// Bytes moved per row [default: 1GiB, or 64MiB with --quick].
+    #[arg(long)]
+    pub bytes: Option<ByteSize>,
+    /// A short run (under a minute on two cores).
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the rows as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Measure only these tier kinds (host, disk, object, lookup).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+/// Deterministic pseudo-random payload.
+pub fn payload(len: usize, seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+pub fn key(i: usize) -> BlockKey {
+    BlockKey::new(0xbe9c, i as u128)
+}
+
+/// What one row size needs.
+#[derive(Clone, Copy, Debug)]
+pub struct RowPlan {
+    pub block: usize,
+    pub ops: usize,
+}
+
+pub async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
+    let mut config = match &args.config {
+        Some(path) => StoreConfig::from_file(path)?,
+        None => StoreConfig::default(),
+    };
+    if args.config.is_none() {
+        config.data_dir = args.dir.clone();
+    }
+    let row_bytes = args
+        .bytes
+        .map(|b| b.0)
+        .unwrap_or(if args.quick { 64 << 20 } else { 1 << 30 });
+    let min_ops = if args.quick { 16 } else { 64 };
+    let wanted = |kind: &str| args.only.is_empty() || args.only.iter().any(|o| o == kind);
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let fio = crate::fio::available();
+    if let Err(why) = &fio {
+        eprintln!("note: {why}");
+    }
+
+    let mut rows = Vec::new();
+    for size in &args.block_sizes {
+        let block = usize::try_from(size.0).context("block size")?;
+        anyhow::ensure!(block > 0, "block sizes must be > 0");
+        let plan = RowPlan {
+            block,
+            ops: (row_bytes as usize / block).max(min_ops),
+        };
+        let data = payload(block, block as u64);
+        for tier in &config.tiers {
+            let name = tier.section().name().to_string();
+            match tier {
+                TierConfig::Host(h) if wanted("host") => {
+                    let mut tc = config.host_config(h);
+                    tc.slot_bytes = block;
+                    tc.capacity_bytes = (plan.ops * block.div_ceil(4096) * 4096) as u64;
+                    rows.extend(host::bench(&name, tc, plan, &data).await?);
+                }
+                TierConfig::Disk(d) if wanted("disk") => {
+                    let mut tc = config.disk_config(d);
+                    tc.path = args.dir.join(format!("{name}-{block}"));
+                    tc.slot_bytes = block;
+                    tc.queue_depth = args.queue_depth;
+                    let stride = (block + 64).div_ceil(4096) * 4096;
+                    tc.capacity_bytes = (plan.ops * stride) as u64;
+                    let fio_file = args.dir.join(format!("fio-{block}.dat"));
+                    rows.extend(disk::bench(&name, tc, plan, &data, fio.is_ok(), &fio_file).await?);
+                }
+                TierConfig::Object(o) if wanted("object") => {
+                    let mut tc = config.object_config(o);
+                    tc.slot_bytes = block;
+                    tc.capacity_bytes = (plan.ops * block) as u64;
+                    tc.max_concurrency = args.concurrency;
+                    tc.prefix = format!("tierkv-bench/{block}");
+                    rows.extend(object::bench(&name, tc, plan, &data, args.concurrency).await?);
+                }
+                _ => {}
+            }
+        }
+    }
+    if wanted("lookup") {
+        rows.push(lookup::bench(if args.quick { 200 } else { 2000 }).await?);
+    }
+    if args.config.is_none() {
+        let _ = std::fs::remove_dir_all(&args.dir);
+    }
+    report::print_table(&rows);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(rows)
+}

@@ -1,0 +1,29 @@
+use std::path::PathBuf;
+
+/// Every error of the kvstore crate.
+#[derive(Debug, thiserror::Error)]
+pub enum KvStoreError {
+    #[error(transparent)]
+    Tier(#[from] tierkv_tiers::TierError),
+    /// A payload whose size does not match the namespace's KV layout.
+    #[error("block payload has {got} bytes, but the layout {layout} needs exactly {expected}")]
+    WrongBlockSize {
+        layout: String,
+        expected: usize,
+        got: usize,
+    },
+    /// A configuration that cannot work.
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+    /// A configuration file that cannot be read or parsed.
+    #[error("config file {path}: {reason}")]
+    ConfigFile { path: PathBuf, reason: String },
+    /// A layout with a zero dimension or a size that overflows.
+    #[error("invalid KV layout: {0}")]
+    Layout(String),
+    /// Every tier that could take the block is full of pinned blocks.
+    #[error("no room in tier `{tier}`: all {capacity_blocks} blocks are pinned or being written")]
+    NoRoom { tier: String, capacity_blocks: u64 },
+}
+
+pub type Result<T, E = KvStoreError> = std::result::Result<T, E>;

@@ -1,0 +1,127 @@
+use crate::{KvLayout, Result};
+
+/// What makes two KV payloads incompatible or private: the model, the KV layout, the
+/// tensor-parallel rank and an optional per-tenant cache salt. It seeds the hash chain
+/// (so equal tokens under different namespaces never share blocks) and scopes access in
+/// the block service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Namespace {
+    model_id: String,
+    layout: KvLayout,
+    tp_rank: u32,
+    tp_size: u32,
+    cache_salt: Option<String>,
+    name: String,
+    id: u64,
+    seed: u128,
+}
+
+impl Namespace {
+    /// A namespace for `model_id` with `layout` on rank 0 of 1, without salt.
+    pub fn new(model_id: impl Into<String>, layout: KvLayout) -> Result<Namespace> {
+        Self::with_parts(model_id, layout, 0, 1, None)
+    }
+
+    pub fn with_parts(
+        model_id: impl Into<String>,
+        layout: KvLayout,
+        tp_rank: u32,
+        tp_size: u32,
+        cache_salt: Option<String>,
+    ) -> Result<Namespace> {
+        layout.validate()?;
+        let model_id = model_id.into();
+        if tp_size == 0 || tp_rank >= tp_size {
+            return Err(crate::KvStoreError::Layout(format!(
+                "tensor-parallel rank {tp_rank} of {tp_size}"
+            )));
+        }
+        let mut name = format!("{model_id}@{layout}@tp{tp_rank}of{tp_size}");
+        if let Some(salt) = &cache_salt {
+            // The salt itself stays private: only its digest appears in the name.
+            name.push_str(&format!(
+                "@salt{:016x}",
+                xxhash_rust::xxh3::xxh3_64(salt.as_bytes())
+            ));
+        }
+        let id = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+        let seed = xxhash_rust::xxh3::xxh3_128(name.as_bytes());
+        Ok(Namespace {
+            model_id,
+            layout,
+            tp_rank,
+            tp_size,
+            cache_salt,
+            name,
+            id,
+            seed,
+        })
+    }
+
+    /// The same namespace with a tenant salt.
+    pub fn salted(&self, salt: impl Into<String>) -> Result<Namespace> {
+        Self::with_parts(
+            self.model_id.clone(),
+            self.layout,
+            self.tp_rank,
+            self.tp_size,
+            Some(salt.into()),
+        )
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
+    }
+    pub fn tp_rank(&self) -> u32 {
+        self.tp_rank
+    }
+    pub fn tp_size(&self) -> u32 {
+        self.tp_size
+    }
+    /// Canonical printable name, e.g. `smollm2-135m@L30xH3xD64xf16xB16@tp0of1`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// 64-bit digest of the name: the namespace part of every [`crate::BlockKey`].
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// Seed of the hash chain.
+    pub fn seed(&self) -> u128 {
+        self.seed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    #[test]
+    fn every_part_changes_the_identity() {
+        let l = KvLayout::new(30, 3, 64, DType::F16, 16).unwrap();
+        let base = Namespace::new("m", l).unwrap();
+        let others = [
+            Namespace::new("m2", l).unwrap(),
+            Namespace::new(
+                "m",
+                KvLayout {
+                    block_size: 32,
+                    ..l
+                },
+            )
+            .unwrap(),
+            Namespace::with_parts("m", l, 1, 2, None).unwrap(),
+            base.salted("tenant-a").unwrap(),
+        ];
+        for o in &others {
+            assert_ne!(o.id(), base.id(), "{}", o.name());
+            assert_ne!(o.seed(), base.seed());
+        }
+        assert!(!others[3].name().contains("tenant-a"), "salt is not leaked");
+        assert!(Namespace::with_parts("m", l, 2, 2, None).is_err());
+    }
+}

@@ -1,0 +1,618 @@
+//! [`TieredStore`]: an ordered list of tiers with a policy.
+//!
+//! - Puts land in the top tier; tiers marked `write_through` get a copy too.
+//! - Each tier evicts its least recently used unpinned block when full; with
+//!   `on_evict = demote` (write-back) the victim moves to the next tier down first.
+//! - A hit in a lower tier is copied into the top tier (`promote_on_hit`).
+//! - Blocks being read, transferred or evicted are pinned and never chosen as victims.
+//! - `lookup_prefix` answers from memory in one pass, without I/O.
+//! - Every block entering or leaving a tier emits a [`StoreEvent`].
+
+mod index;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, join_all};
+use serde::Serialize;
+use tierkv_tiers::{
+    BlockKey, DiskTier, HostTier, ObjectTier, PutOutcome, Tier, TierError, TierStats,
+};
+use tokio::sync::broadcast;
+
+use crate::config::{EvictPolicy, StoreConfig, TierConfig};
+use crate::{BlockHash, KvStoreError, Namespace, Result};
+use index::{Admission, StoreIndex};
+
+/// How the store treats one tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierPolicy {
+    /// Every put also goes to this tier (lower tiers only).
+    pub write_through: bool,
+    /// What happens to an evicted block.
+    pub on_evict: EvictPolicy,
+}
+
+impl Default for TierPolicy {
+    fn default() -> Self {
+        TierPolicy {
+            write_through: false,
+            on_evict: EvictPolicy::Demote,
+        }
+    }
+}
+
+/// A block entered or left a tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreEventKind {
+    Stored,
+    Removed,
+}
+
+/// One change of the store's content, for routers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreEvent {
+    /// Increases by one per event.
+    pub seq: u64,
+    pub kind: StoreEventKind,
+    /// Index of the tier in the store (0 = top).
+    pub tier: usize,
+    pub key: BlockKey,
+}
+
+#[derive(Default)]
+struct PolicyCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    evictions: AtomicU64,
+    demotions: AtomicU64,
+    demotion_failures: AtomicU64,
+    promotions: AtomicU64,
+}
+
+/// Per-tier statistics: the tier's own and the store's policy counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct TierStoreStats {
+    pub tier: TierStats,
+    /// Gets served by this tier.
+    pub hits: u64,
+    /// Gets that reached this tier and found nothing.
+    pub misses: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub evictions: u64,
+    /// Blocks moved from this tier to the next on eviction.
+    pub demotions: u64,
+    pub demotion_failures: u64,
+    /// Blocks copied from this tier into the top tier on a hit.
+    pub promotions: u64,
+}
+
+/// A point-in-time view of the whole store.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreStats {
+    pub tiers: Vec<TierStoreStats>,
+    /// Distinct blocks held in any tier.
+    pub blocks: u64,
+    pub pinned: u64,
+}
+
+struct TierEntry {
+    tier: Arc<dyn Tier>,
+    policy: TierPolicy,
+    counters: PolicyCounters,
+}
+
+struct Inner {
+    tiers: Vec<TierEntry>,
+    slot_bytes: usize,
+    promote_on_hit: bool,
+    index: Mutex<StoreIndex>,
+    events: broadcast::Sender<StoreEvent>,
+    seq: AtomicU64,
+    /// Woken whenever an eviction or a put finishes, for puts waiting for room.
+    room: tokio::sync::Notify,
+}
+
+/// The tiered KV block store. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct TieredStore {
+    inner: Arc<Inner>,
+}
+
+/// Options of a store built from tiers directly.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub promote_on_hit: bool,
+    pub event_buffer: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            promote_on_hit: true,
+            event_buffer: 4096,
+        }
+    }
+}
+
+/// Keeps blocks from being evicted while alive.
+pub struct PinGuard {
+    inner: Arc<Inner>,
+    keys: Vec<BlockKey>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let mut ix = lock(&self.inner.index);
+        for k in &self.keys {
+            ix.unpin(k);
+        }
+    }
+}
+
+/// A put's room in a tier; released (not stored) if the put is abandoned half-way.
+struct Reservation<'a> {
+    inner: &'a Inner,
+    tier: usize,
+    key: BlockKey,
+}
+
+impl Reservation<'_> {
+    fn finish(self, stored: bool) {
+        lock(&self.inner.index).finish_put(self.tier, self.key, stored);
+        self.inner.room.notify_waiters();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.index).finish_put(self.tier, self.key, false);
+        self.inner.room.notify_waiters();
+    }
+}
+
+/// An eviction in progress; ended (block kept) if abandoned half-way.
+struct Eviction<'a> {
+    inner: &'a Inner,
+    tier: usize,
+    victim: BlockKey,
+}
+
+impl Eviction<'_> {
+    fn finish(self, removed: bool) {
+        lock(&self.inner.index).end_eviction(self.tier, &self.victim, removed);
+        self.inner.room.notify_waiters();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Eviction<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.index).end_eviction(self.tier, &self.victim, false);
+        self.inner.room.notify_waiters();
+    }
+}
+
+fn lock(m: &Mutex<StoreIndex>) -> MutexGuard<'_, StoreIndex> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl TieredStore {
+    /// Opens every configured tier (creating directories and files as needed) and
+    /// indexes the blocks that persistent tiers kept from an earlier run.
+    pub async fn open(config: &StoreConfig) -> Result<TieredStore> {
+        config.validate()?;
+        let mut tiers: Vec<(Arc<dyn Tier>, TierPolicy)> = Vec::new();
+        for tc in &config.tiers {
+            let s = tc.section();
+            let policy = TierPolicy {
+                write_through: s.write_through(),
+                on_evict: s.on_evict(),
+            };
+            let tier: Arc<dyn Tier> = match tc {
+                TierConfig::Host(h) => Arc::new(HostTier::new(config.host_config(h))?),
+                TierConfig::Disk(d) => {
+                    let dc = config.disk_config(d);
+                    // Opening replays RocksDB's log: blocking work off the runtime.
+                    let tier = tokio::task::spawn_blocking(move || DiskTier::open(dc))
+                        .await
+                        .map_err(|e| KvStoreError::Config(format!("opening disk tier: {e}")))??;
+                    Arc::new(tier)
+                }
+                TierConfig::Object(o) => Arc::new(ObjectTier::open(config.object_config(o)).await?),
+            };
+            tiers.push((tier, policy));
+        }
+        Self::from_tiers(
+            tiers,
+            StoreOptions {
+                promote_on_hit: config.promote_on_hit,
+                event_buffer: config.event_buffer,
+            },
+        )
+        .await
+    }
+
+    /// A store over tiers built by the caller, top first.
+    pub async fn from_tiers(
+        tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
+        options: StoreOptions,
+    ) -> Result<TieredStore> {
+        if tiers.is_empty() || tiers.len() > 8 {
+            return Err(KvStoreError::Config(format!(
+                "a store needs 1 to 8 tiers, got {}",
+                tiers.len()
+            )));
+        }
+        let slot_bytes = tiers.iter().map(|(t, _)| t.slot_bytes()).min().unwrap_or(0);
+        let mut index = StoreIndex::new(tiers.len());
+        for (i, (tier, _)) in tiers.iter().enumerate() {
+            for (key, _) in tier.keys().await? {
+                index.insert(i, key);
+            }
+        }
+        let (events, _) = broadcast::channel(options.event_buffer.max(1));
+        Ok(TieredStore {
+            inner: Arc::new(Inner {
+                tiers: tiers
+                    .into_iter()
+                    .map(|(tier, policy)| TierEntry {
+                        tier,
+                        policy,
+                        counters: PolicyCounters::default(),
+                    })
+                    .collect(),
+                slot_bytes,
+                promote_on_hit: options.promote_on_hit,
+                index: Mutex::new(index),
+                events,
+                seq: AtomicU64::new(0),
+                room: tokio::sync::Notify::new(),
+            }),
+        })
+    }
+
+    fn key(ns: &Namespace, hash: BlockHash) -> BlockKey {
+        BlockKey::new(ns.id(), hash.0)
+    }
+
+    /// Stores one block of `ns`; its payload must be exactly the layout's block size.
+    pub async fn put(&self, ns: &Namespace, hash: BlockHash, data: Bytes) -> Result<PutOutcome> {
+        let expected = ns.layout().block_bytes();
+        if data.len() != expected {
+            return Err(KvStoreError::WrongBlockSize {
+                layout: ns.layout().to_string(),
+                expected,
+                got: data.len(),
+            });
+        }
+        self.put_key(Self::key(ns, hash), data).await
+    }
+
+    /// Stores a block under a raw key (the block service, benchmarks); the payload only
+    /// has to fit the slot size.
+    pub async fn put_key(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
+        let top = self.inner.tiers[0].tier.name();
+        if data.is_empty() {
+            return Err(TierError::Empty(top.to_string()).into());
+        }
+        if data.len() > self.inner.slot_bytes {
+            return Err(TierError::TooLarge {
+                tier: top.to_string(),
+                len: data.len(),
+                slot_bytes: self.inner.slot_bytes,
+            }
+            .into());
+        }
+        {
+            let mut ix = lock(&self.inner.index);
+            if ix.mask(&key) != 0 {
+                for t in 0..self.inner.tiers.len() {
+                    if ix.holds(&key, t) {
+                        ix.lru[t].promote(&key);
+                    }
+                }
+                return Ok(PutOutcome::AlreadyPresent);
+            }
+        }
+        self.place(0, key, data.clone()).await?;
+        let copies = (1..self.inner.tiers.len())
+            .filter(|&t| self.inner.tiers[t].policy.write_through)
+            .map(|t| self.place(t, key, data.clone()));
+        for result in join_all(copies).await {
+            result?;
+        }
+        Ok(PutOutcome::Stored)
+    }
+
+    /// Puts `data` into tier `t`, evicting (and demoting) to make room.
+    fn place(&self, t: usize, key: BlockKey, data: Bytes) -> BoxFuture<'_, Result<PutOutcome>> {
+        Box::pin(async move {
+            let entry = &self.inner.tiers[t];
+            let capacity = entry.tier.capacity_blocks();
+            let no_room = || KvStoreError::NoRoom {
+                tier: entry.tier.name().to_string(),
+                capacity_blocks: capacity,
+            };
+            let mut tier_full_retries = 0;
+            let outcome = loop {
+                // Registered before looking, so a wake-up between the look and the wait
+                // is not lost.
+                let room = self.inner.room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                let admission = lock(&self.inner.index).reserve(t, key, capacity);
+                match admission {
+                    Admission::Present => return Ok(PutOutcome::AlreadyPresent),
+                    Admission::Evict(victim) => {
+                        self.evict(t, victim).await?;
+                        continue;
+                    }
+                    Admission::Wait => {
+                        room.await;
+                        continue;
+                    }
+                    Admission::NoRoom => return Err(no_room()),
+                    Admission::Reserved => {}
+                }
+                let reservation = Reservation {
+                    inner: &self.inner,
+                    tier: t,
+                    key,
+                };
+                let result = entry.tier.put(key, data.clone()).await;
+                reservation.finish(result.is_ok());
+                match result {
+                    // The medium still holds slots of removed blocks that are being read
+                    // (zero-copy views): make room elsewhere in the tier and try again.
+                    Err(TierError::Full { .. }) if tier_full_retries < 8 => {
+                        tier_full_retries += 1;
+                        let victim = lock(&self.inner.index).victim(t);
+                        match victim {
+                            Some(v) => self.evict(t, v).await?,
+                            None => return Err(no_room()),
+                        }
+                    }
+                    other => break other?,
+                }
+            };
+            let len = data.len() as u64;
+            if outcome == PutOutcome::Stored {
+                entry.counters.bytes_written.fetch_add(len, Relaxed);
+                self.emit(StoreEventKind::Stored, t, key);
+            }
+            Ok(outcome)
+        })
+    }
+
+    /// Removes `victim` (pinned by `reserve`) from tier `t`, demoting it first when the
+    /// policy says so. A block that cannot be demoted is dropped from this tier all the
+    /// same (it is a cache); the failure is counted and logged.
+    async fn evict(&self, t: usize, victim: BlockKey) -> Result<()> {
+        let inner = &self.inner;
+        let eviction = Eviction {
+            inner,
+            tier: t,
+            victim,
+        };
+        let entry = &inner.tiers[t];
+        let next = t + 1;
+        let demote = entry.policy.on_evict == EvictPolicy::Demote
+            && next < inner.tiers.len()
+            && !lock(&inner.index).holds(&victim, next);
+        if demote {
+            let moved = match entry.tier.get(victim).await {
+                Ok(Some(data)) => self.place(next, victim, data).await.map(|_| ()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            match moved {
+                Ok(()) => entry.counters.demotions.fetch_add(1, Relaxed),
+                Err(e) => {
+                    tracing::warn!(tier = entry.tier.name(), key = %victim, error = %e, "demotion failed; dropping the block");
+                    entry.counters.demotion_failures.fetch_add(1, Relaxed)
+                }
+            };
+        }
+        let removed = entry.tier.remove(victim).await;
+        eviction.finish(removed.is_ok());
+        removed?;
+        entry.counters.evictions.fetch_add(1, Relaxed);
+        self.emit(StoreEventKind::Removed, t, victim);
+        Ok(())
+    }
+
+    /// The block's payload from the highest tier holding it, or `None`.
+    pub async fn get(&self, ns: &Namespace, hash: BlockHash) -> Result<Option<Bytes>> {
+        self.get_key(Self::key(ns, hash)).await
+    }
+
+    pub async fn get_key(&self, key: BlockKey) -> Result<Option<Bytes>> {
+        let inner = &self.inner;
+        let mut tried: u16 = 0;
+        let mut last_error = None;
+        loop {
+            let t = {
+                let mut ix = lock(&inner.index);
+                let candidates = u16::from(ix.mask(&key)) & !tried;
+                if candidates == 0 {
+                    drop(ix);
+                    for e in &inner.tiers[tried.count_ones() as usize..] {
+                        e.counters.misses.fetch_add(1, Relaxed);
+                    }
+                    return match last_error {
+                        Some(e) => Err(e),
+                        None => Ok(None),
+                    };
+                }
+                let t = candidates.trailing_zeros() as usize;
+                ix.lru[t].promote(&key);
+                ix.pin(key);
+                t
+            };
+            let _pin = PinGuard {
+                inner: Arc::clone(inner),
+                keys: vec![key],
+            };
+            let entry = &inner.tiers[t];
+            tried |= (1u16 << (t + 1)) - 1;
+            match entry.tier.get(key).await {
+                Ok(Some(data)) => {
+                    for e in &inner.tiers[..t] {
+                        e.counters.misses.fetch_add(1, Relaxed);
+                    }
+                    entry.counters.hits.fetch_add(1, Relaxed);
+                    entry
+                        .counters
+                        .bytes_read
+                        .fetch_add(data.len() as u64, Relaxed);
+                    if t > 0 && inner.promote_on_hit {
+                        match self.place(0, key, data.clone()).await {
+                            Ok(PutOutcome::Stored) => {
+                                entry.counters.promotions.fetch_add(1, Relaxed);
+                            }
+                            Ok(PutOutcome::AlreadyPresent) => {}
+                            Err(e) => tracing::warn!(key = %key, error = %e, "promotion failed"),
+                        }
+                    }
+                    return Ok(Some(data));
+                }
+                Ok(None) => {
+                    // Gone or corrupt in that tier: forget it there, try lower tiers.
+                    if lock(&inner.index).drop_from(t, &key) {
+                        self.emit(StoreEventKind::Removed, t, key);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tier = entry.tier.name(), key = %key, error = %e, "read failed; trying lower tiers");
+                    last_error = Some(e.into());
+                }
+            }
+        }
+    }
+
+    /// How many leading blocks of `hashes` are held in any tier, answered from memory.
+    pub fn lookup_prefix(&self, ns: &Namespace, hashes: &[BlockHash]) -> usize {
+        let id = ns.id();
+        let ix = lock(&self.inner.index);
+        hashes
+            .iter()
+            .take_while(|h| ix.location.contains_key(&BlockKey::new(id, h.0)))
+            .count()
+    }
+
+    /// For the longest cached prefix of `hashes`, the index of the highest tier holding
+    /// each block.
+    pub fn locate_prefix(&self, ns: &Namespace, hashes: &[BlockHash]) -> Vec<usize> {
+        let id = ns.id();
+        let ix = lock(&self.inner.index);
+        hashes
+            .iter()
+            .map(|h| ix.mask(&BlockKey::new(id, h.0)))
+            .take_while(|&m| m != 0)
+            .map(|m| m.trailing_zeros() as usize)
+            .collect()
+    }
+
+    pub fn contains(&self, ns: &Namespace, hash: BlockHash) -> bool {
+        lock(&self.inner.index).mask(&Self::key(ns, hash)) != 0
+    }
+
+    /// Removes a block from every tier; true if any held it.
+    pub async fn remove(&self, ns: &Namespace, hash: BlockHash) -> Result<bool> {
+        let key = Self::key(ns, hash);
+        let mask = lock(&self.inner.index).mask(&key);
+        for t in 0..self.inner.tiers.len() {
+            if mask & (1 << t) != 0 {
+                self.inner.tiers[t].tier.remove(key).await?;
+                if lock(&self.inner.index).drop_from(t, &key) {
+                    self.emit(StoreEventKind::Removed, t, key);
+                }
+            }
+        }
+        Ok(mask != 0)
+    }
+
+    /// Pins blocks (those present) so they are not evicted until the guard drops, e.g.
+    /// while they are being transferred to a GPU or a peer.
+    pub fn pin(&self, ns: &Namespace, hashes: &[BlockHash]) -> PinGuard {
+        let mut ix = lock(&self.inner.index);
+        let keys: Vec<_> = hashes
+            .iter()
+            .map(|h| Self::key(ns, *h))
+            .filter(|k| ix.mask(k) != 0)
+            .collect();
+        for k in &keys {
+            ix.pin(*k);
+        }
+        PinGuard {
+            inner: Arc::clone(&self.inner),
+            keys,
+        }
+    }
+
+    /// A stream of every block entering or leaving a tier from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn emit(&self, kind: StoreEventKind, tier: usize, key: BlockKey) {
+        let seq = self.inner.seq.fetch_add(1, Relaxed) + 1;
+        // No subscriber is fine.
+        let _ = self.inner.events.send(StoreEvent {
+            seq,
+            kind,
+            tier,
+            key,
+        });
+    }
+
+    /// The tiers, top first.
+    pub fn tiers(&self) -> Vec<Arc<dyn Tier>> {
+        self.inner
+            .tiers
+            .iter()
+            .map(|e| Arc::clone(&e.tier))
+            .collect()
+    }
+
+    /// Largest payload a put accepts.
+    pub fn slot_bytes(&self) -> usize {
+        self.inner.slot_bytes
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let (blocks, pinned) = {
+            let ix = lock(&self.inner.index);
+            (ix.location.len() as u64, ix.pins.len() as u64)
+        };
+        StoreStats {
+            tiers: self
+                .inner
+                .tiers
+                .iter()
+                .map(|e| {
+                    let c = &e.counters;
+                    TierStoreStats {
+                        tier: e.tier.stats(),
+                        hits: c.hits.load(Relaxed),
+                        misses: c.misses.load(Relaxed),
+                        bytes_read: c.bytes_read.load(Relaxed),
+                        bytes_written: c.bytes_written.load(Relaxed),
+                        evictions: c.evictions.load(Relaxed),
+                        demotions: c.demotions.load(Relaxed),
+                        demotion_failures: c.demotion_failures.load(Relaxed),
+                        promotions: c.promotions.load(Relaxed),
+                    }
+                })
+                .collect(),
+            blocks,
+            pinned,
+        }
+    }
+}

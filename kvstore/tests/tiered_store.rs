@@ -1,0 +1,372 @@
+//! TieredStore behaviour across real host, disk (io_uring + RocksDB) and object
+//! (local directory) tiers.
+
+use bytes::Bytes;
+use tierkv_kvstore::{
+    BlockHash, DType, KvLayout, KvStoreError, Namespace, PutOutcome, StoreConfig, StoreEventKind,
+    TieredStore, hash_blocks,
+};
+
+fn layout() -> KvLayout {
+    // 2 layers x 2 (K,V) x 16 tokens x 2 heads x 16 dims x 2 bytes = 4 KiB a block.
+    KvLayout::new(2, 2, 16, DType::F16, 16).unwrap()
+}
+
+fn ns() -> Namespace {
+    Namespace::new("test-model", layout()).unwrap()
+}
+
+fn block(seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(4096);
+    while v.len() < 4096 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    Bytes::from(v)
+}
+
+/// A chain of `n` block hashes (a prompt of n*16 tokens).
+fn chain(n: usize, salt: u32) -> Vec<BlockHash> {
+    let tokens: Vec<u32> = (0..n as u32 * 16).map(|t| t * 7 + salt).collect();
+    hash_blocks(&ns(), &tokens)
+}
+
+/// host 4 blocks -> disk 4 blocks -> object 64 blocks, in `dir`.
+fn config(dir: &std::path::Path, extra_disk: &str, promote: bool) -> StoreConfig {
+    StoreConfig::from_toml(&format!(
+        r#"
+        data_dir = "{}"
+        slot_bytes = 4096
+        promote_on_hit = {promote}
+        [[tier]]
+        kind = "host"
+        capacity = "16KiB"
+        [[tier]]
+        kind = "disk"
+        capacity = "32KiB"   # 4 slots of 8 KiB (header + 4 KiB, rounded to pages)
+        queue_depth = 4
+        {extra_disk}
+        [[tier]]
+        kind = "object"
+        local_dir = "object"
+        capacity = "256KiB"
+        "#,
+        dir.display()
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_demotes_host_to_disk_to_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "", true))
+        .await
+        .unwrap();
+    let (ns, hashes) = (ns(), chain(12, 0));
+    for (i, h) in hashes.iter().enumerate() {
+        assert_eq!(
+            store.put(&ns, *h, block(i as u64)).await.unwrap(),
+            PutOutcome::Stored
+        );
+    }
+    // Oldest four went all the way down, the next four to disk, the newest stay in host.
+    let tiers = store.locate_prefix(&ns, &hashes);
+    assert_eq!(tiers, [2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0]);
+    let stats = store.stats();
+    assert_eq!((stats.tiers[0].evictions, stats.tiers[0].demotions), (8, 8));
+    assert_eq!((stats.tiers[1].evictions, stats.tiers[1].demotions), (4, 4));
+    assert_eq!(stats.tiers[2].tier.blocks, 4);
+    assert_eq!(stats.blocks, 12);
+    // Every block reads back intact from wherever it is.
+    let no_promote = TieredStore::open(&config(dir.path(), "", false)).await;
+    assert!(
+        no_promote.is_err(),
+        "the disk tier is locked by the open store"
+    );
+    for (i, h) in hashes.iter().enumerate().rev() {
+        assert_eq!(
+            store.get(&ns, *h).await.unwrap().unwrap(),
+            block(i as u64),
+            "block {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lower_tier_hits_are_promoted_unless_disabled() {
+    for promote in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TieredStore::open(&config(dir.path(), "", promote))
+            .await
+            .unwrap();
+        let (ns, hashes) = (ns(), chain(12, 1));
+        for (i, h) in hashes.iter().enumerate() {
+            store.put(&ns, *h, block(i as u64)).await.unwrap();
+        }
+        assert_eq!(store.get(&ns, hashes[0]).await.unwrap().unwrap(), block(0));
+        let stats = store.stats();
+        assert_eq!(stats.tiers[2].hits, 1);
+        assert_eq!(stats.tiers[0].misses, 1);
+        assert_eq!(stats.tiers[1].misses, 1);
+        if promote {
+            assert_eq!(store.locate_prefix(&ns, &hashes[..1]), [0]);
+            assert_eq!(stats.tiers[2].promotions, 1);
+            // A second read is a host hit.
+            store.get(&ns, hashes[0]).await.unwrap().unwrap();
+            assert_eq!(store.stats().tiers[0].hits, 1);
+        } else {
+            assert_eq!(store.locate_prefix(&ns, &hashes[..1]), [2]);
+            assert_eq!(stats.tiers[2].promotions, 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_copies_every_put_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "write_through = true", true))
+        .await
+        .unwrap();
+    let (ns, hashes) = (ns(), chain(3, 2));
+    for (i, h) in hashes.iter().enumerate() {
+        store.put(&ns, *h, block(i as u64)).await.unwrap();
+    }
+    let tiers = store.tiers();
+    for h in &hashes {
+        let key = tierkv_kvstore::BlockKey::new(ns.id(), h.0);
+        assert!(tiers[0].contains(key).await.unwrap());
+        assert!(
+            tiers[1].contains(key).await.unwrap(),
+            "written through to disk"
+        );
+        assert!(!tiers[2].contains(key).await.unwrap());
+    }
+    // Evicting from host needs no demotion: disk already has the block.
+    for (i, h) in chain(4, 3).iter().enumerate() {
+        store.put(&ns, *h, block(100 + i as u64)).await.unwrap();
+    }
+    let s = store.stats();
+    assert_eq!(s.tiers[0].evictions, 3);
+    assert_eq!(s.tiers[0].demotions, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_blocks_are_never_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "", true))
+        .await
+        .unwrap();
+    let (ns, hashes) = (ns(), chain(4, 4));
+    for (i, h) in hashes.iter().enumerate() {
+        store.put(&ns, *h, block(i as u64)).await.unwrap();
+    }
+    let pin = store.pin(&ns, &hashes[..1]);
+    for (i, h) in chain(3, 5).iter().enumerate() {
+        store.put(&ns, *h, block(50 + i as u64)).await.unwrap();
+    }
+    // Block 0 was the least recently used but is pinned: blocks 1..4 went down.
+    assert_eq!(store.locate_prefix(&ns, &hashes), [0, 1, 1, 1]);
+    assert_eq!(store.stats().pinned, 1);
+    drop(pin);
+    assert_eq!(store.stats().pinned, 0);
+
+    // With every host block pinned, a put has nowhere to go: a clear error.
+    let all = chain(3, 5);
+    let _pins = (store.pin(&ns, &all), store.pin(&ns, &hashes[..1]));
+    let err = store.put(&ns, chain(1, 6)[0], block(99)).await.unwrap_err();
+    assert!(matches!(err, KvStoreError::NoRoom { .. }), "{err}");
+    assert!(!store.contains(&ns, chain(1, 6)[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_prefix_stops_at_the_first_missing_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "", true))
+        .await
+        .unwrap();
+    let (ns, hashes) = (ns(), chain(10, 7));
+    for (i, h) in hashes.iter().enumerate() {
+        store.put(&ns, *h, block(i as u64)).await.unwrap();
+    }
+    assert_eq!(store.lookup_prefix(&ns, &hashes), 10);
+    assert!(store.remove(&ns, hashes[6]).await.unwrap());
+    assert_eq!(store.lookup_prefix(&ns, &hashes), 6);
+    assert_eq!(store.locate_prefix(&ns, &hashes).len(), 6);
+    // Another namespace sees nothing of these blocks.
+    let other = ns.salted("tenant-b").unwrap();
+    assert_eq!(store.lookup_prefix(&other, &hashes), 0);
+    assert!(store.get(&other, hashes[0]).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_report_every_tier_change_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "", true))
+        .await
+        .unwrap();
+    let mut events = store.subscribe();
+    let (ns, hashes) = (ns(), chain(5, 8));
+    for (i, h) in hashes.iter().enumerate() {
+        store.put(&ns, *h, block(i as u64)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    let first = tierkv_kvstore::BlockKey::new(ns.id(), hashes[0].0);
+    // 5 stores into host, then block 0 demoted: stored in disk, removed from host.
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    assert!(
+        seen[..4]
+            .iter()
+            .all(|e| e.kind == StoreEventKind::Stored && e.tier == 0)
+    );
+    assert_eq!(
+        (seen[4].kind, seen[4].tier, seen[4].key),
+        (StoreEventKind::Stored, 1, first)
+    );
+    assert_eq!(
+        (seen[5].kind, seen[5].tier, seen[5].key),
+        (StoreEventKind::Removed, 0, first)
+    );
+    assert_eq!((seen[6].kind, seen[6].tier), (StoreEventKind::Stored, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_tiers_come_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, hashes) = (ns(), chain(12, 9));
+    {
+        let store = TieredStore::open(&config(dir.path(), "", true))
+            .await
+            .unwrap();
+        for (i, h) in hashes.iter().enumerate() {
+            store.put(&ns, *h, block(i as u64)).await.unwrap();
+        }
+    }
+    let store = TieredStore::open(&config(dir.path(), "", true))
+        .await
+        .unwrap();
+    // The host tier's four blocks are gone; disk and object kept theirs.
+    let tiers = store.locate_prefix(&ns, &hashes);
+    assert_eq!(tiers, [2, 2, 2, 2, 1, 1, 1, 1]);
+    for (i, h) in hashes[..8].iter().enumerate() {
+        assert_eq!(store.get(&ns, *h).await.unwrap().unwrap(), block(i as u64));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_disk_block_falls_back_to_a_lower_copy_or_misses() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "", false))
+        .await
+        .unwrap();
+    let (ns, hashes) = (ns(), chain(8, 10));
+    for (i, h) in hashes.iter().enumerate() {
+        store.put(&ns, *h, block(i as u64)).await.unwrap();
+    }
+    assert_eq!(store.locate_prefix(&ns, &hashes[..4]), [1, 1, 1, 1]);
+    // Damage every slot of the disk file.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("disk/blocks.dat"))
+        .unwrap();
+    for slot in 0..4u64 {
+        file.write_all_at(&[0xAA; 16], slot * 8192 + 64 + 100)
+            .unwrap();
+    }
+    for h in &hashes[..4] {
+        assert!(
+            store.get(&ns, *h).await.unwrap().is_none(),
+            "corrupt data never returned"
+        );
+    }
+    let s = store.stats();
+    assert_eq!(s.tiers[1].tier.corrupt_blocks, 4);
+    assert_eq!(
+        store.lookup_prefix(&ns, &hashes),
+        0,
+        "dropped from the index"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_payload_sizes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "", true))
+        .await
+        .unwrap();
+    let h = chain(1, 11)[0];
+    let err = store
+        .put(&ns(), h, Bytes::from(vec![0u8; 4000]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KvStoreError::WrongBlockSize {
+                expected: 4096,
+                got: 4000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("4096"));
+    let err = store
+        .put_key(
+            tierkv_kvstore::BlockKey::new(1, 1),
+            Bytes::from(vec![0u8; 5000]),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("5000"), "{err}");
+    assert!(!store.contains(&ns(), h));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_data_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let err = TieredStore::open(&config(&blocker, "", true))
+        .await
+        .err()
+        .expect("data_dir is a file");
+    assert!(err.to_string().contains("file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_and_gets_keep_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "", true))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let (ns, hashes) = (ns(), chain(5, 100 + t));
+            for (i, h) in hashes.iter().enumerate() {
+                store
+                    .put(&ns, *h, block((t * 10 + i as u32) as u64))
+                    .await
+                    .unwrap();
+            }
+            for (i, h) in hashes.iter().enumerate() {
+                let got = store.get(&ns, *h).await.unwrap();
+                assert_eq!(got.unwrap(), block((t * 10 + i as u32) as u64));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 40 blocks in 4 + 4 + 64 slots: all still reachable somewhere.
+    assert_eq!(store.stats().blocks, 40);
+}

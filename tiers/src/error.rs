@@ -1,0 +1,67 @@
+use std::path::PathBuf;
+
+/// Every error a tier can report.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    /// The tier has no free slot; the caller (the tiered store) must evict first.
+    #[error("tier `{tier}` is full ({capacity_blocks} blocks)")]
+    Full { tier: String, capacity_blocks: u64 },
+    /// A payload larger than the tier's slot.
+    #[error("block of {len} bytes does not fit tier `{tier}`, whose slots hold {slot_bytes} bytes")]
+    TooLarge {
+        tier: String,
+        len: usize,
+        slot_bytes: usize,
+    },
+    /// An empty payload; only full blocks are stored.
+    #[error("empty block payload for tier `{0}`")]
+    Empty(String),
+    /// A configuration that cannot work (zero capacity, slot larger than capacity, ...).
+    #[error("invalid configuration for tier `{tier}`: {reason}")]
+    Config { tier: String, reason: String },
+    /// An I/O error with what was being done and where.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The on-disk geometry disagrees with the configuration or is damaged.
+    #[error("disk tier at {path}: {reason}")]
+    DiskLayout { path: PathBuf, reason: String },
+    /// The RocksDB slot index failed.
+    #[error("disk index at {path}: {source}")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// The object store failed (after its retries).
+    #[error("object tier `{tier}`: {source}")]
+    Object {
+        tier: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// The tier's I/O threads are gone.
+    #[error("tier `{0}` is shut down")]
+    Closed(String),
+}
+
+impl TierError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        TierError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn config(tier: &str, reason: impl Into<String>) -> Self {
+        TierError::Config {
+            tier: tier.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = TierError> = std::result::Result<T, E>;

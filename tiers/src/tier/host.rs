@@ -1,0 +1,312 @@
+//! Host-memory tier: one large page-aligned allocation cut into fixed-size slots.
+//!
+//! Slot allocation is a pop from a free list (O(1)); a put is one copy into the slot;
+//! a get hands out a zero-copy [`Bytes`] view of the slot that keeps the slot alive
+//! (a removed slot is recycled only when the last view is dropped). No heap allocation
+//! of payload size happens on either path.
+//!
+//! The slab is the seam for CUDA pinning: with the GPU work it is registered with
+//! `cuMemHostRegister` (or allocated with `cuMemHostAlloc`) so copies to HBM run at
+//! full PCIe speed; [`HostTier::slab`] exposes its address and length for that.
+
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::slots::{Reservation, SlotTable};
+use super::{PutOutcome, Tier, TierKind, lock};
+use crate::{BlockKey, Result, TierCounters, TierError, TierStats};
+
+/// Configuration of a [`HostTier`].
+#[derive(Clone, Debug)]
+pub struct HostTierConfig {
+    /// Tier name. Default `"host"`.
+    pub name: String,
+    /// Bytes of memory to reserve; rounded down to whole slots. Default 1 GiB.
+    pub capacity_bytes: u64,
+    /// Largest block payload; each slot has this size rounded up to 4 KiB. Default 2 MiB.
+    pub slot_bytes: usize,
+    /// Touch every page at start-up (`MAP_POPULATE`) so that puts never page-fault.
+    /// Default true.
+    pub prefault: bool,
+}
+
+impl Default for HostTierConfig {
+    fn default() -> Self {
+        HostTierConfig {
+            name: "host".into(),
+            capacity_bytes: 1 << 30,
+            slot_bytes: 2 << 20,
+            prefault: true,
+        }
+    }
+}
+
+const PAGE: usize = 4096;
+
+/// An anonymous, page-aligned memory mapping.
+struct Slab {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the slab is plain memory; all access to its bytes goes through slot
+// ownership tracked under `HostState`'s mutex, which serialises writers and readers.
+unsafe impl Send for Slab {}
+// SAFETY: as above; shared references only read slots that no writer owns.
+unsafe impl Sync for Slab {}
+
+impl Slab {
+    fn map(len: usize, prefault: bool, tier: &str) -> Result<Slab> {
+        let flags = libc::MAP_PRIVATE
+            | libc::MAP_ANONYMOUS
+            | libc::MAP_NORESERVE
+            | if prefault { libc::MAP_POPULATE } else { 0 };
+        // SAFETY: an anonymous private mapping with no address hint has no
+        // preconditions; the result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(TierError::io(
+                format!("host tier `{tier}`: mmap of {len} bytes"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        match NonNull::new(ptr.cast::<u8>()) {
+            Some(ptr) => Ok(Slab { ptr, len }),
+            None => Err(TierError::config(tier, "mmap returned a null mapping")),
+        }
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping created in `map`, and no view of
+        // it outlives the slab: views hold an `Arc` of the tier's inner state.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+struct Inner {
+    name: String,
+    slot_stride: usize,
+    slot_bytes: usize,
+    slab: Slab,
+    table: Mutex<SlotTable>,
+    counters: TierCounters,
+}
+
+impl Inner {
+    fn slot_ptr(&self, slot: u32) -> *mut u8 {
+        // SAFETY: `slot < slots.len()` and `slots.len() * slot_stride <= slab.len`, so
+        // the offset stays inside the mapping.
+        unsafe { self.slab.ptr.as_ptr().add(slot as usize * self.slot_stride) }
+    }
+}
+
+/// A block pool in host memory. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct HostTier {
+    inner: Arc<Inner>,
+}
+
+impl HostTier {
+    pub fn new(config: HostTierConfig) -> Result<HostTier> {
+        let name = config.name.clone();
+        if config.slot_bytes == 0 {
+            return Err(TierError::config(&name, "slot_bytes must be > 0"));
+        }
+        let slot_stride = config.slot_bytes.div_ceil(PAGE) * PAGE;
+        let slots = config.capacity_bytes / slot_stride as u64;
+        if slots == 0 {
+            return Err(TierError::config(
+                &name,
+                format!(
+                    "capacity of {} bytes holds no slot of {} bytes",
+                    config.capacity_bytes, slot_stride
+                ),
+            ));
+        }
+        let slots =
+            u32::try_from(slots).map_err(|_| TierError::config(&name, "more than 2^32 slots"))?;
+        let len = slots as usize * slot_stride;
+        let slab = Slab::map(len, config.prefault, &name)?;
+        Ok(HostTier {
+            inner: Arc::new(Inner {
+                name,
+                slot_stride,
+                slot_bytes: config.slot_bytes,
+                slab,
+                table: Mutex::new(SlotTable::new(slots)),
+                counters: TierCounters::default(),
+            }),
+        })
+    }
+
+    /// Address and length of the whole slab (for registering it with a GPU driver).
+    pub fn slab(&self) -> (*const u8, usize) {
+        (
+            self.inner.slab.ptr.as_ptr().cast_const(),
+            self.inner.slab.len,
+        )
+    }
+
+    fn full(&self) -> TierError {
+        TierError::Full {
+            tier: self.inner.name.clone(),
+            capacity_blocks: self.capacity_blocks(),
+        }
+    }
+
+    fn acquire(&self, key: BlockKey) -> Option<SlotView> {
+        let inner = &self.inner;
+        TierCounters::add(&inner.counters.gets, 1);
+        let Some((slot, len)) = lock(&inner.table).acquire(key) else {
+            TierCounters::add(&inner.counters.misses, 1);
+            return None;
+        };
+        TierCounters::add(&inner.counters.hits, 1);
+        TierCounters::add(&inner.counters.get_bytes, len);
+        Some(SlotView {
+            inner: Arc::clone(inner),
+            slot,
+            ptr: inner.slot_ptr(slot),
+            len: len as usize,
+        })
+    }
+}
+
+/// A read-only view of one slot; keeps the slot from being recycled while alive.
+struct SlotView {
+    inner: Arc<Inner>,
+    slot: u32,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the view only reads a slot that has a registered reader, which no writer
+// touches until the reader is released in `Drop`.
+unsafe impl Send for SlotView {}
+// SAFETY: as above; the view is read-only.
+unsafe impl Sync for SlotView {}
+
+impl AsRef<[u8]> for SlotView {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` lies inside the slab (len <= slot_stride), the slab
+        // outlives `self.inner`, and the slot is not rewritten while it has a reader.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for SlotView {
+    fn drop(&mut self) {
+        lock(&self.inner.table).release_reader(self.slot);
+    }
+}
+
+#[async_trait]
+impl Tier for HostTier {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+    fn kind(&self) -> TierKind {
+        TierKind::Host
+    }
+    fn slot_bytes(&self) -> usize {
+        self.inner.slot_bytes
+    }
+    fn capacity_blocks(&self) -> u64 {
+        lock(&self.inner.table).capacity()
+    }
+    fn used_bytes(&self) -> u64 {
+        lock(&self.inner.table).used_bytes()
+    }
+    fn len(&self) -> u64 {
+        lock(&self.inner.table).len()
+    }
+    fn is_persistent(&self) -> bool {
+        false
+    }
+
+    async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
+        let inner = &self.inner;
+        check_payload(&inner.name, inner.slot_bytes, &data)?;
+        let reservation = lock(&inner.table).reserve(key);
+        let slot = match reservation {
+            Reservation::Present => return Ok(PutOutcome::AlreadyPresent),
+            Reservation::Full => return Err(self.full()),
+            Reservation::Reserved(slot) => slot,
+        };
+        // SAFETY: the slot is reserved for this put alone: no reader can acquire it
+        // before `commit` and no other put can reserve it. `data.len() <= slot_bytes
+        // <= slot_stride` keeps the copy inside the slot.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), inner.slot_ptr(slot), data.len());
+        }
+        lock(&inner.table).commit(slot, data.len() as u64);
+        TierCounters::add(&inner.counters.puts, 1);
+        TierCounters::add(&inner.counters.put_bytes, data.len() as u64);
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn get(&self, key: BlockKey) -> Result<Option<Bytes>> {
+        Ok(self.acquire(key).map(Bytes::from_owner))
+    }
+
+    async fn contains(&self, key: BlockKey) -> Result<bool> {
+        Ok(lock(&self.inner.table).contains(key))
+    }
+
+    async fn remove(&self, key: BlockKey) -> Result<bool> {
+        let removed = lock(&self.inner.table).remove(key).is_some();
+        if removed {
+            TierCounters::add(&self.inner.counters.removes, 1);
+        }
+        Ok(removed)
+    }
+
+    async fn keys(&self) -> Result<Vec<(BlockKey, u64)>> {
+        Ok(lock(&self.inner.table).ready_keys())
+    }
+
+    fn stats(&self) -> TierStats {
+        let (used, blocks) = {
+            let t = lock(&self.inner.table);
+            (t.used_bytes(), t.len())
+        };
+        self.inner.counters.snapshot(
+            &self.inner.name,
+            TierKind::Host,
+            self.capacity_bytes(),
+            used,
+            blocks,
+        )
+    }
+}
+
+/// Rejects empty payloads and payloads larger than the slot.
+pub(crate) fn check_payload(tier: &str, slot_bytes: usize, data: &[u8]) -> Result<()> {
+    if data.is_empty() {
+        return Err(TierError::Empty(tier.to_string()));
+    }
+    if data.len() > slot_bytes {
+        return Err(TierError::TooLarge {
+            tier: tier.to_string(),
+            len: data.len(),
+            slot_bytes,
+        });
+    }
+    Ok(())
+}

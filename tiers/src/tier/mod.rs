@@ -1,0 +1,94 @@
+//! The [`Tier`] trait: a bounded, content-addressed pool of blocks on one medium.
+//! One sibling module per medium.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::{BlockKey, Result, TierStats};
+
+pub mod disk;
+pub mod host;
+pub mod object;
+mod slots;
+
+/// Which medium a tier lives on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierKind {
+    Host,
+    Disk,
+    Object,
+    /// A peer's block service used as a tier (see `tierkv-kvstore`).
+    Remote,
+}
+
+impl std::fmt::Display for TierKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TierKind::Host => "host",
+            TierKind::Disk => "disk",
+            TierKind::Object => "object",
+            TierKind::Remote => "remote",
+        })
+    }
+}
+
+/// What a `put` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The block was written.
+    Stored,
+    /// The tier already held (or was already writing) a block under this key; blocks
+    /// are content-addressed, so nothing was written.
+    AlreadyPresent,
+}
+
+/// A bounded pool of blocks on one medium.
+///
+/// Tiers do not evict: a `put` into a full tier fails with [`crate::TierError::Full`],
+/// and the caller (the tiered store, which owns the policy) chooses a victim.
+/// A block that fails verification on read is reported as a miss (`Ok(None)`), counted
+/// in [`TierStats::corrupt_blocks`] and dropped; wrong bytes are never returned.
+#[async_trait]
+pub trait Tier: Send + Sync + 'static {
+    /// The configured name, unique within a store (`host`, `disk`, `s3`, ...).
+    fn name(&self) -> &str;
+    fn kind(&self) -> TierKind;
+    /// The largest payload one block may have.
+    fn slot_bytes(&self) -> usize;
+    /// How many blocks fit.
+    fn capacity_blocks(&self) -> u64;
+    /// `capacity_blocks * slot_bytes`.
+    fn capacity_bytes(&self) -> u64 {
+        self.capacity_blocks() * self.slot_bytes() as u64
+    }
+    /// Sum of the payload lengths of the blocks held.
+    fn used_bytes(&self) -> u64;
+    /// Number of blocks held (including those being written).
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether blocks survive a restart of the process.
+    fn is_persistent(&self) -> bool;
+
+    /// Stores `data` under `key`. A no-op when the key is already present.
+    async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome>;
+    /// The block's payload, or `None` if absent or found corrupt.
+    async fn get(&self, key: BlockKey) -> Result<Option<Bytes>>;
+    async fn contains(&self, key: BlockKey) -> Result<bool>;
+    /// Removes a block; `false` if it was not there.
+    async fn remove(&self, key: BlockKey) -> Result<bool>;
+    /// Every key held, with its payload length: how a store rebuilds its index over a
+    /// persistent tier after a restart.
+    async fn keys(&self) -> Result<Vec<(BlockKey, u64)>>;
+
+    fn stats(&self) -> TierStats;
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical
+/// section in this crate leaves its state consistent before anything can panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,489 @@
+//! Object-storage tier through `object_store`: a local directory by default, or S3
+//! (and S3-compatible services: OSS, MinIO, Ceph RGW) with endpoint, bucket, region and
+//! credentials. One object per block, named `<prefix>/<namespace>/<hash>.kvb`, holding
+//! the 64-byte [`crate::header`] and the payload, so damage is detected on read.
+//!
+//! Requests are bounded by a semaphore; HTTP stores retry with exponential backoff
+//! (object_store's retry layer) and time out. The tier keeps an in-memory index of the
+//! objects it knows (loaded by listing at open), which bounds its capacity and answers
+//! `contains` without a request.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::sync::Semaphore;
+
+use super::host::check_payload;
+use super::{PutOutcome, Tier, TierKind, lock};
+use crate::header::{self, HEADER_LEN};
+use crate::{BlockKey, BlockKeyMap, Result, TierCounters, TierError, TierStats};
+
+/// Where the objects live.
+#[derive(Clone, Debug)]
+pub enum ObjectBackend {
+    /// A directory on a local filesystem (created if missing).
+    LocalDir(PathBuf),
+    /// An S3 bucket, or an S3-compatible service when `endpoint` is set.
+    S3 {
+        bucket: String,
+        /// AWS region; S3-compatible services usually accept any. Default `us-east-1`.
+        region: String,
+        /// `http(s)://host:port` of an S3-compatible service; `None` for AWS.
+        endpoint: Option<String>,
+        /// Static credentials. `None` means anonymous requests; the `tierkv` binaries
+        /// fill these from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+        /// Allow plain-HTTP endpoints. Default false.
+        allow_http: bool,
+        /// Use `bucket.host` addressing instead of `host/bucket` (OSS needs this).
+        virtual_hosted_style: bool,
+    },
+}
+
+/// Configuration of an [`ObjectTier`].
+#[derive(Clone, Debug)]
+pub struct ObjectTierConfig {
+    /// Tier name. Default `"object"`.
+    pub name: String,
+    pub backend: ObjectBackend,
+    /// Key prefix inside the bucket or directory. Default `"tierkv"`.
+    pub prefix: String,
+    /// How many bytes of blocks to keep; rounded down to whole slots. Default 64 GiB.
+    pub capacity_bytes: u64,
+    /// Largest block payload. Default 2 MiB.
+    pub slot_bytes: usize,
+    /// Requests in flight at once. Default 32.
+    pub max_concurrency: usize,
+    /// Retries of a failed request (HTTP backends). Default 3.
+    pub max_retries: usize,
+    /// Timeout of one request (HTTP backends). Default 30 s.
+    pub request_timeout: Duration,
+}
+
+impl Default for ObjectTierConfig {
+    fn default() -> Self {
+        ObjectTierConfig {
+            name: "object".into(),
+            backend: ObjectBackend::LocalDir(PathBuf::from("tierkv-data/object")),
+            prefix: "tierkv".into(),
+            capacity_bytes: 64 << 30,
+            slot_bytes: 2 << 20,
+            max_concurrency: 32,
+            max_retries: 3,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ObjectTierConfig {
+    /// Builds the `object_store` client for [`ObjectTierConfig::backend`].
+    pub fn build_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        let name = &self.name;
+        let obj_err = |source| TierError::Object {
+            tier: name.clone(),
+            source,
+        };
+        match &self.backend {
+            ObjectBackend::LocalDir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    TierError::io(
+                        format!("creating object tier directory {}", dir.display()),
+                        e,
+                    )
+                })?;
+                let store =
+                    object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(obj_err)?;
+                Ok(Arc::new(store))
+            }
+            ObjectBackend::S3 {
+                bucket,
+                region,
+                endpoint,
+                access_key_id,
+                secret_access_key,
+                allow_http,
+                virtual_hosted_style,
+            } => {
+                let retry = object_store::RetryConfig {
+                    max_retries: self.max_retries,
+                    retry_timeout: self.request_timeout * (self.max_retries as u32 + 1),
+                    backoff: object_store::BackoffConfig {
+                        init_backoff: Duration::from_millis(50),
+                        max_backoff: Duration::from_secs(5),
+                        base: 2.0,
+                    },
+                };
+                let client = object_store::ClientOptions::new()
+                    .with_timeout(self.request_timeout)
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_allow_http(*allow_http);
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_allow_http(*allow_http)
+                    .with_virtual_hosted_style_request(*virtual_hosted_style)
+                    .with_retry(retry)
+                    .with_client_options(client);
+                if let Some(endpoint) = endpoint {
+                    b = b.with_endpoint(endpoint);
+                }
+                match (access_key_id, secret_access_key) {
+                    (Some(id), Some(secret)) => {
+                        b = b.with_access_key_id(id).with_secret_access_key(secret);
+                    }
+                    (None, None) => b = b.with_skip_signature(true),
+                    _ => {
+                        return Err(TierError::config(
+                            name,
+                            "set both access_key_id and secret_access_key, or neither",
+                        ));
+                    }
+                }
+                Ok(Arc::new(b.build().map_err(obj_err)?))
+            }
+        }
+    }
+}
+
+struct Index {
+    blocks: BlockKeyMap<u64>,
+    /// Puts admitted but not finished: they count against capacity.
+    writing: BlockKeyMap<()>,
+    used_bytes: u64,
+}
+
+struct Inner {
+    name: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    slot_bytes: usize,
+    capacity_blocks: u64,
+    permits: Semaphore,
+    index: Mutex<Index>,
+    counters: TierCounters,
+}
+
+/// A block pool in object storage. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct ObjectTier {
+    inner: Arc<Inner>,
+}
+
+impl ObjectTier {
+    /// Connects to the backend and lists the blocks already stored under the prefix.
+    /// An unreachable endpoint fails here, after the configured retries.
+    pub async fn open(config: ObjectTierConfig) -> Result<ObjectTier> {
+        let store = config.build_store()?;
+        Self::with_store(config, store).await
+    }
+
+    /// Like [`ObjectTier::open`] over an already built store.
+    pub async fn with_store(
+        config: ObjectTierConfig,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<ObjectTier> {
+        let name = config.name.clone();
+        if config.slot_bytes == 0 {
+            return Err(TierError::config(&name, "slot_bytes must be > 0"));
+        }
+        if config.max_concurrency == 0 {
+            return Err(TierError::config(&name, "max_concurrency must be > 0"));
+        }
+        let capacity_blocks = config.capacity_bytes / config.slot_bytes as u64;
+        if capacity_blocks == 0 {
+            return Err(TierError::config(
+                &name,
+                format!(
+                    "capacity of {} bytes holds no block of {} bytes",
+                    config.capacity_bytes, config.slot_bytes
+                ),
+            ));
+        }
+        let tier = ObjectTier {
+            inner: Arc::new(Inner {
+                name,
+                store,
+                prefix: config.prefix.trim_matches('/').to_string(),
+                slot_bytes: config.slot_bytes,
+                capacity_blocks,
+                permits: Semaphore::new(config.max_concurrency),
+                index: Mutex::new(Index {
+                    blocks: BlockKeyMap::default(),
+                    writing: BlockKeyMap::default(),
+                    used_bytes: 0,
+                }),
+                counters: TierCounters::default(),
+            }),
+        };
+        tier.reload().await?;
+        Ok(tier)
+    }
+
+    /// The underlying store (benchmarks compare against it).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.inner.store)
+    }
+
+    /// The object path of a block.
+    pub fn object_path(&self, key: BlockKey) -> ObjectPath {
+        self.inner.path(key)
+    }
+
+    async fn reload(&self) -> Result<()> {
+        let inner = &self.inner;
+        let prefix = ObjectPath::from(inner.prefix.as_str());
+        let listed: Vec<_> = {
+            let _permit = inner.permit().await?;
+            inner
+                .store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| inner.obj_error(e))?
+        };
+        let mut index = lock(&inner.index);
+        for meta in listed {
+            let Some(key) = parse_path(meta.location.as_ref()) else {
+                continue;
+            };
+            let Some(len) = meta.size.checked_sub(HEADER_LEN as u64) else {
+                continue;
+            };
+            if index.blocks.insert(key, len).is_none() {
+                index.used_bytes += len;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `<prefix>/<namespace:016x>/<hash:032x>.kvb` -> key.
+fn parse_path(path: &str) -> Option<BlockKey> {
+    let mut parts = path.rsplit('/');
+    let hash = parts.next()?.strip_suffix(".kvb")?;
+    let ns = parts.next()?;
+    if hash.len() != 32 || ns.len() != 16 {
+        return None;
+    }
+    Some(BlockKey::new(
+        u64::from_str_radix(ns, 16).ok()?,
+        u128::from_str_radix(hash, 16).ok()?,
+    ))
+}
+
+impl Inner {
+    fn path(&self, key: BlockKey) -> ObjectPath {
+        let name = format!("{:016x}/{:032x}.kvb", key.namespace, key.hash);
+        if self.prefix.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| TierError::Closed(self.name.clone()))
+    }
+
+    fn obj_error(&self, source: object_store::Error) -> TierError {
+        TierCounters::add(&self.counters.io_errors, 1);
+        TierError::Object {
+            tier: self.name.clone(),
+            source,
+        }
+    }
+
+    fn forget(&self, key: BlockKey) -> bool {
+        let mut index = lock(&self.index);
+        match index.blocks.remove(&key) {
+            Some(len) => {
+                index.used_bytes -= len;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Releases a put's admission if the put does not finish (error or cancellation).
+struct WritingGuard<'a> {
+    inner: &'a Inner,
+    key: BlockKey,
+}
+
+impl Drop for WritingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.index).writing.remove(&self.key);
+    }
+}
+
+#[async_trait]
+impl Tier for ObjectTier {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+    fn kind(&self) -> TierKind {
+        TierKind::Object
+    }
+    fn slot_bytes(&self) -> usize {
+        self.inner.slot_bytes
+    }
+    fn capacity_blocks(&self) -> u64 {
+        self.inner.capacity_blocks
+    }
+    fn used_bytes(&self) -> u64 {
+        lock(&self.inner.index).used_bytes
+    }
+    fn len(&self) -> u64 {
+        let index = lock(&self.inner.index);
+        (index.blocks.len() + index.writing.len()) as u64
+    }
+    fn is_persistent(&self) -> bool {
+        true
+    }
+
+    async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
+        let inner = &self.inner;
+        check_payload(&inner.name, inner.slot_bytes, &data)?;
+        {
+            let mut index = lock(&inner.index);
+            if index.blocks.contains_key(&key) || index.writing.contains_key(&key) {
+                return Ok(PutOutcome::AlreadyPresent);
+            }
+            if (index.blocks.len() + index.writing.len()) as u64 >= inner.capacity_blocks {
+                return Err(TierError::Full {
+                    tier: inner.name.clone(),
+                    capacity_blocks: inner.capacity_blocks,
+                });
+            }
+            index.writing.insert(key, ());
+        }
+        let guard = WritingGuard { inner, key };
+        let len = data.len() as u64;
+        let header = Bytes::copy_from_slice(&header::encode(key, &data));
+        let payload: PutPayload = [header, data].into_iter().collect();
+        {
+            let _permit = inner.permit().await?;
+            inner
+                .store
+                .put(&inner.path(key), payload)
+                .await
+                .map_err(|e| inner.obj_error(e))?;
+        }
+        {
+            let mut index = lock(&inner.index);
+            index.blocks.insert(key, len);
+            index.used_bytes += len;
+        }
+        drop(guard);
+        TierCounters::add(&inner.counters.puts, 1);
+        TierCounters::add(&inner.counters.put_bytes, len);
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn get(&self, key: BlockKey) -> Result<Option<Bytes>> {
+        let inner = &self.inner;
+        TierCounters::add(&inner.counters.gets, 1);
+        let expected = lock(&inner.index).blocks.get(&key).copied();
+        let Some(expected) = expected else {
+            TierCounters::add(&inner.counters.misses, 1);
+            return Ok(None);
+        };
+        let fetched = {
+            let _permit = inner.permit().await?;
+            match inner.store.get(&inner.path(key)).await {
+                Ok(result) => result.bytes().await,
+                Err(e) => Err(e),
+            }
+        };
+        let stored = match fetched {
+            Ok(stored) => stored,
+            Err(object_store::Error::NotFound { .. }) => {
+                // Deleted behind our back (lifecycle rule, another node): a miss.
+                inner.forget(key);
+                TierCounters::add(&inner.counters.misses, 1);
+                return Ok(None);
+            }
+            Err(e) => return Err(inner.obj_error(e)),
+        };
+        match header::verify(&stored, key, Some(expected)) {
+            Ok(len) => {
+                TierCounters::add(&inner.counters.hits, 1);
+                TierCounters::add(&inner.counters.get_bytes, len as u64);
+                Ok(Some(stored.slice(HEADER_LEN..HEADER_LEN + len)))
+            }
+            Err(why) => {
+                TierCounters::add(&inner.counters.corrupt_blocks, 1);
+                TierCounters::add(&inner.counters.misses, 1);
+                tracing::warn!(tier = %inner.name, %key, %why, "corrupt object; deleting it");
+                self.remove(key).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn contains(&self, key: BlockKey) -> Result<bool> {
+        Ok(lock(&self.inner.index).blocks.contains_key(&key))
+    }
+
+    async fn remove(&self, key: BlockKey) -> Result<bool> {
+        let inner = &self.inner;
+        if !inner.forget(key) {
+            return Ok(false);
+        }
+        let _permit = inner.permit().await?;
+        match inner.store.delete(&inner.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(inner.obj_error(e)),
+        }
+        TierCounters::add(&inner.counters.removes, 1);
+        Ok(true)
+    }
+
+    async fn keys(&self) -> Result<Vec<(BlockKey, u64)>> {
+        Ok(lock(&self.inner.index)
+            .blocks
+            .iter()
+            .map(|(k, len)| (*k, *len))
+            .collect())
+    }
+
+    fn stats(&self) -> TierStats {
+        let (used, blocks) = {
+            let index = lock(&self.inner.index);
+            (index.used_bytes, index.blocks.len() as u64)
+        };
+        self.inner.counters.snapshot(
+            &self.inner.name,
+            TierKind::Object,
+            self.capacity_bytes(),
+            used,
+            blocks,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_paths_round_trip() {
+        let key = BlockKey::new(0xabc, 0x1234_5678_9abc_def0_1122_3344_5566_7788);
+        let path = format!("tierkv/{:016x}/{:032x}.kvb", key.namespace, key.hash);
+        assert_eq!(parse_path(&path), Some(key));
+        assert_eq!(parse_path("tierkv/short/abc.kvb"), None);
+        assert_eq!(parse_path("tierkv/0000000000000abc/zz.kvb"), None);
+        assert_eq!(parse_path("unrelated.txt"), None);
+    }
+}

@@ -1,0 +1,418 @@
+//! The conformance suite every tier implementation runs: host, disk, object on a local
+//! directory and object on a real S3-compatible server.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{S3Server, payload};
+use tierkv_tiers::{
+    BlockKey, DiskTier, DiskTierConfig, HostTier, HostTierConfig, ObjectBackend, ObjectTier,
+    ObjectTierConfig, PutOutcome, Tier, TierError,
+};
+
+const SLOT: usize = 64 * 1024;
+const CAPACITY_BLOCKS: u64 = 24;
+
+fn key(i: u64) -> BlockKey {
+    BlockKey::new(0xfeed, (i as u128) << 64 | 0x5eed)
+}
+
+async fn round_trip(tier: &dyn Tier) {
+    for (i, len) in [1usize, 100, 4096, 5000, SLOT - 1, SLOT]
+        .into_iter()
+        .enumerate()
+    {
+        let data = payload(i as u64, len);
+        assert_eq!(
+            tier.put(key(i as u64), data.clone()).await.unwrap(),
+            PutOutcome::Stored
+        );
+        let back = tier.get(key(i as u64)).await.unwrap().expect("just stored");
+        assert_eq!(back, data, "{}: block {i} of {len} bytes", tier.name());
+    }
+    assert!(tier.get(key(999)).await.unwrap().is_none());
+    let stats = tier.stats();
+    assert_eq!(stats.hits, 6);
+    assert_eq!(stats.misses, 1);
+    assert_eq!(stats.blocks, 6);
+    assert_eq!(tier.len(), 6);
+    assert_eq!(
+        stats.used_bytes,
+        (1 + 100 + 4096 + 5000 + SLOT - 1 + SLOT) as u64
+    );
+    let mut keys: Vec<_> = tier
+        .keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    keys.sort();
+    let mut expected: Vec<_> = (0..6).map(key).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
+async fn idempotent_put(tier: &dyn Tier) {
+    let data = payload(7, 3000);
+    assert_eq!(
+        tier.put(key(7), data.clone()).await.unwrap(),
+        PutOutcome::Stored
+    );
+    let used = tier.used_bytes();
+    assert_eq!(
+        tier.put(key(7), payload(8, 3000)).await.unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+    assert_eq!(tier.used_bytes(), used);
+    assert_eq!(
+        tier.get(key(7)).await.unwrap().unwrap(),
+        data,
+        "first write wins"
+    );
+}
+
+async fn contains_and_remove(tier: &dyn Tier) {
+    tier.put(key(1), payload(1, 100)).await.unwrap();
+    assert!(tier.contains(key(1)).await.unwrap());
+    assert!(!tier.contains(key(2)).await.unwrap());
+    assert!(tier.remove(key(1)).await.unwrap());
+    assert!(!tier.remove(key(1)).await.unwrap());
+    assert!(!tier.contains(key(1)).await.unwrap());
+    assert!(tier.get(key(1)).await.unwrap().is_none());
+    assert_eq!(tier.used_bytes(), 0);
+    // The key can be stored again afterwards.
+    tier.put(key(1), payload(11, 200)).await.unwrap();
+    assert_eq!(tier.get(key(1)).await.unwrap().unwrap(), payload(11, 200));
+}
+
+async fn capacity_limit(tier: &dyn Tier) {
+    assert_eq!(tier.capacity_blocks(), CAPACITY_BLOCKS);
+    for i in 0..CAPACITY_BLOCKS {
+        tier.put(key(i), payload(i, 1000)).await.unwrap();
+    }
+    let err = tier.put(key(100), payload(100, 1000)).await.unwrap_err();
+    assert!(matches!(err, TierError::Full { .. }), "{err}");
+    assert!(err.to_string().contains("full"));
+    // Nothing was lost by the refused put.
+    for i in 0..CAPACITY_BLOCKS {
+        assert_eq!(tier.get(key(i)).await.unwrap().unwrap(), payload(i, 1000));
+    }
+    tier.remove(key(0)).await.unwrap();
+    tier.put(key(100), payload(100, 1000)).await.unwrap();
+    assert_eq!(tier.len(), CAPACITY_BLOCKS);
+}
+
+async fn bad_payloads(tier: &dyn Tier) {
+    let err = tier.put(key(1), Bytes::new()).await.unwrap_err();
+    assert!(matches!(err, TierError::Empty(_)), "{err}");
+    let err = tier.put(key(1), payload(1, SLOT + 1)).await.unwrap_err();
+    assert!(matches!(err, TierError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("{}", SLOT + 1)));
+    assert!(!tier.contains(key(1)).await.unwrap());
+}
+
+async fn concurrency(tier: Arc<dyn Tier>) {
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let tier = Arc::clone(&tier);
+        tasks.push(tokio::spawn(async move {
+            let i = 1000 + t;
+            let data = payload(i, SLOT - (t as usize) * 100);
+            // Every task also races on one shared key.
+            let _ = tier.put(key(5000), payload(5000, 777)).await.unwrap();
+            tier.put(key(i), data.clone()).await.unwrap();
+            for _ in 0..4 {
+                assert_eq!(tier.get(key(i)).await.unwrap().unwrap(), data);
+                assert_eq!(
+                    tier.get(key(5000)).await.unwrap().unwrap(),
+                    payload(5000, 777)
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(tier.len(), 17);
+}
+
+macro_rules! conformance {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn round_trip() {
+                let (tier, _guard) = $make.await;
+                super::round_trip(&*tier).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn idempotent_put() {
+                let (tier, _guard) = $make.await;
+                super::idempotent_put(&*tier).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn contains_and_remove() {
+                let (tier, _guard) = $make.await;
+                super::contains_and_remove(&*tier).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn capacity_limit() {
+                let (tier, _guard) = $make.await;
+                super::capacity_limit(&*tier).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bad_payloads() {
+                let (tier, _guard) = $make.await;
+                super::bad_payloads(&*tier).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrency() {
+                let (tier, _guard) = $make.await;
+                super::concurrency(tier).await;
+            }
+        }
+    };
+}
+
+/// Keeps whatever backs a tier (a temp dir, a server) alive for the test.
+#[allow(dead_code)]
+enum Guard {
+    Dir(tempfile::TempDir),
+    S3(S3Server),
+}
+
+async fn host() -> (Arc<dyn Tier>, Guard) {
+    let tier = HostTier::new(HostTierConfig {
+        capacity_bytes: CAPACITY_BLOCKS * SLOT as u64,
+        slot_bytes: SLOT,
+        ..Default::default()
+    })
+    .unwrap();
+    (Arc::new(tier), Guard::Dir(tempfile::tempdir().unwrap()))
+}
+
+fn disk_config(dir: &std::path::Path) -> DiskTierConfig {
+    let stride = (SLOT + 64).div_ceil(4096) * 4096;
+    DiskTierConfig {
+        path: dir.join("disk"),
+        capacity_bytes: CAPACITY_BLOCKS * stride as u64,
+        slot_bytes: SLOT,
+        queue_depth: 8,
+        ..Default::default()
+    }
+}
+
+async fn disk() -> (Arc<dyn Tier>, Guard) {
+    let dir = tempfile::tempdir().unwrap();
+    let tier = DiskTier::open(disk_config(dir.path())).unwrap();
+    (Arc::new(tier), Guard::Dir(dir))
+}
+
+fn object_config(backend: ObjectBackend) -> ObjectTierConfig {
+    ObjectTierConfig {
+        backend,
+        capacity_bytes: CAPACITY_BLOCKS * SLOT as u64,
+        slot_bytes: SLOT,
+        max_concurrency: 8,
+        ..Default::default()
+    }
+}
+
+async fn object_local() -> (Arc<dyn Tier>, Guard) {
+    let dir = tempfile::tempdir().unwrap();
+    let tier = ObjectTier::open(object_config(ObjectBackend::LocalDir(
+        dir.path().join("obj"),
+    )))
+    .await
+    .unwrap();
+    (Arc::new(tier), Guard::Dir(dir))
+}
+
+fn s3_backend(server: &S3Server, bucket: &str) -> ObjectBackend {
+    ObjectBackend::S3 {
+        bucket: bucket.into(),
+        region: "us-east-1".into(),
+        endpoint: Some(server.endpoint.clone()),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        allow_http: true,
+        virtual_hosted_style: false,
+    }
+}
+
+async fn object_s3() -> (Arc<dyn Tier>, Guard) {
+    let server = S3Server::start();
+    server.create_bucket("tierkv-test");
+    let tier = ObjectTier::open(object_config(s3_backend(&server, "tierkv-test")))
+        .await
+        .unwrap();
+    (Arc::new(tier), Guard::S3(server))
+}
+
+conformance!(host_tier, host());
+conformance!(disk_tier, disk());
+conformance!(object_tier_local_dir, object_local());
+conformance!(object_tier_s3, object_s3());
+
+// ---- medium-specific behaviour -------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_blocks_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = disk_config(dir.path());
+    {
+        let tier = DiskTier::open(config.clone()).unwrap();
+        for i in 0..10 {
+            tier.put(key(i), payload(i, 10_000 + i as usize))
+                .await
+                .unwrap();
+        }
+        tier.remove(key(3)).await.unwrap();
+    }
+    let tier = DiskTier::open(config).unwrap();
+    assert_eq!(tier.len(), 9);
+    for i in 0..10 {
+        let got = tier.get(key(i)).await.unwrap();
+        if i == 3 {
+            assert!(got.is_none());
+        } else {
+            assert_eq!(got.unwrap(), payload(i, 10_000 + i as usize), "block {i}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_corruption_is_a_miss_never_data() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tier = DiskTier::open(disk_config(dir.path())).unwrap();
+    for i in 0..3 {
+        tier.put(key(i), payload(i, 20_000)).await.unwrap();
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tier.data_file())
+        .unwrap();
+    // Flip one payload byte of block 0 and one header byte of block 1.
+    let off0 = tier.slot_offset(key(0)).unwrap();
+    file.write_all_at(&[0xff ^ payload(0, 20_000)[500]], off0 + 64 + 500)
+        .unwrap();
+    let off1 = tier.slot_offset(key(1)).unwrap();
+    file.write_all_at(&[0x42], off1 + 9).unwrap();
+    file.sync_all().unwrap();
+
+    assert!(tier.get(key(0)).await.unwrap().is_none());
+    assert!(tier.get(key(1)).await.unwrap().is_none());
+    assert_eq!(tier.get(key(2)).await.unwrap().unwrap(), payload(2, 20_000));
+    let stats = tier.stats();
+    assert_eq!(stats.corrupt_blocks, 2);
+    assert!(
+        !tier.contains(key(0)).await.unwrap(),
+        "a corrupt block is dropped"
+    );
+    assert_eq!(tier.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_refuses_a_file_of_the_wrong_size_or_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = disk_config(dir.path());
+    let tier = DiskTier::open(config.clone()).unwrap();
+    tier.put(key(1), payload(1, 100)).await.unwrap();
+    let data_file = tier.data_file();
+    drop(tier);
+
+    let mut bigger = config.clone();
+    bigger.capacity_bytes *= 2;
+    let err = DiskTier::open(bigger).err().expect("geometry changed");
+    assert!(err.to_string().contains("slots"), "{err}");
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data_file)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let err = DiskTier::open(config).err().expect("file truncated");
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_reports_an_unusable_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let mut config = disk_config(dir.path());
+    config.path = file.join("disk");
+    let err = DiskTier::open(config).err().expect("path under a file");
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_corruption_is_a_miss_never_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("obj");
+    let tier = ObjectTier::open(object_config(ObjectBackend::LocalDir(root.clone())))
+        .await
+        .unwrap();
+    tier.put(key(1), payload(1, 5000)).await.unwrap();
+    let file = root.join(tier.object_path(key(1)).as_ref());
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[64 + 10] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    assert!(tier.get(key(1)).await.unwrap().is_none());
+    assert_eq!(tier.stats().corrupt_blocks, 1);
+    assert!(!file.exists(), "the corrupt object is deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_tier_reopens_from_s3_listing() {
+    let server = S3Server::start();
+    server.create_bucket("tierkv-test");
+    {
+        let tier = ObjectTier::open(object_config(s3_backend(&server, "tierkv-test")))
+            .await
+            .unwrap();
+        for i in 0..5 {
+            tier.put(key(i), payload(i, 3000)).await.unwrap();
+        }
+    }
+    let tier = ObjectTier::open(object_config(s3_backend(&server, "tierkv-test")))
+        .await
+        .unwrap();
+    assert_eq!(tier.len(), 5);
+    for i in 0..5 {
+        assert_eq!(tier.get(key(i)).await.unwrap().unwrap(), payload(i, 3000));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_s3_endpoint_is_a_clear_error() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = object_config(ObjectBackend::S3 {
+        bucket: "kv".into(),
+        region: "us-east-1".into(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        access_key_id: Some("a".into()),
+        secret_access_key: Some("b".into()),
+        allow_http: true,
+        virtual_hosted_style: false,
+    });
+    config.max_retries = 1;
+    config.request_timeout = std::time::Duration::from_secs(2);
+    let err = ObjectTier::open(config)
+        .await
+        .err()
+        .expect("nothing listens there");
+    let msg = format!("{err}");
+    assert!(msg.contains("object tier"), "{msg}");
+}
