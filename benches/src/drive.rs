@@ -60,3 +60,45 @@ pub fn drive_sync(ops: usize, mut op: impl FnMut(usize) -> u64) -> Measurement {
     m.wall = start.elapsed().max(Duration::from_nanos(1));
     m
 }
+
+/// The measurement with the median throughput (latencies come with it).
+pub fn median(mut runs: Vec<Measurement>) -> Measurement {
+    runs.sort_by(|a, b| a.gbps().total_cmp(&b.gbps()));
+    let mid = runs.len() / 2;
+    runs.into_iter().nth(mid).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_picks_the_middle_throughput() {
+        let run = |bytes| Measurement {
+            latencies: vec![],
+            wall: Duration::from_secs(1),
+            bytes,
+        };
+        assert_eq!(median(vec![run(5), run(1), run(3)]).bytes, 3);
+        assert_eq!(median(vec![]).bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn drive_runs_every_op_once() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let m = drive(50, 4, move |i| {
+            let s = Arc::clone(&s);
+            async move {
+                s.lock().unwrap().push(i);
+                Ok(10)
+            }
+        })
+        .await
+        .unwrap();
+        let mut v = seen.lock().unwrap().clone();
+        v.sort();
+        assert_eq!(v, (0..50).collect::<Vec<_>>());
+        assert_eq!((m.bytes, m.latencies.len()), (500, 50));
+    }
+}

@@ -34,12 +34,16 @@ pub struct TierArgs {
     /// I/Os in flight for the disk tier and fio.
     #[arg(long, default_value_t = 16)]
     pub queue_depth: u32,
-    /// Bytes moved per row [default: 1GiB, or 64MiB with --quick].
+    /// Bytes moved per row [default: 1GiB, or 128MiB with --quick].
     #[arg(long)]
     pub bytes: Option<ByteSize>,
     /// A short run (under a minute on two cores).
     #[arg(long)]
     pub quick: bool,
+    /// Rounds per row, alternating tier and baseline; the median is reported
+    /// [default: 5, or 3 with --quick].
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Also write the rows as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -84,8 +88,10 @@ pub async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
     let row_bytes = args
         .bytes
         .map(|b| b.0)
-        .unwrap_or(if args.quick { 64 << 20 } else { 1 << 30 });
-    let min_ops = if args.quick { 16 } else { 64 };
+        .unwrap_or(if args.quick { 128 << 20 } else { 1 << 30 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
+    // Enough operations for a p99 even with the largest blocks.
+    let min_ops = if args.quick { 32 } else { 128 };
     let wanted = |kind: &str| args.only.is_empty() || args.only.iter().any(|o| o == kind);
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
@@ -110,7 +116,7 @@ pub async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
                     let mut tc = config.host_config(h);
                     tc.slot_bytes = block;
                     tc.capacity_bytes = (plan.ops * block.div_ceil(4096) * 4096) as u64;
-                    rows.extend(host::bench(&name, tc, plan, &data).await?);
+                    rows.extend(host::bench(&name, tc, plan, &data, rounds).await?);
                 }
                 TierConfig::Disk(d) if wanted("disk") => {
                     let mut tc = config.disk_config(d);
@@ -120,7 +126,8 @@ pub async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
                     let stride = (block + 64).div_ceil(4096) * 4096;
                     tc.capacity_bytes = (plan.ops * stride) as u64;
                     let fio_file = args.dir.join(format!("fio-{block}.dat"));
-                    rows.extend(disk::bench(&name, tc, plan, &data, fio.is_ok(), &fio_file).await?);
+                    let fio_file = fio.is_ok().then_some(fio_file.as_path());
+                    rows.extend(disk::bench(&name, tc, plan, &data, fio_file, rounds).await?);
                 }
                 TierConfig::Object(o) if wanted("object") => {
                     let mut tc = config.object_config(o);
@@ -128,7 +135,7 @@ pub async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
                     tc.capacity_bytes = (plan.ops * block) as u64;
                     tc.max_concurrency = args.concurrency;
                     tc.prefix = format!("tierkv-bench/{block}");
-                    rows.extend(object::bench(&name, tc, plan, &data, args.concurrency).await?);
+                    rows.extend(object::bench(&name, tc, plan, &data, args.concurrency, rounds).await?);
                 }
                 _ => {}
             }

@@ -1,16 +1,17 @@
 //! Object tier rows: puts and gets through the tier (header, checksum, index, bounded
-//! concurrency) against raw `object_store` puts and gets of the same payloads.
+//! concurrency) against raw `object_store` puts and gets of the same payloads on the
+//! same backend. Rounds alternate tier and baseline; medians.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tierkv_tiers::{ObjectTier, ObjectTierConfig, Tier};
 
 use super::{RowPlan, key};
-use crate::drive::drive;
-use crate::report::{Baseline, Row, byte_row};
+use crate::drive::{drive, median};
+use crate::report::{Baseline, Measurement, Row, byte_row};
 
 pub async fn bench(
     name: &str,
@@ -18,16 +19,41 @@ pub async fn bench(
     plan: RowPlan,
     data: &Bytes,
     concurrency: usize,
+    rounds: usize,
 ) -> anyhow::Result<Vec<Row>> {
     let RowPlan { block, ops } = plan;
     let prefix = config.prefix.clone();
     let tier = Arc::new(ObjectTier::open(config).await?);
     let store = tier.store();
+    let (mut put, mut get, mut raw_put, mut raw_get) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let (p, g) = raw_round(&store, &prefix, ops, block, concurrency, data).await?;
+        raw_put.push(p);
+        raw_get.push(g);
+        let (p, g) = tier_round(&tier, ops, block, concurrency, data).await?;
+        put.push(p);
+        get.push(g);
+    }
+    let label = "raw object_store";
+    let (put, get) = (median(put), median(get));
+    Ok(vec![
+        byte_row(name, "put", block as u64, concurrency, &put, &Baseline::measured(label, &median(raw_put))),
+        byte_row(name, "get", block as u64, concurrency, &get, &Baseline::measured(label, &median(raw_get))),
+    ])
+}
 
-    // Raw object_store first, then the tier, on the same backend.
-    let raw_path = move |i: usize| ObjectPath::from(format!("{prefix}-raw/{i}"));
-    let (s, d, p) = (Arc::clone(&store), data.clone(), raw_path.clone());
-    let raw_put = drive(ops, concurrency, move |i| {
+async fn raw_round(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    ops: usize,
+    block: usize,
+    concurrency: usize,
+    data: &Bytes,
+) -> anyhow::Result<(Measurement, Measurement)> {
+    let base = format!("{prefix}-raw");
+    let path = move |i: usize| ObjectPath::from(format!("{base}/{i}"));
+    let (s, d, p) = (Arc::clone(store), data.clone(), path.clone());
+    let put = drive(ops, concurrency, move |i| {
         let (s, d, path) = (Arc::clone(&s), d.clone(), p(i));
         async move {
             s.put(&path, d.into()).await?;
@@ -35,14 +61,26 @@ pub async fn bench(
         }
     })
     .await?;
-    let (s, p) = (Arc::clone(&store), raw_path.clone());
-    let raw_get = drive(ops, concurrency, move |i| {
+    let (s, p) = (Arc::clone(store), path.clone());
+    let get = drive(ops, concurrency, move |i| {
         let (s, path) = (Arc::clone(&s), p(i));
         async move { Ok(s.get(&path).await?.bytes().await?.len() as u64) }
     })
     .await?;
+    for i in 0..ops {
+        store.delete(&path(i)).await?;
+    }
+    Ok((put, get))
+}
 
-    let (t, d) = (Arc::clone(&tier), data.clone());
+async fn tier_round(
+    tier: &Arc<ObjectTier>,
+    ops: usize,
+    block: usize,
+    concurrency: usize,
+    data: &Bytes,
+) -> anyhow::Result<(Measurement, Measurement)> {
+    let (t, d) = (Arc::clone(tier), data.clone());
     let put = drive(ops, concurrency, move |i| {
         let (t, d) = (Arc::clone(&t), d.clone());
         async move {
@@ -51,41 +89,17 @@ pub async fn bench(
         }
     })
     .await?;
-    let t = Arc::clone(&tier);
+    let t = Arc::clone(tier);
     let get = drive(ops, concurrency, move |i| {
         let t = Arc::clone(&t);
         async move {
-            let got = t
-                .get(key(i))
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("object block {i} missing"))?;
+            let got = t.get(key(i)).await?.ok_or_else(|| anyhow::anyhow!("object block {i} missing"))?;
             Ok(got.len() as u64)
         }
     })
     .await?;
-
-    // Clean up both sets of objects.
     for i in 0..ops {
         tier.remove(key(i)).await?;
-        let _ = store.delete(&raw_path(i)).await;
     }
-    let label = "raw object_store";
-    Ok(vec![
-        byte_row(
-            name,
-            "put",
-            block as u64,
-            concurrency,
-            &put,
-            &Baseline::measured(label, &raw_put),
-        ),
-        byte_row(
-            name,
-            "get",
-            block as u64,
-            concurrency,
-            &get,
-            &Baseline::measured(label, &raw_get),
-        ),
-    ])
+    Ok((put, get))
 }

@@ -20,15 +20,18 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    /// Allocates `cap` bytes (rounded up to the alignment; at least one page).
+    /// Allocates `cap` bytes (rounded up to the alignment; at least one page), zeroed
+    /// by writing, so every page is faulted in now rather than on the I/O path.
     pub fn new(cap: usize) -> AlignedBuf {
         let cap = super::align_up(cap.max(1));
         let layout = Self::layout(cap);
         // SAFETY: `layout` has non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = unsafe { std::alloc::alloc(layout) };
         let Some(ptr) = NonNull::new(ptr) else {
             std::alloc::handle_alloc_error(layout)
         };
+        // SAFETY: `ptr` is a fresh allocation of `cap` bytes; writing initialises them.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, cap) };
         AlignedBuf { ptr, cap }
     }
 
@@ -86,6 +89,15 @@ impl BufPool {
 
     pub fn buf_len(&self) -> usize {
         self.buf_len
+    }
+
+    /// Allocates idle buffers up front (up to `n`, within `max_idle`), so that the
+    /// first I/Os neither allocate nor page-fault.
+    pub fn prefill(&self, n: usize) {
+        let n = n.min(self.max_idle);
+        let have = lock(&self.idle).len();
+        let fresh: Vec<_> = (have..n).map(|_| AlignedBuf::new(self.buf_len)).collect();
+        lock(&self.idle).extend(fresh);
     }
 
     /// An idle buffer, or a new one.
@@ -181,5 +193,8 @@ mod tests {
         drop(a);
         let b = pool.take();
         assert_eq!(b.full().as_ptr() as usize, addr, "idle buffer reused");
+        drop(b);
+        pool.prefill(5);
+        assert_eq!(lock(&pool.idle).len(), 2, "prefill stays within max_idle");
     }
 }

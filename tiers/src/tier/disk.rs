@@ -183,8 +183,12 @@ impl DiskTier {
 
         let uring = UringPool::new(&name, config.io_threads, config.queue_depth)
             .map_err(|e| TierError::io(format!("disk tier `{name}`: setting up io_uring"), e))?;
-        let max_idle = (config.queue_depth as usize * config.io_threads.max(1))
-            .clamp(4, (512 << 20) / slot_stride + 4);
+        // Staging buffers: one per I/O in flight (at most 512 MiB of them), allocated
+        // and faulted in now so that the I/O path never allocates.
+        let in_flight = config.queue_depth as usize * config.io_threads.max(1);
+        let max_idle = in_flight.clamp(4, (512 << 20) / slot_stride + 4);
+        let bufs = BufPool::new(slot_stride, max_idle);
+        bufs.prefill(in_flight);
         tracing::info!(
             tier = %name, dir = %dir.display(), slots, slot_stride, blocks = table.len(),
             "disk tier open"
@@ -199,7 +203,7 @@ impl DiskTier {
                 file: Arc::new(file),
                 index,
                 table: Mutex::new(table),
-                bufs: BufPool::new(slot_stride, max_idle),
+                bufs,
                 uring,
                 counters: TierCounters::default(),
             }),

@@ -38,13 +38,23 @@ impl S3Server {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
+        let args = ["-H", "127.0.0.1", "-p", &port.to_string()];
+        // The console script, or the module where pip put no script on PATH.
         let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .or_else(|_| {
+                Command::new("python3")
+                    .args(["-m", "moto.server"])
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            })
             .expect(
-                "moto_server (a real S3-compatible server) is needed: \
+                "moto (a real S3-compatible server) is needed: \
                  run scripts/test, or pip install 'moto[server]'",
             );
         let server = S3Server {
