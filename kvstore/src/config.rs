@@ -599,6 +599,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_the_default() {
+        let example = include_str!("../../deploy/tierkv.example.toml");
+        assert_eq!(
+            StoreConfig::from_toml(example).unwrap(),
+            StoreConfig::default()
+        );
+    }
+
+    #[test]
     fn full_example_parses() {
         let c = StoreConfig::from_toml(
             r#"

@@ -64,8 +64,22 @@ pub async fn bench(
         }
     };
     Ok(vec![
-        byte_row(name, "put", block as u64, qd as usize, &median(put), &pick(fio_w)),
-        byte_row(name, "get", block as u64, qd as usize, &median(get), &pick(fio_r)),
+        byte_row(
+            name,
+            "put",
+            block as u64,
+            qd as usize,
+            &median(put),
+            &pick(fio_w),
+        ),
+        byte_row(
+            name,
+            "get",
+            block as u64,
+            qd as usize,
+            &median(get),
+            &pick(fio_r),
+        ),
     ])
 }
 
@@ -89,7 +103,10 @@ async fn round(
     let get = drive(ops, qd, move |i| {
         let t = Arc::clone(&t);
         async move {
-            let got = t.get(key(i)).await?.ok_or_else(|| anyhow::anyhow!("disk block {i} missing"))?;
+            let got = t
+                .get(key(i))
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("disk block {i} missing"))?;
             Ok(got.len() as u64)
         }
     })

@@ -29,20 +29,35 @@ pub async fn bench(
             arena[i * block..(i + 1) * block].copy_from_slice(data);
             block as u64
         }));
-        let mut dst = out.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        base_out.push(drive_sync(ops, |i| {
-            dst.copy_from_slice(&arena[i * block..(i + 1) * block]);
-            std::hint::black_box(&dst);
-            block as u64
-        }));
-        drop(dst);
+        {
+            let mut dst = out.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            base_out.push(drive_sync(ops, |i| {
+                dst.copy_from_slice(&arena[i * block..(i + 1) * block]);
+                std::hint::black_box(&dst);
+                block as u64
+            }));
+        }
         let (p, g) = round(&tier, ops, block, data, &out).await?;
         put.push(p);
         get.push(g);
     }
     Ok(vec![
-        byte_row(name, "put", block as u64, 1, &median(put), &Baseline::measured("memcpy", &median(base_in))),
-        byte_row(name, "get", block as u64, 1, &median(get), &Baseline::measured("memcpy", &median(base_out))),
+        byte_row(
+            name,
+            "put",
+            block as u64,
+            1,
+            &median(put),
+            &Baseline::measured("memcpy", &median(base_in)),
+        ),
+        byte_row(
+            name,
+            "get",
+            block as u64,
+            1,
+            &median(get),
+            &Baseline::measured("memcpy", &median(base_out)),
+        ),
     ])
 }
 
@@ -66,7 +81,10 @@ async fn round(
     let get = drive(ops, 1, move |i| {
         let (t, out) = (Arc::clone(&t), Arc::clone(&out));
         async move {
-            let got = t.get(key(i)).await?.ok_or_else(|| anyhow::anyhow!("host block {i} missing"))?;
+            let got = t
+                .get(key(i))
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("host block {i} missing"))?;
             let mut buf = out.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             buf.copy_from_slice(&got);
             Ok(block as u64)

@@ -135,7 +135,9 @@ pub async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
                     tc.capacity_bytes = (plan.ops * block) as u64;
                     tc.max_concurrency = args.concurrency;
                     tc.prefix = format!("tierkv-bench/{block}");
-                    rows.extend(object::bench(&name, tc, plan, &data, args.concurrency, rounds).await?);
+                    rows.extend(
+                        object::bench(&name, tc, plan, &data, args.concurrency, rounds).await?,
+                    );
                 }
                 _ => {}
             }

@@ -37,8 +37,22 @@ pub async fn bench(
     let label = "raw object_store";
     let (put, get) = (median(put), median(get));
     Ok(vec![
-        byte_row(name, "put", block as u64, concurrency, &put, &Baseline::measured(label, &median(raw_put))),
-        byte_row(name, "get", block as u64, concurrency, &get, &Baseline::measured(label, &median(raw_get))),
+        byte_row(
+            name,
+            "put",
+            block as u64,
+            concurrency,
+            &put,
+            &Baseline::measured(label, &median(raw_put)),
+        ),
+        byte_row(
+            name,
+            "get",
+            block as u64,
+            concurrency,
+            &get,
+            &Baseline::measured(label, &median(raw_get)),
+        ),
     ])
 }
 
@@ -93,7 +107,10 @@ async fn tier_round(
     let get = drive(ops, concurrency, move |i| {
         let t = Arc::clone(&t);
         async move {
-            let got = t.get(key(i)).await?.ok_or_else(|| anyhow::anyhow!("object block {i} missing"))?;
+            let got = t
+                .get(key(i))
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("object block {i} missing"))?;
             Ok(got.len() as u64)
         }
     })
