@@ -1,21 +1,12 @@
-//! `tierkv`: the tierkv command line.
-//!
-//! Today it inspects and opens store configurations; the engine daemon (`tierkv
-//! engine`), the block service (`tierkv serve`) and the local cluster (`tierkv up`) are
-//! built on the same store.
+//! `tierkv`: the tierkv command line — the block service (`serve`), an operator client
+//! for it (`blocks`) and configuration tools (`config`).
 
-use std::path::PathBuf;
+mod cli;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tierkv_kvstore::{StoreConfig, TierConfig, TieredStore};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "tierkv",
-    version,
-    about = "tierkv: a tiered KV-cache block store for LLM inference"
-)]
+#[command(name = "tierkv", version, about = "tierkv: a tiered KV-cache block store for LLM inference")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,55 +14,27 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the block service: the store as a gRPC sidecar or shared cache node.
+    Serve(cli::serve::ServeArgs),
+    /// Poke a running block service.
+    Blocks(cli::blocks::BlocksArgs),
     /// Store configuration.
     #[command(subcommand)]
-    Config(ConfigCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum ConfigCommand {
-    /// Print the effective configuration (the built-in default without --config).
-    Show {
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-    /// Validate a configuration, open every tier and report what each holds.
-    Check {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Override `data_dir`.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
-}
-
-/// Loads the configuration and fills S3 credentials from the environment where the
-/// file leaves them out (the only place tierkv reads the environment).
-fn load(config: Option<&PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<StoreConfig> {
-    let mut c = match config {
-        Some(path) => StoreConfig::from_file(path)?,
-        None => StoreConfig::default(),
-    };
-    if let Some(dir) = data_dir {
-        c.data_dir = dir;
-    }
-    for tier in &mut c.tiers {
-        if let TierConfig::Object(o) = tier
-            && let Some(s3) = &mut o.s3
-        {
-            if s3.access_key_id.is_none() {
-                s3.access_key_id = std::env::var("AWS_ACCESS_KEY_ID").ok();
-            }
-            if s3.secret_access_key.is_none() {
-                s3.secret_access_key = std::env::var("AWS_SECRET_ACCESS_KEY").ok();
-            }
-        }
-    }
-    Ok(c)
+    Config(cli::config::ConfigCommand),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -80,27 +43,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Config(ConfigCommand::Show { config }) => {
-            print!("{}", load(config.as_ref(), None)?.to_toml());
-        }
-        Command::Config(ConfigCommand::Check { config, data_dir }) => {
-            let c = load(config.as_ref(), data_dir)?;
-            let store = TieredStore::open(&c)
-                .await
-                .with_context(|| format!("opening the store under {}", c.data_dir.display()))?;
-            println!("configuration OK; data_dir = {}", c.data_dir.display());
-            println!(
-                "{:<10} {:<7} {:>14} {:>14} {:>8}",
-                "tier", "kind", "capacity", "used", "blocks"
-            );
-            for s in store.stats().tiers {
-                let t = s.tier;
-                println!(
-                    "{:<10} {:<7} {:>14} {:>14} {:>8}",
-                    t.name, t.kind, t.capacity_bytes, t.used_bytes, t.blocks
-                );
-            }
-        }
+        Command::Serve(args) => cli::serve::run(args).await,
+        Command::Blocks(args) => cli::blocks::run(args).await,
+        Command::Config(cmd) => cli::config::run(cmd).await,
     }
-    Ok(())
 }

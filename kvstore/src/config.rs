@@ -161,6 +161,7 @@ pub enum TierConfig {
     Host(HostSection),
     Disk(DiskSection),
     Object(ObjectSection),
+    Remote(RemoteSection),
 }
 
 /// Policy knobs every tier section has.
@@ -318,12 +319,76 @@ impl ObjectSection {
 }
 tier_section!(ObjectSection);
 
+/// `kind = "remote"`: a peer's block service (`tierkv serve` or an engine), asked on a
+/// local miss. Not indexed locally; never the top tier.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSection {
+    /// Default `"remote"`.
+    #[serde(default = "RemoteSection::default_name")]
+    pub name: String,
+    /// `host:port` or `http(s)://host:port` of the peer. Required.
+    pub addr: String,
+    /// Bearer token. Unset: the binaries read `TIERKV_TOKEN`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Refuse puts and demotions. Default true.
+    #[serde(default = "yes")]
+    pub read_only: bool,
+    /// Namespaces served through this tier. Default none (engines register theirs).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Per call. Default 10000 ms.
+    #[serde(default = "RemoteSection::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries with backoff. Default 2.
+    #[serde(default = "RemoteSection::default_retries")]
+    pub retries: u32,
+    /// PEM CA certificate for an `https://` peer. Default none.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Also publish every put to the peer (needs `read_only = false`). Default false.
+    #[serde(default)]
+    pub write_through: bool,
+    /// Default `demote`.
+    #[serde(default)]
+    pub on_evict: EvictPolicy,
+}
+
+impl RemoteSection {
+    fn default_name() -> String {
+        "remote".into()
+    }
+    fn default_timeout_ms() -> u64 {
+        10_000
+    }
+    fn default_retries() -> u32 {
+        2
+    }
+}
+
+impl TierSection for RemoteSection {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn capacity(&self) -> ByteSize {
+        ByteSize(u64::MAX)
+    }
+    fn write_through(&self) -> bool {
+        self.write_through
+    }
+    fn on_evict(&self) -> EvictPolicy {
+        self.on_evict
+    }
+}
+
 impl TierConfig {
     pub fn section(&self) -> &dyn TierSection {
         match self {
             TierConfig::Host(s) => s,
             TierConfig::Disk(s) => s,
             TierConfig::Object(s) => s,
+            TierConfig::Remote(s) => s,
         }
     }
 
@@ -332,6 +397,7 @@ impl TierConfig {
             TierConfig::Host(_) => "host",
             TierConfig::Disk(_) => "disk",
             TierConfig::Object(_) => "object",
+            TierConfig::Remote(_) => "remote",
         }
     }
 }
@@ -357,6 +423,9 @@ pub struct StoreConfig {
     /// (local directory) 16 GiB.
     #[serde(default = "StoreConfig::default_tiers", rename = "tier")]
     pub tiers: Vec<TierConfig>,
+    /// The block service (`tierkv serve`, and every engine's peer service).
+    #[serde(default)]
+    pub service: crate::service::ServiceConfig,
 }
 
 impl Default for StoreConfig {
@@ -367,6 +436,7 @@ impl Default for StoreConfig {
             promote_on_hit: true,
             event_buffer: Self::default_event_buffer(),
             tiers: Self::default_tiers(),
+            service: Default::default(),
         }
     }
 }
@@ -464,6 +534,7 @@ impl StoreConfig {
         if self.event_buffer == 0 {
             return err("event_buffer must be > 0".into());
         }
+        self.service.validate().map_err(KvStoreError::Config)?;
         let mut names = std::collections::HashSet::new();
         for (i, tier) in self.tiers.iter().enumerate() {
             let s = tier.section();
@@ -480,6 +551,18 @@ impl StoreConfig {
                     s.capacity(),
                     self.slot_bytes
                 ));
+            }
+            if i == 0 && matches!(tier, TierConfig::Remote(_)) {
+                return err(format!(
+                    "tier `{}`: a remote tier cannot be the top tier; put a host tier above it",
+                    s.name()
+                ));
+            }
+            if let TierConfig::Remote(r) = tier
+                && r.write_through
+                && r.read_only
+            {
+                return err(format!("tier `{}`: write_through needs read_only = false", r.name));
             }
             if i == 0 && s.write_through() {
                 return err(format!(
@@ -542,6 +625,21 @@ impl StoreConfig {
             io_threads: s.io_threads,
             direct_io: s.direct_io,
             sync_writes: s.sync_writes,
+        }
+    }
+
+    pub fn remote_config(&self, s: &RemoteSection) -> crate::RemoteTierConfig {
+        let mut client = crate::service::BlockClientConfig::new(s.addr.clone());
+        client.token = s.token.clone();
+        client.timeout = Duration::from_millis(s.timeout_ms);
+        client.retries = s.retries;
+        client.tls_ca = s.tls_ca.clone();
+        crate::RemoteTierConfig {
+            name: s.name.clone(),
+            client,
+            read_only: s.read_only,
+            namespaces: s.namespaces.clone(),
+            slot_bytes: self.slot_bytes.0 as usize,
         }
     }
 

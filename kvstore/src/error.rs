@@ -21,6 +21,19 @@ pub enum KvStoreError {
     /// A layout with a zero dimension or a size that overflows.
     #[error("invalid KV layout: {0}")]
     Layout(String),
+    /// A block service call failed (after retries, for idempotent calls).
+    #[error("block service {op}: {code:?}: {message}")]
+    Rpc {
+        op: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+    /// A block service could not be reached or set up.
+    #[error("block service at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// Something that is not a valid message of the block service protocol.
+    #[error("block service protocol: {0}")]
+    Protocol(String),
     /// Every tier that could take the block is full of pinned blocks.
     #[error("no room in tier `{tier}`: all {capacity_blocks} blocks are pinned or being written")]
     NoRoom { tier: String, capacity_blocks: u64 },

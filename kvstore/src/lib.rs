@@ -6,19 +6,28 @@
 //! - [`TieredStore`]: an ordered list of tiers with eviction, demotion, promotion,
 //!   pinning, an in-memory `lookup_prefix` and an event stream.
 //! - [`StoreConfig`]: the TOML configuration of a store.
+//! - [`service`]: the gRPC block service (server, client) and [`RemoteTier`], a peer's
+//!   service used as a tier.
 
 mod config;
 mod error;
 mod hash;
 mod layout;
+pub mod metrics;
 mod namespace;
+mod remote_tier;
+pub mod service;
 pub mod store;
 
-pub use config::{ByteSize, EvictPolicy, S3Config, StoreConfig, TierConfig, TierSection};
+pub use config::{
+    ByteSize, DiskSection, EvictPolicy, HostSection, ObjectSection, RemoteSection, S3Config, StoreConfig,
+    TierConfig, TierSection,
+};
+pub use remote_tier::{RemoteTier, RemoteTierConfig};
 pub use error::{KvStoreError, Result};
 pub use hash::{BlockHash, hash_blocks};
 pub use layout::{DType, KvLayout};
-pub use namespace::Namespace;
+pub use namespace::{Namespace, namespace_id};
 pub use store::{
     PinGuard, StoreEvent, StoreEventKind, StoreOptions, StoreStats, TierPolicy, TierStoreStats,
     TieredStore,

@@ -1,5 +1,11 @@
 use crate::{KvLayout, Result};
 
+/// The 64-bit digest of a namespace name: the namespace part of a [`crate::BlockKey`].
+/// The block service maps the namespace strings on the wire through this.
+pub fn namespace_id(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
 /// What makes two KV payloads incompatible or private: the model, the KV layout, the
 /// tensor-parallel rank and an optional per-tenant cache salt. It seeds the hash chain
 /// (so equal tokens under different namespaces never share blocks) and scopes access in
@@ -44,7 +50,7 @@ impl Namespace {
                 xxhash_rust::xxh3::xxh3_64(salt.as_bytes())
             ));
         }
-        let id = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+        let id = namespace_id(&name);
         let seed = xxhash_rust::xxh3::xxh3_128(name.as_bytes());
         Ok(Namespace {
             model_id,

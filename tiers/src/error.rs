@@ -43,6 +43,12 @@ pub enum TierError {
         #[source]
         source: object_store::Error,
     },
+    /// A tier behind a network (a peer's block service) could not be reached or failed.
+    #[error("tier `{tier}` is unavailable: {reason}")]
+    Unavailable { tier: String, reason: String },
+    /// A put into a read-only tier.
+    #[error("tier `{0}` is read-only")]
+    ReadOnly(String),
     /// The tier's I/O threads are gone.
     #[error("tier `{0}` is shut down")]
     Closed(String),

@@ -225,6 +225,7 @@ impl TieredStore {
                     Arc::new(tier)
                 }
                 TierConfig::Object(o) => Arc::new(ObjectTier::open(config.object_config(o)).await?),
+                TierConfig::Remote(r) => Arc::new(crate::RemoteTier::new(config.remote_config(r))?),
             };
             tiers.push((tier, policy));
         }
@@ -251,7 +252,7 @@ impl TieredStore {
         }
         let slot_bytes = tiers.iter().map(|(t, _)| t.slot_bytes()).min().unwrap_or(0);
         let mut index = StoreIndex::new(tiers.len());
-        for (i, (tier, _)) in tiers.iter().enumerate() {
+        for (i, (tier, _)) in tiers.iter().enumerate().filter(|(_, (t, _))| t.is_indexed()) {
             for (key, _) in tier.keys().await? {
                 index.insert(i, key);
             }
@@ -322,7 +323,7 @@ impl TieredStore {
         }
         self.place(0, key, data.clone()).await?;
         let copies = (1..self.inner.tiers.len())
-            .filter(|&t| self.inner.tiers[t].policy.write_through)
+            .filter(|&t| self.inner.tiers[t].policy.write_through && self.inner.tiers[t].tier.accepts_puts())
             .map(|t| self.place(t, key, data.clone()));
         for result in join_all(copies).await {
             result?;
@@ -334,6 +335,15 @@ impl TieredStore {
     fn place(&self, t: usize, key: BlockKey, data: Bytes) -> BoxFuture<'_, Result<PutOutcome>> {
         Box::pin(async move {
             let entry = &self.inner.tiers[t];
+            if !entry.tier.is_indexed() {
+                // A peer: it owns its capacity and eviction.
+                let len = data.len() as u64;
+                let outcome = entry.tier.put(key, data).await?;
+                if outcome == PutOutcome::Stored {
+                    entry.counters.bytes_written.fetch_add(len, Relaxed);
+                }
+                return Ok(outcome);
+            }
             let capacity = entry.tier.capacity_blocks();
             let no_room = || KvStoreError::NoRoom {
                 tier: entry.tier.name().to_string(),
@@ -404,6 +414,7 @@ impl TieredStore {
         let next = t + 1;
         let demote = entry.policy.on_evict == EvictPolicy::Demote
             && next < inner.tiers.len()
+            && inner.tiers[next].tier.accepts_puts()
             && !lock(&inner.index).holds(&victim, next);
         if demote {
             let moved = match entry.tier.get(victim).await {
@@ -437,23 +448,29 @@ impl TieredStore {
         let mut tried: u16 = 0;
         let mut last_error = None;
         loop {
-            let t = {
+            let next = {
                 let mut ix = lock(&inner.index);
                 let candidates = u16::from(ix.mask(&key)) & !tried;
-                if candidates == 0 {
-                    drop(ix);
-                    for e in &inner.tiers[tried.count_ones() as usize..] {
+                (candidates != 0).then(|| {
+                    let t = candidates.trailing_zeros() as usize;
+                    ix.lru[t].promote(&key);
+                    ix.pin(key);
+                    t
+                })
+            };
+            let Some(t) = next else {
+                if let Some(data) = self.get_unindexed(key, tried).await? {
+                    return Ok(Some(data));
+                }
+                for e in &inner.tiers[tried.count_ones() as usize..] {
+                    if e.tier.is_indexed() {
                         e.counters.misses.fetch_add(1, Relaxed);
                     }
-                    return match last_error {
-                        Some(e) => Err(e),
-                        None => Ok(None),
-                    };
                 }
-                let t = candidates.trailing_zeros() as usize;
-                ix.lru[t].promote(&key);
-                ix.pin(key);
-                t
+                return match last_error {
+                    Some(e) => Err(e),
+                    None => Ok(None),
+                };
             };
             let _pin = PinGuard {
                 inner: Arc::clone(inner),
@@ -496,6 +513,72 @@ impl TieredStore {
         }
     }
 
+    /// Asks the tiers that are not indexed (peers) for `key`, top first, skipping those
+    /// in `tried`; a hit is promoted into the top tier.
+    async fn get_unindexed(&self, key: BlockKey, tried: u16) -> Result<Option<Bytes>> {
+        let inner = &self.inner;
+        for (t, entry) in inner.tiers.iter().enumerate() {
+            if entry.tier.is_indexed() || tried & (1 << t) != 0 {
+                continue;
+            }
+            let found = match entry.tier.get(key).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(tier = entry.tier.name(), key = %key, error = %e, "peer read failed");
+                    entry.counters.misses.fetch_add(1, Relaxed);
+                    continue;
+                }
+            };
+            let Some(data) = found else {
+                entry.counters.misses.fetch_add(1, Relaxed);
+                continue;
+            };
+            entry.counters.hits.fetch_add(1, Relaxed);
+            entry.counters.bytes_read.fetch_add(data.len() as u64, Relaxed);
+            if inner.promote_on_hit && inner.tiers[0].tier.is_indexed() {
+                match self.place(0, key, data.clone()).await {
+                    Ok(PutOutcome::Stored) => {
+                        entry.counters.promotions.fetch_add(1, Relaxed);
+                    }
+                    Ok(PutOutcome::AlreadyPresent) => {}
+                    Err(e) => tracing::warn!(key = %key, error = %e, "promotion failed"),
+                }
+            }
+            return Ok(Some(data));
+        }
+        Ok(None)
+    }
+
+    /// Like [`TieredStore::lookup_prefix`], then asks the peers (tiers that are not
+    /// indexed) for the blocks after the local prefix.
+    pub async fn lookup_prefix_deep(&self, ns: &Namespace, hashes: &[BlockHash]) -> usize {
+        let local = self.lookup_prefix(ns, hashes);
+        let rest: Vec<BlockKey> = hashes[local..].iter().map(|h| Self::key(ns, *h)).collect();
+        if rest.is_empty() {
+            return local;
+        }
+        let mut best = 0;
+        for entry in self.inner.tiers.iter().filter(|e| !e.tier.is_indexed()) {
+            match entry.tier.lookup_prefix(&rest).await {
+                Ok(n) => best = best.max(n),
+                Err(e) => tracing::warn!(tier = entry.tier.name(), error = %e, "peer lookup failed"),
+            }
+        }
+        local + best
+    }
+
+    /// [`TieredStore::locate_prefix`] by namespace digest and raw hashes (the block
+    /// service's form).
+    pub fn locate_prefix_keys(&self, namespace: u64, hashes: &[u128]) -> Vec<usize> {
+        let ix = lock(&self.inner.index);
+        hashes
+            .iter()
+            .map(|h| ix.mask(&BlockKey::new(namespace, *h)))
+            .take_while(|&m| m != 0)
+            .map(|m| m.trailing_zeros() as usize)
+            .collect()
+    }
+
     /// How many leading blocks of `hashes` are held in any tier, answered from memory.
     pub fn lookup_prefix(&self, ns: &Namespace, hashes: &[BlockHash]) -> usize {
         let id = ns.id();
@@ -509,14 +592,8 @@ impl TieredStore {
     /// For the longest cached prefix of `hashes`, the index of the highest tier holding
     /// each block.
     pub fn locate_prefix(&self, ns: &Namespace, hashes: &[BlockHash]) -> Vec<usize> {
-        let id = ns.id();
-        let ix = lock(&self.inner.index);
-        hashes
-            .iter()
-            .map(|h| ix.mask(&BlockKey::new(id, h.0)))
-            .take_while(|&m| m != 0)
-            .map(|m| m.trailing_zeros() as usize)
-            .collect()
+        let raw: Vec<u128> = hashes.iter().map(|h| h.0).collect();
+        self.locate_prefix_keys(ns.id(), &raw)
     }
 
     pub fn contains(&self, ns: &Namespace, hash: BlockHash) -> bool {

@@ -72,6 +72,15 @@ pub trait Tier: Send + Sync + 'static {
     }
     /// Whether blocks survive a restart of the process.
     fn is_persistent(&self) -> bool;
+    /// Whether the tier's content is known to its owner (so a store can index it in
+    /// memory). A peer's block service is not: it is asked on a local miss.
+    fn is_indexed(&self) -> bool {
+        true
+    }
+    /// Whether the tier takes puts (a read-only peer does not).
+    fn accepts_puts(&self) -> bool {
+        true
+    }
 
     /// Stores `data` under `key`. A no-op when the key is already present.
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome>;
@@ -83,6 +92,19 @@ pub trait Tier: Send + Sync + 'static {
     /// Every key held, with its payload length: how a store rebuilds its index over a
     /// persistent tier after a restart.
     async fn keys(&self) -> Result<Vec<(BlockKey, u64)>>;
+
+    /// How many leading `keys` the tier holds. Tiers that answer a whole prefix in one
+    /// request (a peer's block service) override this.
+    async fn lookup_prefix(&self, keys: &[BlockKey]) -> Result<usize> {
+        let mut n = 0;
+        for key in keys {
+            if !self.contains(*key).await? {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
 
     fn stats(&self) -> TierStats;
 }

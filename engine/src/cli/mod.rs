@@ -1,0 +1,47 @@
+//! Subcommands. This is the binary edge: the only place that reads the environment.
+
+pub mod blocks;
+pub mod config;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use tierkv_kvstore::{StoreConfig, TierConfig};
+
+/// Loads the configuration (the built-in default without a file), applies a data
+/// directory override, and fills credentials the file leaves out from the
+/// environment: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` for S3 tiers and
+/// `TIERKV_TOKEN` for remote tiers.
+pub fn load_config(
+    config: Option<&PathBuf>,
+    data_dir: Option<PathBuf>,
+    default: impl FnOnce() -> StoreConfig,
+) -> anyhow::Result<StoreConfig> {
+    let mut c = match config {
+        Some(path) => StoreConfig::from_file(path)?,
+        None => default(),
+    };
+    if let Some(dir) = data_dir {
+        c.data_dir = dir;
+    }
+    for tier in &mut c.tiers {
+        match tier {
+            TierConfig::Object(o) => {
+                if let Some(s3) = &mut o.s3 {
+                    if s3.access_key_id.is_none() {
+                        s3.access_key_id = std::env::var("AWS_ACCESS_KEY_ID").ok();
+                    }
+                    if s3.secret_access_key.is_none() {
+                        s3.secret_access_key = std::env::var("AWS_SECRET_ACCESS_KEY").ok();
+                    }
+                }
+            }
+            TierConfig::Remote(r) if r.token.is_none() => {
+                r.token = std::env::var("TIERKV_TOKEN").ok();
+            }
+            _ => {}
+        }
+    }
+    c.validate()?;
+    Ok(c)
+}

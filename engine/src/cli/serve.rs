@@ -1,0 +1,91 @@
+//! `tierkv serve`: the block service over a local tiered store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tierkv_kvstore::metrics::{Metrics, serve_metrics};
+use tierkv_kvstore::{StoreConfig, TierConfig, TieredStore, service};
+use tokio::sync::watch;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// gRPC address to listen on (`127.0.0.1:0` picks a free port; the address is
+    /// printed).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Base directory of the tiers (overrides `data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file. Without it: a host tier (512 MiB) over a disk tier (4 GiB).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where to serve Prometheus `/metrics`. Default: not served.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
+/// The default of `tierkv serve`: host + disk, no object tier.
+fn serve_default() -> StoreConfig {
+    let mut c = StoreConfig::default();
+    c.tiers.retain(|t| !matches!(t, TierConfig::Object(_)));
+    c
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = super::load_config(args.config.as_ref(), args.data_dir, serve_default)?;
+    let store = TieredStore::open(&config)
+        .await
+        .with_context(|| format!("opening the store under {}", config.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let metrics = Arc::new(Metrics::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let metrics_task = match &args.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics address {addr}"))?;
+            println!("tierkv serve: metrics on http://{}/metrics", l.local_addr()?);
+            Some(tokio::spawn(serve_metrics(l, Arc::clone(&metrics), store.clone(), stopped(stop_rx.clone()))))
+        }
+        None => None,
+    };
+    println!("tierkv serve: listening on {}", listener.local_addr()?);
+    let tiers: Vec<String> = store.tiers().iter().map(|t| format!("{}({})", t.name(), t.kind())).collect();
+    tracing::info!(tiers = %tiers.join(" -> "), data_dir = %config.data_dir.display(), "block service up");
+
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new calls; finishing open ones");
+        let _ = stop_tx.send(true);
+    });
+    service::serve(store.clone(), &config.service, listener, metrics, stopped(stop_rx)).await?;
+    if let Some(task) = metrics_task {
+        task.await??;
+    }
+    // Demotions and write-through copies complete inside each put, so nothing is queued;
+    // dropping the store closes the io_uring threads and RocksDB cleanly.
+    drop(store);
+    tracing::info!("block service stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

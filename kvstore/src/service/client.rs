@@ -1,0 +1,344 @@
+//! [`BlockClient`]: publish, fetch, lookup, stats and watch against a block service,
+//! with connection reuse (one HTTP/2 channel, cloned per call), per-call timeouts,
+//! retries with exponential backoff (every call is idempotent: blocks are
+//! content-addressed) and crc32c verification of fetched blocks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tierkv_proto::v1::block_service_client::BlockServiceClient;
+use tierkv_proto::v1::{
+    BlockId, FetchRequest, KvEvent, LookupRequest, PublishChunk, StatsReply, StatsRequest, WatchRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::{KvStoreError, Result};
+
+/// How to reach a block service.
+#[derive(Clone, Debug)]
+pub struct BlockClientConfig {
+    /// `host:port` or `http(s)://host:port`.
+    pub addr: String,
+    /// Bearer token. Default none.
+    pub token: Option<String>,
+    /// Default 3 s.
+    pub connect_timeout: Duration,
+    /// Per call, including streaming the blocks. Default 60 s.
+    pub timeout: Duration,
+    /// Retries of a failed call. Default 3.
+    pub retries: u32,
+    /// First backoff, doubled per retry. Default 50 ms.
+    pub backoff: Duration,
+    /// Publish chunk size (the server accepts its fetch chunk size + 64 KiB).
+    /// Default 1 MiB.
+    pub chunk_bytes: usize,
+    /// Largest block accepted from a server. Default 1 GiB.
+    pub max_block_bytes: usize,
+    /// PEM CA certificate to trust for `https://` addresses. Default none (system roots
+    /// are not loaded: set this for TLS).
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl BlockClientConfig {
+    pub fn new(addr: impl Into<String>) -> BlockClientConfig {
+        BlockClientConfig {
+            addr: addr.into(),
+            token: None,
+            connect_timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(60),
+            retries: 3,
+            backoff: Duration::from_millis(50),
+            chunk_bytes: 1 << 20,
+            max_block_bytes: 1 << 30,
+            tls_ca: None,
+        }
+    }
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishSummary {
+    pub stored: u64,
+    pub already_present: u64,
+    /// Hashes the server refused (checksum mismatch).
+    pub rejected: Vec<u128>,
+}
+
+/// A block service client. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct BlockClient {
+    client: BlockServiceClient<Channel>,
+    config: std::sync::Arc<BlockClientConfig>,
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded | Code::Internal
+    )
+}
+
+impl BlockClient {
+    /// A client that connects on first use (and reconnects after failures).
+    pub fn new(config: BlockClientConfig) -> Result<BlockClient> {
+        let addr = config.addr.clone();
+        let connect_err = |reason: String| KvStoreError::Connect {
+            addr: addr.clone(),
+            reason,
+        };
+        let uri = if addr.contains("://") {
+            addr.clone()
+        } else {
+            format!("http://{addr}")
+        };
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| connect_err(e.to_string()))?
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20));
+        if let Some(ca) = &config.tls_ca {
+            let pem = std::fs::read(ca).map_err(|e| connect_err(format!("reading CA {}: {e}", ca.display())))?;
+            let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            endpoint = endpoint.tls_config(tls).map_err(|e| connect_err(e.to_string()))?;
+        }
+        let auth = match &config.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| connect_err("the token has characters not allowed in a header".into()))?,
+            ),
+            None => None,
+        };
+        let max = config.chunk_bytes + (64 << 10);
+        let client = BlockServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(max.max(4 << 20) * 2)
+            .max_encoding_message_size(max);
+        Ok(BlockClient {
+            client,
+            config: std::sync::Arc::new(config),
+            auth,
+        })
+    }
+
+    /// Like [`BlockClient::new`], then checks that the service answers.
+    pub async fn connect(config: BlockClientConfig) -> Result<BlockClient> {
+        let client = Self::new(config)?;
+        client.stats().await?;
+        Ok(client)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.config.addr
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Some(auth) = &self.auth {
+            req.metadata_mut().insert("authorization", auth.clone());
+        }
+        req
+    }
+
+    async fn with_retries<T, F, Fut>(&self, op: &'static str, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut delay = self.config.backoff;
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(status) if retryable(status.code()) && attempt < self.config.retries => {
+                    tracing::debug!(op, addr = %self.config.addr, %status, attempt, "retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(status) => {
+                    return Err(KvStoreError::Rpc {
+                        op,
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Publishes blocks `(hash, payload)` of `namespace`.
+    pub async fn publish(&self, namespace: &str, blocks: &[(u128, Bytes)]) -> Result<PublishSummary> {
+        let chunk = self.config.chunk_bytes.max(1);
+        let reply = self
+            .with_retries("publish", || {
+                let mut chunks = Vec::new();
+                for (hash, data) in blocks {
+                    let crc = crc32c::crc32c(data);
+                    let id = BlockId {
+                        namespace: namespace.to_string(),
+                        hash: Bytes::copy_from_slice(&hash.to_be_bytes()),
+                    };
+                    let mut offset = 0;
+                    loop {
+                        let end = (offset + chunk).min(data.len());
+                        chunks.push(PublishChunk {
+                            id: Some(id.clone()),
+                            offset: offset as u64,
+                            data: data.slice(offset..end),
+                            total_len: data.len() as u64,
+                            crc32c: crc,
+                        });
+                        offset = end;
+                        if offset >= data.len() {
+                            break;
+                        }
+                    }
+                }
+                let mut client = self.client.clone();
+                let req = self.request(tokio_stream::iter(chunks));
+                async move { client.publish(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        let rejected = reply
+            .rejected
+            .iter()
+            .filter_map(|id| <[u8; 16]>::try_from(id.hash.as_ref()).ok().map(u128::from_be_bytes))
+            .collect();
+        Ok(PublishSummary {
+            stored: reply.stored,
+            already_present: reply.already_present,
+            rejected,
+        })
+    }
+
+    /// Fetches blocks; the result is in request order, `None` for a block the server
+    /// lacks or that arrived corrupt (crc32c mismatch, counted and logged).
+    pub async fn fetch(&self, namespace: &str, hashes: &[u128]) -> Result<Vec<Option<Bytes>>> {
+        self.with_retries("fetch", || {
+            let mut client = self.client.clone();
+            let req = self.request(FetchRequest {
+                namespace: namespace.to_string(),
+                hashes: hashes.iter().map(|h| Bytes::copy_from_slice(&h.to_be_bytes())).collect(),
+            });
+            let max_block = self.config.max_block_bytes;
+            async move {
+                let stream = client.fetch(req).await?.into_inner();
+                collect_fetch(stream, hashes, max_block).await
+            }
+        })
+        .await
+    }
+
+    /// `(prefix_hits, tier of each hit)`.
+    pub async fn lookup(&self, namespace: &str, hashes: &[u128]) -> Result<(u32, Vec<String>)> {
+        self.with_retries("lookup", || {
+            let mut client = self.client.clone();
+            let req = self.request(LookupRequest {
+                namespace: namespace.to_string(),
+                hashes: hashes.iter().map(|h| Bytes::copy_from_slice(&h.to_be_bytes())).collect(),
+            });
+            async move {
+                let r = client.lookup(req).await?.into_inner();
+                Ok((r.prefix_hits, r.tiers))
+            }
+        })
+        .await
+    }
+
+    pub async fn stats(&self) -> Result<StatsReply> {
+        self.with_retries("stats", || {
+            let mut client = self.client.clone();
+            let req = self.request(StatsRequest {});
+            async move { Ok(client.stats(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Stored/removed events from now on (no retries: a watcher resubscribes).
+    pub async fn watch(&self, namespaces: &[String]) -> Result<tonic::Streaming<KvEvent>> {
+        let mut client = self.client.clone();
+        let mut req = self.request(WatchRequest {
+            namespaces: namespaces.to_vec(),
+        });
+        // A watch lives longer than a call's timeout.
+        req.set_timeout(Duration::from_secs(365 * 24 * 3600));
+        client
+            .watch_events(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|status| KvStoreError::Rpc {
+                op: "watch",
+                code: status.code(),
+                message: status.message().to_string(),
+            })
+    }
+}
+
+/// Reassembles a fetch stream into blocks in request order.
+async fn collect_fetch(
+    mut stream: tonic::Streaming<tierkv_proto::v1::FetchChunk>,
+    hashes: &[u128],
+    max_block: usize,
+) -> Result<Vec<Option<Bytes>>, Status> {
+    let position: HashMap<u128, usize> = hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+    let mut out: Vec<Option<Bytes>> = vec![None; hashes.len()];
+    let mut current: Option<(usize, u64, u32, BytesMut)> = None;
+    let mut finished = false;
+    while let Some(chunk) = stream.message().await? {
+        if chunk.id.is_none() {
+            finished = true; // The final chunk: `missing` lists what the server lacks.
+            break;
+        }
+        let hash = chunk
+            .id
+            .as_ref()
+            .and_then(|id| <[u8; 16]>::try_from(id.hash.as_ref()).ok())
+            .map(u128::from_be_bytes)
+            .ok_or_else(|| Status::internal("fetch chunk with a malformed block id"))?;
+        let idx = *position
+            .get(&hash)
+            .ok_or_else(|| Status::internal("fetch returned a block that was not requested"))?;
+        if chunk.total_len == 0 || chunk.total_len as usize > max_block {
+            return Err(Status::internal(format!("fetch: block of {} bytes", chunk.total_len)));
+        }
+        let mut block = match current.take() {
+            None if chunk.offset == 0 => (idx, chunk.total_len, chunk.crc32c, BytesMut::with_capacity(chunk.total_len as usize)),
+            Some(b) if b.0 == idx && b.3.len() as u64 == chunk.offset => b,
+            _ => return Err(Status::internal("fetch: chunks out of order")),
+        };
+        if block.3.is_empty() && chunk.data.len() as u64 == chunk.total_len {
+            verify_into(&mut out, idx, chunk.data, block.2);
+            continue;
+        }
+        block.3.extend_from_slice(&chunk.data);
+        if block.3.len() as u64 > block.1 {
+            return Err(Status::internal("fetch: block longer than total_len"));
+        }
+        if block.3.len() as u64 == block.1 {
+            let (i, _, crc, buf) = block;
+            verify_into(&mut out, i, buf.freeze(), crc);
+        } else {
+            current = Some(block);
+        }
+    }
+    if !finished || current.is_some() {
+        // The stream broke: nothing partial is kept.
+        return Err(Status::unavailable("fetch stream ended early"));
+    }
+    Ok(out)
+}
+
+fn verify_into(out: &mut [Option<Bytes>], idx: usize, data: Bytes, crc: u32) {
+    if crc32c::crc32c(&data) == crc {
+        out[idx] = Some(data);
+    } else {
+        tracing::warn!(block = idx, "fetched block failed its crc32c check; treating it as missing");
+    }
+}

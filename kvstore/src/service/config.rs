@@ -1,0 +1,114 @@
+//! The `[service]` section: limits, tokens and TLS of the block service.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ByteSize;
+
+/// A bearer token and the namespaces it may read and write (`"*"`: all).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub token: String,
+    pub namespaces: Vec<String>,
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The block service's configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Largest block accepted. Default: the store's `slot_bytes`.
+    #[serde(default)]
+    pub max_block_bytes: Option<ByteSize>,
+    /// Blocks in one Publish stream, Fetch or Lookup. Default 4096.
+    #[serde(default = "ServiceConfig::default_max_blocks")]
+    pub max_blocks_per_request: usize,
+    /// Publish, Fetch and WatchEvents streams open at once. Default 256.
+    #[serde(default = "ServiceConfig::default_max_streams")]
+    pub max_concurrent_streams: usize,
+    /// Block bytes being received or sent at once, over all streams. Default 1 GiB.
+    #[serde(default = "ServiceConfig::default_inflight")]
+    pub max_inflight_bytes: ByteSize,
+    /// How long a block waits for in-flight budget before RESOURCE_EXHAUSTED.
+    /// Default 10000 ms.
+    #[serde(default = "ServiceConfig::default_inflight_wait_ms")]
+    pub inflight_wait_ms: u64,
+    /// Size of the chunks Fetch streams (and the largest chunk Publish accepts is this
+    /// plus 64 KiB). Default 1 MiB.
+    #[serde(default = "ServiceConfig::default_chunk")]
+    pub chunk_bytes: ByteSize,
+    /// Bearer tokens; none configured means no authentication. Default none.
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<TokenConfig>,
+    /// TLS; default off (plain HTTP/2).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            max_block_bytes: None,
+            max_blocks_per_request: Self::default_max_blocks(),
+            max_concurrent_streams: Self::default_max_streams(),
+            max_inflight_bytes: Self::default_inflight(),
+            inflight_wait_ms: Self::default_inflight_wait_ms(),
+            chunk_bytes: Self::default_chunk(),
+            tokens: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
+impl ServiceConfig {
+    fn default_max_blocks() -> usize {
+        4096
+    }
+    fn default_max_streams() -> usize {
+        256
+    }
+    fn default_inflight() -> ByteSize {
+        ByteSize(1 << 30)
+    }
+    fn default_inflight_wait_ms() -> u64 {
+        10_000
+    }
+    fn default_chunk() -> ByteSize {
+        ByteSize(1 << 20)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.max_blocks_per_request == 0 || self.max_concurrent_streams == 0 {
+            return Err("service limits must be > 0".into());
+        }
+        if self.chunk_bytes.0 < 4096 || self.chunk_bytes.0 > 64 << 20 {
+            return Err(format!("service chunk_bytes = {} must be in 4KiB..=64MiB", self.chunk_bytes));
+        }
+        if let Some(max) = self.max_block_bytes
+            && max.0 > self.max_inflight_bytes.0
+        {
+            return Err(format!(
+                "service max_block_bytes = {max} exceeds max_inflight_bytes = {}",
+                self.max_inflight_bytes
+            ));
+        }
+        for t in &self.tokens {
+            if t.token.len() < 8 {
+                return Err("service tokens must be at least 8 characters".into());
+            }
+            if t.namespaces.is_empty() {
+                return Err("a service token needs at least one namespace (or \"*\")".into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,9 @@
+//! The tierkv block service contract (`proto/tierkv/v1/block_service.proto`), generated
+//! at build time.
+
+#![allow(clippy::all)]
+
+/// `tierkv.v1`.
+pub mod v1 {
+    tonic::include_proto!("tierkv.v1");
+}
