@@ -1,0 +1,397 @@
+//! The block service in-process over loopback: publish/fetch, auth, limits, integrity,
+//! events, concurrency, and a peer's service as a tier.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tierkv_kvstore::metrics::Metrics;
+use tierkv_kvstore::service::{BlockClient, BlockClientConfig, ServiceConfig, TokenConfig, serve};
+use tierkv_kvstore::{
+    KvStoreError, RemoteTier, RemoteTierConfig, StoreConfig, StoreOptions, TierPolicy, TieredStore,
+};
+use tierkv_proto::v1::block_service_client::BlockServiceClient;
+use tierkv_proto::v1::{BlockId, FetchRequest, LookupRequest, PublishChunk, WatchRequest, kv_event};
+use tierkv_tiers::{BlockKey, HostTier, HostTierConfig, Tier};
+use tonic::Code;
+
+fn block(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+struct Server {
+    addr: String,
+    store: TieredStore,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A server over a host (4 MiB) + disk (16 MiB) store with 1 MiB slots.
+async fn start(service: ServiceConfig) -> Server {
+    start_with(service, "4MiB").await
+}
+
+async fn start_with(service: ServiceConfig, host_capacity: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::from_toml(&format!(
+        r#"
+        data_dir = "{}"
+        slot_bytes = "1MiB"
+        [[tier]]
+        kind = "host"
+        capacity = "{host_capacity}"
+        [[tier]]
+        kind = "disk"
+        capacity = "16MiB"
+        queue_depth = 8
+        "#,
+        dir.path().display()
+    ))
+    .unwrap();
+    config.service = service;
+    let store = TieredStore::open(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (s, svc) = (store.clone(), config.service.clone());
+    tokio::spawn(async move {
+        serve(s, &svc, listener, Arc::new(Metrics::new()), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Server {
+        addr,
+        store,
+        stop: Some(stop),
+        _dir: dir,
+    }
+}
+
+fn client(addr: &str, token: Option<&str>) -> BlockClient {
+    let mut c = BlockClientConfig::new(addr);
+    c.token = token.map(str::to_string);
+    c.retries = 1;
+    c.chunk_bytes = 64 << 10;
+    BlockClient::new(c).unwrap()
+}
+
+async fn raw(addr: &str) -> BlockServiceClient<tonic::transport::Channel> {
+    BlockServiceClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+fn rpc_code(e: &KvStoreError) -> Code {
+    match e {
+        KvStoreError::Rpc { code, .. } => *code,
+        other => panic!("expected an RPC error, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_then_fetch_in_request_order_with_missing_reported() {
+    let server = start(ServiceConfig::default()).await;
+    let c = client(&server.addr, None);
+    // Multi-chunk blocks (chunks are 64 KiB) and a single-chunk one.
+    let blocks: Vec<(u128, Bytes)> = (0..5u64).map(|i| (i as u128 + 1, block(i, 200_000 + i as usize))).collect();
+    let mut all = blocks.clone();
+    all.push((99, block(99, 1000)));
+    let summary = c.publish("ns-a", &all).await.unwrap();
+    assert_eq!((summary.stored, summary.already_present), (6, 0));
+    let again = c.publish("ns-a", &blocks[..2]).await.unwrap();
+    assert_eq!((again.stored, again.already_present), (0, 2));
+
+    let got = c.fetch("ns-a", &[5, 1, 12345, 99, 3]).await.unwrap();
+    assert_eq!(got[0].as_ref(), Some(&blocks[4].1));
+    assert_eq!(got[1].as_ref(), Some(&blocks[0].1));
+    assert!(got[2].is_none(), "unknown hash reported missing");
+    assert_eq!(got[3].as_ref(), Some(&all[5].1));
+    assert_eq!(got[4].as_ref(), Some(&blocks[2].1));
+    // Namespaces are separate.
+    assert_eq!(c.fetch("ns-b", &[1]).await.unwrap(), vec![None]);
+
+    let (hits, tiers) = c.lookup("ns-a", &[1, 2, 3, 777, 4]).await.unwrap();
+    assert_eq!(hits, 3);
+    assert_eq!(tiers.len(), 3);
+    assert!(tiers.iter().all(|t| t == "host" || t == "disk"), "{tiers:?}");
+    let stats = c.stats().await.unwrap();
+    assert_eq!(stats.blocks, 6);
+    assert_eq!(stats.tiers.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_scope_every_call_to_their_namespaces() {
+    let server = start(ServiceConfig {
+        tokens: vec![
+            TokenConfig {
+                token: "token-for-a".into(),
+                namespaces: vec!["a".into()],
+            },
+            TokenConfig {
+                token: "token-for-b".into(),
+                namespaces: vec!["b".into()],
+            },
+        ],
+        ..Default::default()
+    })
+    .await;
+    let a = client(&server.addr, Some("token-for-a"));
+    let b = client(&server.addr, Some("token-for-b"));
+    a.publish("a", &[(1, block(1, 100))]).await.unwrap();
+    assert_eq!(a.fetch("a", &[1]).await.unwrap()[0].as_ref(), Some(&block(1, 100)));
+
+    let denied = [
+        b.fetch("a", &[1]).await.unwrap_err(),
+        b.lookup("a", &[1]).await.unwrap_err(),
+        b.publish("a", &[(2, block(2, 100))]).await.unwrap_err(),
+    ];
+    for e in &denied {
+        assert_eq!(rpc_code(e), Code::PermissionDenied, "{e}");
+    }
+    assert_eq!(rpc_code(&b.watch(&["a".into()]).await.unwrap_err()), Code::PermissionDenied);
+    let anonymous = client(&server.addr, None);
+    assert_eq!(rpc_code(&anonymous.fetch("a", &[1]).await.unwrap_err()), Code::Unauthenticated);
+    let wrong = client(&server.addr, Some("not-a-token"));
+    assert_eq!(rpc_code(&wrong.stats().await.unwrap_err()), Code::Unauthenticated);
+    // Nothing was written by the refused publish.
+    assert_eq!(a.lookup("a", &[2]).await.unwrap().0, 0);
+}
+
+fn chunk(ns: &str, hash: &[u8], offset: u64, data: Bytes, total: u64) -> PublishChunk {
+    PublishChunk {
+        id: Some(BlockId {
+            namespace: ns.into(),
+            hash: Bytes::copy_from_slice(hash),
+        }),
+        offset,
+        crc32c: crc32c::crc32c(&data),
+        data,
+        total_len: total,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_status_and_store_nothing() {
+    let server = start(ServiceConfig {
+        max_blocks_per_request: 8,
+        ..Default::default()
+    })
+    .await;
+    let mut r = raw(&server.addr).await;
+    let h = [7u8; 16];
+
+    // A block over the 1 MiB slot limit.
+    let big = chunk("n", &h, 0, Bytes::from_static(&[1u8; 16]), 2 << 20);
+    let e = r.publish(tokio_stream::iter(vec![big])).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("limit"), "{}", e.message());
+
+    // A 15-byte hash.
+    let bad = chunk("n", &[1u8; 15], 0, block(1, 10), 10);
+    let e = r.publish(tokio_stream::iter(vec![bad])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("16 bytes"));
+
+    // A gap between chunks.
+    let data = block(3, 100);
+    let parts = vec![
+        chunk("n", &h, 0, data.slice(0..50), 100),
+        chunk("n", &h, 60, data.slice(60..100), 100),
+    ];
+    let e = r.publish(tokio_stream::iter(parts)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // A stream that ends inside a block: nothing of it is kept.
+    let parts = vec![chunk("n", &h, 0, data.slice(0..50), 100)];
+    let e = r.publish(tokio_stream::iter(parts)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("nothing of it was stored"));
+
+    // An empty namespace, and too many hashes.
+    let e = r
+        .fetch(FetchRequest {
+            namespace: String::new(),
+            hashes: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = r
+        .lookup(LookupRequest {
+            namespace: "n".into(),
+            hashes: vec![Bytes::copy_from_slice(&h); 9],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert_eq!(server.store.stats().blocks, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crc_mismatch_is_rejected_not_stored() {
+    let server = start(ServiceConfig::default()).await;
+    let mut r = raw(&server.addr).await;
+    let good = chunk("n", &[1u8; 16], 0, block(1, 5000), 5000);
+    let mut bad = chunk("n", &[2u8; 16], 0, block(2, 5000), 5000);
+    bad.crc32c ^= 0xdead_beef;
+    let reply = r.publish(tokio_stream::iter(vec![good, bad])).await.unwrap().into_inner();
+    assert_eq!(reply.stored, 1);
+    assert_eq!(reply.rejected.len(), 1);
+    assert_eq!(reply.rejected[0].hash.as_ref(), &[2u8; 16]);
+    let c = client(&server.addr, None);
+    let hashes = [u128::from_be_bytes([1u8; 16]), u128::from_be_bytes([2u8; 16])];
+    let got = c.fetch("n", &hashes).await.unwrap();
+    assert!(got[0].is_some() && got[1].is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_see_stored_and_removed_events_of_their_namespaces() {
+    let server = start(ServiceConfig::default()).await;
+    let c = client(&server.addr, None);
+    let mut all = c.watch(&[]).await.unwrap();
+    let mut only_b = c.watch(&["b".into()]).await.unwrap();
+    c.publish("a", &[(1, block(1, 100))]).await.unwrap();
+    c.publish("b", &[(2, block(2, 100))]).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), all.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.namespace, "a");
+    assert_eq!(first.kind, kv_event::Kind::Stored as i32);
+    assert_eq!(first.tier, "host");
+    assert_eq!(first.hashes[0].as_ref(), &1u128.to_be_bytes());
+    let second = tokio::time::timeout(Duration::from_secs(5), all.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!((second.namespace.as_str(), second.seq), ("b", first.seq + 1));
+    let b_event = tokio::time::timeout(Duration::from_secs(5), only_b.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(b_event.namespace, "b", "the filter skips namespace a");
+    // Fill the 4-block host tier so block 1 is demoted: removed from host, stored in disk.
+    for i in 10..14 {
+        c.publish("a", &[(i, block(i as u64, 600_000))]).await.unwrap();
+    }
+    let mut saw_removed = false;
+    for _ in 0..12 {
+        let e = tokio::time::timeout(Duration::from_secs(5), all.message()).await.unwrap().unwrap().unwrap();
+        if e.kind == kv_event::Kind::Removed as i32 && e.hashes[0].as_ref() == 1u128.to_be_bytes() {
+            assert_eq!(e.tier, "host");
+            saw_removed = true;
+            break;
+        }
+    }
+    assert!(saw_removed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_clients_keep_every_byte() {
+    // 192 blocks: room for all of them in host memory.
+    let server = start_with(ServiceConfig::default(), "256MiB").await;
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let addr = server.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client(&addr, None);
+            let ns = format!("tenant-{}", t % 4);
+            let blocks: Vec<(u128, Bytes)> = (0..3).map(|i| ((t * 10 + i) as u128, block(t * 10 + i, 50_000))).collect();
+            c.publish(&ns, &blocks).await.unwrap();
+            let hashes: Vec<u128> = blocks.iter().map(|b| b.0).collect();
+            let got = c.fetch(&ns, &hashes).await.unwrap();
+            for ((hash, want), got) in blocks.iter().zip(got) {
+                assert!(got.as_ref() == Some(want), "block {hash} of client {t} differs or is missing");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(server.store.stats().blocks, 192);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_falls_through_to_a_peer_and_promotes_what_it_fetched() {
+    let peer = start(ServiceConfig::default()).await;
+    let namespace = "model@L2xH2xD16xf16xB16@tp0of1";
+    client(&peer.addr, None)
+        .publish(namespace, &[(1, block(1, 4096)), (2, block(2, 4096))])
+        .await
+        .unwrap();
+
+    let host: Arc<dyn Tier> = Arc::new(
+        HostTier::new(HostTierConfig {
+            capacity_bytes: 1 << 20,
+            slot_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let mut cc = BlockClientConfig::new(peer.addr.clone());
+    cc.retries = 0;
+    let remote: Arc<dyn Tier> = Arc::new(
+        RemoteTier::new(RemoteTierConfig {
+            name: "prefill-0".into(),
+            client: cc,
+            read_only: true,
+            namespaces: vec![namespace.into()],
+            slot_bytes: 1 << 20,
+        })
+        .unwrap(),
+    );
+    let store = TieredStore::from_tiers(
+        vec![(host, TierPolicy::default()), (remote, TierPolicy::default())],
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let id = tierkv_kvstore::namespace_id(namespace);
+    assert_eq!(store.get_key(BlockKey::new(id, 1)).await.unwrap(), Some(block(1, 4096)));
+    assert!(store.get_key(BlockKey::new(id, 3)).await.unwrap().is_none());
+    let s = store.stats();
+    assert_eq!((s.tiers[1].hits, s.tiers[1].promotions), (1, 1));
+    // Promoted: now a local hit without asking the peer.
+    assert_eq!(store.locate_prefix_keys(id, &[1]), vec![0]);
+    // A read-only peer takes no puts.
+    assert!(!store.tiers()[1].accepts_puts());
+    assert!(store.tiers()[1].put(BlockKey::new(id, 9), block(9, 10)).await.is_err());
+
+    // Lookups that reach the peer: 1 is local, 2 remote, 3 nowhere.
+    let layout = tierkv_kvstore::KvLayout::new(2, 2, 16, tierkv_kvstore::DType::F16, 16).unwrap();
+    let ns = tierkv_kvstore::Namespace::new("model", layout).unwrap();
+    assert_eq!(ns.name(), namespace);
+    let hashes = [1, 2, 3].map(tierkv_kvstore::BlockHash);
+    assert_eq!(store.lookup_prefix(&ns, &hashes), 1);
+    assert_eq!(store.lookup_prefix_deep(&ns, &hashes).await, 2);
+
+    // A peer that is gone: reads miss, nothing fails.
+    drop(peer);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(store.get_key(BlockKey::new(id, 2)).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_streams_is_resource_exhausted() {
+    let server = start(ServiceConfig {
+        max_concurrent_streams: 1,
+        ..Default::default()
+    })
+    .await;
+    let c = client(&server.addr, None);
+    let _watch = c.watch(&[]).await.unwrap();
+    let mut r = raw(&server.addr).await;
+    let e = r
+        .watch_events(WatchRequest { namespaces: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+}
