@@ -3,6 +3,7 @@
 mod drive;
 mod fio;
 mod report;
+mod service;
 mod tier;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Put/get throughput and latency per tier beside memcpy, fio and raw object_store.
     Tier(tier::TierArgs),
+    /// Publish/fetch through `tierkv serve` over loopback beside Redis SET/GET.
+    Service(service::ServiceArgs),
 }
 
 #[tokio::main]
@@ -46,6 +49,9 @@ async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tier(args) => {
             tier::run(args).await?;
+        }
+        Command::Service(args) => {
+            service::run(args).await?;
         }
     }
     Ok(())

@@ -6,7 +6,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "tierkv", version, about = "tierkv: a tiered KV-cache block store for LLM inference")]
+#[command(
+    name = "tierkv",
+    version,
+    about = "tierkv: a tiered KV-cache block store for LLM inference"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -29,7 +29,8 @@ struct Serve {
 impl Serve {
     fn start(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> Serve {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tierkv"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
@@ -100,7 +101,9 @@ async fn a_decode_side_service_fetches_through_its_remote_tier() {
     .unwrap();
     let decode = Serve::start(&dir.path().join("decode"), Some(&config));
 
-    let blocks: Vec<(u128, Bytes)> = (0..4).map(|i| (i as u128 + 100, block(i, 300_000))).collect();
+    let blocks: Vec<(u128, Bytes)> = (0..4)
+        .map(|i| (i as u128 + 100, block(i, 300_000)))
+        .collect();
     let s = prefill.client().publish("qwen3", &blocks).await.unwrap();
     assert_eq!(s.stored, 4);
 
@@ -109,7 +112,10 @@ async fn a_decode_side_service_fetches_through_its_remote_tier() {
     let d = decode.client();
     let got = d.fetch("qwen3", &hashes).await.unwrap();
     for ((h, want), got) in blocks.iter().zip(&got) {
-        assert!(got.as_ref() == Some(want), "block {h} through the remote tier");
+        assert!(
+            got.as_ref() == Some(want),
+            "block {h} through the remote tier"
+        );
     }
     // ...and now holds them in its own host tier.
     let (hits, tiers) = d.lookup("qwen3", &hashes).await.unwrap();
@@ -128,13 +134,19 @@ async fn a_server_killed_mid_fetch_is_an_error_for_the_client() {
     c.publish("big", &blocks).await.unwrap();
 
     // Read the first chunk of a 96 MiB fetch, then kill the server.
-    let mut raw = tierkv_proto::v1::block_service_client::BlockServiceClient::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .max_decoding_message_size(8 << 20);
+    let mut raw = tierkv_proto::v1::block_service_client::BlockServiceClient::connect(format!(
+        "http://{}",
+        server.addr
+    ))
+    .await
+    .unwrap()
+    .max_decoding_message_size(8 << 20);
     let req = tierkv_proto::v1::FetchRequest {
         namespace: "big".into(),
-        hashes: blocks.iter().map(|b| Bytes::copy_from_slice(&b.0.to_be_bytes())).collect(),
+        hashes: blocks
+            .iter()
+            .map(|b| Bytes::copy_from_slice(&b.0.to_be_bytes()))
+            .collect(),
     };
     let mut stream = raw.fetch(req).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
@@ -151,7 +163,10 @@ async fn a_server_killed_mid_fetch_is_an_error_for_the_client() {
             Ok(None) | Err(_) => break,
         }
     }
-    assert!(!ended_cleanly, "a killed server cannot have finished the fetch");
+    assert!(
+        !ended_cleanly,
+        "a killed server cannot have finished the fetch"
+    );
     // The client API reports an error (after its retries), never partial blocks.
     let err = c.fetch("big", &[0, 1]).await.unwrap_err();
     assert!(err.to_string().contains("fetch"), "{err}");

@@ -562,7 +562,10 @@ impl StoreConfig {
                 && r.write_through
                 && r.read_only
             {
-                return err(format!("tier `{}`: write_through needs read_only = false", r.name));
+                return err(format!(
+                    "tier `{}`: write_through needs read_only = false",
+                    r.name
+                ));
             }
             if i == 0 && s.write_through() {
                 return err(format!(

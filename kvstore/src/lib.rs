@@ -20,14 +20,14 @@ pub mod service;
 pub mod store;
 
 pub use config::{
-    ByteSize, DiskSection, EvictPolicy, HostSection, ObjectSection, RemoteSection, S3Config, StoreConfig,
-    TierConfig, TierSection,
+    ByteSize, DiskSection, EvictPolicy, HostSection, ObjectSection, RemoteSection, S3Config,
+    StoreConfig, TierConfig, TierSection,
 };
-pub use remote_tier::{RemoteTier, RemoteTierConfig};
 pub use error::{KvStoreError, Result};
 pub use hash::{BlockHash, hash_blocks};
 pub use layout::{DType, KvLayout};
 pub use namespace::{Namespace, namespace_id};
+pub use remote_tier::{RemoteTier, RemoteTierConfig};
 pub use store::{
     PinGuard, StoreEvent, StoreEventKind, StoreOptions, StoreStats, TierPolicy, TierStoreStats,
     TieredStore,

@@ -47,23 +47,34 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let rpc_total = IntCounterVec::new(Opts::new(RPC_TOTAL, "Block service calls"), &["rpc", "code"])
-            .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let rpc_total = IntCounterVec::new(
+            Opts::new(RPC_TOTAL, "Block service calls"),
+            &["rpc", "code"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         let rpc_seconds = HistogramVec::new(
             HistogramOpts::new(RPC_SECONDS, "Block service call latency").buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
             ]),
             &["rpc"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-        let blocks_total = IntCounterVec::new(Opts::new(BLOCKS_TOTAL, "Blocks by call and outcome"), &["rpc", "outcome"])
-            .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-        let bytes_total = IntCounterVec::new(Opts::new(BYTES_TOTAL, "Block payload bytes"), &["direction"])
-            .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let blocks_total = IntCounterVec::new(
+            Opts::new(BLOCKS_TOTAL, "Blocks by call and outcome"),
+            &["rpc", "outcome"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let bytes_total = IntCounterVec::new(
+            Opts::new(BYTES_TOTAL, "Block payload bytes"),
+            &["direction"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         let inflight_bytes = IntGauge::new(INFLIGHT_BYTES, "Block bytes being received or sent")
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-        let open_streams = IntGauge::new(OPEN_STREAMS, "Publish, Fetch and WatchEvents streams open")
-            .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let open_streams =
+            IntGauge::new(OPEN_STREAMS, "Publish, Fetch and WatchEvents streams open")
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         for c in [
             Box::new(rpc_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rpc_seconds.clone()),
@@ -105,28 +116,80 @@ impl Default for Metrics {
     }
 }
 
+/// A metric family derived from the store's stats: name, type, help, value.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::TierStoreStats) -> u64,
+);
+
 /// The store's per-tier figures in the text format.
 pub fn render_store(store: &TieredStore) -> String {
     let stats = store.stats();
     let mut out = String::new();
-    let families: [(&str, &str, &str, fn(&crate::TierStoreStats) -> u64); 12] = [
+    let families: [Family; 12] = [
         (TIER_HITS, "counter", "Gets served by the tier", |s| s.hits),
-        (TIER_MISSES, "counter", "Gets that missed the tier", |s| s.misses),
-        (TIER_BYTES_READ, "counter", "Bytes read from the tier", |s| s.bytes_read),
-        (TIER_BYTES_WRITTEN, "counter", "Bytes written to the tier", |s| s.bytes_written),
-        (TIER_EVICTIONS, "counter", "Blocks evicted from the tier", |s| s.evictions),
-        (TIER_DEMOTIONS, "counter", "Blocks moved to the next tier on eviction", |s| s.demotions),
-        (TIER_PROMOTIONS, "counter", "Blocks copied from the tier into the top tier", |s| s.promotions),
-        (TIER_CORRUPT, "counter", "Blocks that failed verification", |s| s.tier.corrupt_blocks),
-        (TIER_IO_ERRORS, "counter", "I/O errors of the tier", |s| s.tier.io_errors),
-        (TIER_USED_BYTES, "gauge", "Payload bytes held", |s| s.tier.used_bytes),
-        (TIER_CAPACITY_BYTES, "gauge", "Capacity in bytes", |s| s.tier.capacity_bytes),
+        (TIER_MISSES, "counter", "Gets that missed the tier", |s| {
+            s.misses
+        }),
+        (
+            TIER_BYTES_READ,
+            "counter",
+            "Bytes read from the tier",
+            |s| s.bytes_read,
+        ),
+        (
+            TIER_BYTES_WRITTEN,
+            "counter",
+            "Bytes written to the tier",
+            |s| s.bytes_written,
+        ),
+        (
+            TIER_EVICTIONS,
+            "counter",
+            "Blocks evicted from the tier",
+            |s| s.evictions,
+        ),
+        (
+            TIER_DEMOTIONS,
+            "counter",
+            "Blocks moved to the next tier on eviction",
+            |s| s.demotions,
+        ),
+        (
+            TIER_PROMOTIONS,
+            "counter",
+            "Blocks copied from the tier into the top tier",
+            |s| s.promotions,
+        ),
+        (
+            TIER_CORRUPT,
+            "counter",
+            "Blocks that failed verification",
+            |s| s.tier.corrupt_blocks,
+        ),
+        (TIER_IO_ERRORS, "counter", "I/O errors of the tier", |s| {
+            s.tier.io_errors
+        }),
+        (TIER_USED_BYTES, "gauge", "Payload bytes held", |s| {
+            s.tier.used_bytes
+        }),
+        (TIER_CAPACITY_BYTES, "gauge", "Capacity in bytes", |s| {
+            s.tier.capacity_bytes
+        }),
         (TIER_BLOCKS, "gauge", "Blocks held", |s| s.tier.blocks),
     ];
     for (name, kind, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for t in &stats.tiers {
-            let _ = writeln!(out, "{name}{{tier=\"{}\",kind=\"{}\"}} {}", t.tier.name, t.tier.kind, get(t));
+            let _ = writeln!(
+                out,
+                "{name}{{tier=\"{}\",kind=\"{}\"}} {}",
+                t.tier.name,
+                t.tier.kind,
+                get(t)
+            );
         }
     }
     out
@@ -151,5 +214,7 @@ pub async fn serve_metrics(
             }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

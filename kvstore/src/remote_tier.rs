@@ -118,7 +118,10 @@ impl Tier for RemoteTier {
         let Some(ns) = self.namespace(&key) else {
             return Err(TierError::Unavailable {
                 tier: self.name.clone(),
-                reason: format!("namespace {:016x} is not registered with this tier", key.namespace),
+                reason: format!(
+                    "namespace {:016x} is not registered with this tier",
+                    key.namespace
+                ),
             });
         };
         let len = data.len() as u64;
@@ -197,6 +200,7 @@ impl Tier for RemoteTier {
     }
 
     fn stats(&self) -> TierStats {
-        self.counters.snapshot(&self.name, TierKind::Remote, 0, 0, 0)
+        self.counters
+            .snapshot(&self.name, TierKind::Remote, 0, 0, 0)
     }
 }

@@ -11,7 +11,9 @@ use tierkv_kvstore::{
     KvStoreError, RemoteTier, RemoteTierConfig, StoreConfig, StoreOptions, TierPolicy, TieredStore,
 };
 use tierkv_proto::v1::block_service_client::BlockServiceClient;
-use tierkv_proto::v1::{BlockId, FetchRequest, LookupRequest, PublishChunk, WatchRequest, kv_event};
+use tierkv_proto::v1::{
+    BlockId, FetchRequest, LookupRequest, PublishChunk, WatchRequest, kv_event,
+};
 use tierkv_tiers::{BlockKey, HostTier, HostTierConfig, Tier};
 use tonic::Code;
 
@@ -95,7 +97,9 @@ fn client(addr: &str, token: Option<&str>) -> BlockClient {
 }
 
 async fn raw(addr: &str) -> BlockServiceClient<tonic::transport::Channel> {
-    BlockServiceClient::connect(format!("http://{addr}")).await.unwrap()
+    BlockServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
 }
 
 fn rpc_code(e: &KvStoreError) -> Code {
@@ -110,7 +114,9 @@ async fn publish_then_fetch_in_request_order_with_missing_reported() {
     let server = start(ServiceConfig::default()).await;
     let c = client(&server.addr, None);
     // Multi-chunk blocks (chunks are 64 KiB) and a single-chunk one.
-    let blocks: Vec<(u128, Bytes)> = (0..5u64).map(|i| (i as u128 + 1, block(i, 200_000 + i as usize))).collect();
+    let blocks: Vec<(u128, Bytes)> = (0..5u64)
+        .map(|i| (i as u128 + 1, block(i, 200_000 + i as usize)))
+        .collect();
     let mut all = blocks.clone();
     all.push((99, block(99, 1000)));
     let summary = c.publish("ns-a", &all).await.unwrap();
@@ -130,7 +136,10 @@ async fn publish_then_fetch_in_request_order_with_missing_reported() {
     let (hits, tiers) = c.lookup("ns-a", &[1, 2, 3, 777, 4]).await.unwrap();
     assert_eq!(hits, 3);
     assert_eq!(tiers.len(), 3);
-    assert!(tiers.iter().all(|t| t == "host" || t == "disk"), "{tiers:?}");
+    assert!(
+        tiers.iter().all(|t| t == "host" || t == "disk"),
+        "{tiers:?}"
+    );
     let stats = c.stats().await.unwrap();
     assert_eq!(stats.blocks, 6);
     assert_eq!(stats.tiers.len(), 2);
@@ -155,7 +164,10 @@ async fn tokens_scope_every_call_to_their_namespaces() {
     let a = client(&server.addr, Some("token-for-a"));
     let b = client(&server.addr, Some("token-for-b"));
     a.publish("a", &[(1, block(1, 100))]).await.unwrap();
-    assert_eq!(a.fetch("a", &[1]).await.unwrap()[0].as_ref(), Some(&block(1, 100)));
+    assert_eq!(
+        a.fetch("a", &[1]).await.unwrap()[0].as_ref(),
+        Some(&block(1, 100))
+    );
 
     let denied = [
         b.fetch("a", &[1]).await.unwrap_err(),
@@ -165,11 +177,20 @@ async fn tokens_scope_every_call_to_their_namespaces() {
     for e in &denied {
         assert_eq!(rpc_code(e), Code::PermissionDenied, "{e}");
     }
-    assert_eq!(rpc_code(&b.watch(&["a".into()]).await.unwrap_err()), Code::PermissionDenied);
+    assert_eq!(
+        rpc_code(&b.watch(&["a".into()]).await.unwrap_err()),
+        Code::PermissionDenied
+    );
     let anonymous = client(&server.addr, None);
-    assert_eq!(rpc_code(&anonymous.fetch("a", &[1]).await.unwrap_err()), Code::Unauthenticated);
+    assert_eq!(
+        rpc_code(&anonymous.fetch("a", &[1]).await.unwrap_err()),
+        Code::Unauthenticated
+    );
     let wrong = client(&server.addr, Some("not-a-token"));
-    assert_eq!(rpc_code(&wrong.stats().await.unwrap_err()), Code::Unauthenticated);
+    assert_eq!(
+        rpc_code(&wrong.stats().await.unwrap_err()),
+        Code::Unauthenticated
+    );
     // Nothing was written by the refused publish.
     assert_eq!(a.lookup("a", &[2]).await.unwrap().0, 0);
 }
@@ -251,12 +272,19 @@ async fn a_crc_mismatch_is_rejected_not_stored() {
     let good = chunk("n", &[1u8; 16], 0, block(1, 5000), 5000);
     let mut bad = chunk("n", &[2u8; 16], 0, block(2, 5000), 5000);
     bad.crc32c ^= 0xdead_beef;
-    let reply = r.publish(tokio_stream::iter(vec![good, bad])).await.unwrap().into_inner();
+    let reply = r
+        .publish(tokio_stream::iter(vec![good, bad]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.stored, 1);
     assert_eq!(reply.rejected.len(), 1);
     assert_eq!(reply.rejected[0].hash.as_ref(), &[2u8; 16]);
     let c = client(&server.addr, None);
-    let hashes = [u128::from_be_bytes([1u8; 16]), u128::from_be_bytes([2u8; 16])];
+    let hashes = [
+        u128::from_be_bytes([1u8; 16]),
+        u128::from_be_bytes([2u8; 16]),
+    ];
     let got = c.fetch("n", &hashes).await.unwrap();
     assert!(got[0].is_some() && got[1].is_none());
 }
@@ -269,22 +297,43 @@ async fn watchers_see_stored_and_removed_events_of_their_namespaces() {
     let mut only_b = c.watch(&["b".into()]).await.unwrap();
     c.publish("a", &[(1, block(1, 100))]).await.unwrap();
     c.publish("b", &[(2, block(2, 100))]).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), all.message()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), all.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(first.namespace, "a");
     assert_eq!(first.kind, kv_event::Kind::Stored as i32);
     assert_eq!(first.tier, "host");
     assert_eq!(first.hashes[0].as_ref(), &1u128.to_be_bytes());
-    let second = tokio::time::timeout(Duration::from_secs(5), all.message()).await.unwrap().unwrap().unwrap();
-    assert_eq!((second.namespace.as_str(), second.seq), ("b", first.seq + 1));
-    let b_event = tokio::time::timeout(Duration::from_secs(5), only_b.message()).await.unwrap().unwrap().unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), all.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (second.namespace.as_str(), second.seq),
+        ("b", first.seq + 1)
+    );
+    let b_event = tokio::time::timeout(Duration::from_secs(5), only_b.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(b_event.namespace, "b", "the filter skips namespace a");
     // Fill the 4-block host tier so block 1 is demoted: removed from host, stored in disk.
     for i in 10..14 {
-        c.publish("a", &[(i, block(i as u64, 600_000))]).await.unwrap();
+        c.publish("a", &[(i, block(i as u64, 600_000))])
+            .await
+            .unwrap();
     }
     let mut saw_removed = false;
     for _ in 0..12 {
-        let e = tokio::time::timeout(Duration::from_secs(5), all.message()).await.unwrap().unwrap().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), all.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if e.kind == kv_event::Kind::Removed as i32 && e.hashes[0].as_ref() == 1u128.to_be_bytes() {
             assert_eq!(e.tier, "host");
             saw_removed = true;
@@ -304,12 +353,17 @@ async fn sixty_four_concurrent_clients_keep_every_byte() {
         tasks.push(tokio::spawn(async move {
             let c = client(&addr, None);
             let ns = format!("tenant-{}", t % 4);
-            let blocks: Vec<(u128, Bytes)> = (0..3).map(|i| ((t * 10 + i) as u128, block(t * 10 + i, 50_000))).collect();
+            let blocks: Vec<(u128, Bytes)> = (0..3)
+                .map(|i| ((t * 10 + i) as u128, block(t * 10 + i, 50_000)))
+                .collect();
             c.publish(&ns, &blocks).await.unwrap();
             let hashes: Vec<u128> = blocks.iter().map(|b| b.0).collect();
             let got = c.fetch(&ns, &hashes).await.unwrap();
             for ((hash, want), got) in blocks.iter().zip(got) {
-                assert!(got.as_ref() == Some(want), "block {hash} of client {t} differs or is missing");
+                assert!(
+                    got.as_ref() == Some(want),
+                    "block {hash} of client {t} differs or is missing"
+                );
             }
         }));
     }
@@ -349,13 +403,19 @@ async fn a_store_falls_through_to_a_peer_and_promotes_what_it_fetched() {
         .unwrap(),
     );
     let store = TieredStore::from_tiers(
-        vec![(host, TierPolicy::default()), (remote, TierPolicy::default())],
+        vec![
+            (host, TierPolicy::default()),
+            (remote, TierPolicy::default()),
+        ],
         StoreOptions::default(),
     )
     .await
     .unwrap();
     let id = tierkv_kvstore::namespace_id(namespace);
-    assert_eq!(store.get_key(BlockKey::new(id, 1)).await.unwrap(), Some(block(1, 4096)));
+    assert_eq!(
+        store.get_key(BlockKey::new(id, 1)).await.unwrap(),
+        Some(block(1, 4096))
+    );
     assert!(store.get_key(BlockKey::new(id, 3)).await.unwrap().is_none());
     let s = store.stats();
     assert_eq!((s.tiers[1].hits, s.tiers[1].promotions), (1, 1));
@@ -363,7 +423,12 @@ async fn a_store_falls_through_to_a_peer_and_promotes_what_it_fetched() {
     assert_eq!(store.locate_prefix_keys(id, &[1]), vec![0]);
     // A read-only peer takes no puts.
     assert!(!store.tiers()[1].accepts_puts());
-    assert!(store.tiers()[1].put(BlockKey::new(id, 9), block(9, 10)).await.is_err());
+    assert!(
+        store.tiers()[1]
+            .put(BlockKey::new(id, 9), block(9, 10))
+            .await
+            .is_err()
+    );
 
     // Lookups that reach the peer: 1 is local, 2 remote, 3 nowhere.
     let layout = tierkv_kvstore::KvLayout::new(2, 2, 16, tierkv_kvstore::DType::F16, 16).unwrap();

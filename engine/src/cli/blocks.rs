@@ -64,37 +64,57 @@ pub async fn run(args: BlocksArgs) -> anyhow::Result<()> {
     config.token = args.token.or_else(|| std::env::var("TIERKV_TOKEN").ok());
     let client = BlockClient::new(config)?;
     match args.command {
-        BlocksCommand::Put { namespace, hash, file } => {
+        BlocksCommand::Put {
+            namespace,
+            hash,
+            file,
+        } => {
             let hash = parse_hash(&hash)?;
             let data = match file {
-                Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                Some(path) => {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                }
                 None => {
                     let mut v = Vec::new();
-                    std::io::stdin().read_to_end(&mut v).context("reading standard input")?;
+                    std::io::stdin()
+                        .read_to_end(&mut v)
+                        .context("reading standard input")?;
                     v
                 }
             };
             if data.is_empty() {
                 bail!("the block is empty");
             }
-            let s = client.publish(&namespace, &[(hash, Bytes::from(data))]).await?;
+            let s = client
+                .publish(&namespace, &[(hash, Bytes::from(data))])
+                .await?;
             if !s.rejected.is_empty() {
                 bail!("the service rejected the block");
             }
             println!("stored={} already_present={}", s.stored, s.already_present);
         }
-        BlocksCommand::Get { namespace, hash, out } => {
+        BlocksCommand::Get {
+            namespace,
+            hash,
+            out,
+        } => {
             let hash = parse_hash(&hash)?;
             let Some(data) = client.fetch(&namespace, &[hash]).await?.pop().flatten() else {
                 bail!("block {hash:032x} is not in namespace `{namespace}` on this service");
             };
             match out {
-                Some(path) => std::fs::write(&path, &data).with_context(|| format!("writing {}", path.display()))?,
-                None => std::io::stdout().write_all(&data).context("writing standard output")?,
+                Some(path) => std::fs::write(&path, &data)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::io::stdout()
+                    .write_all(&data)
+                    .context("writing standard output")?,
             }
         }
         BlocksCommand::Lookup { namespace, hashes } => {
-            let hashes = hashes.iter().map(|h| parse_hash(h)).collect::<anyhow::Result<Vec<_>>>()?;
+            let hashes = hashes
+                .iter()
+                .map(|h| parse_hash(h))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let (hits, tiers) = client.lookup(&namespace, &hashes).await?;
             println!("prefix_hits={hits}");
             for (h, t) in hashes.iter().zip(&tiers) {
@@ -111,7 +131,14 @@ pub async fn run(args: BlocksArgs) -> anyhow::Result<()> {
             for t in s.tiers {
                 println!(
                     "{:<10} {:<7} {:>16} {:>16} {:>8} {:>10} {:>10} {:>10}",
-                    t.name, t.kind, t.capacity_bytes, t.used_bytes, t.blocks, t.hits, t.misses, t.corrupt_blocks
+                    t.name,
+                    t.kind,
+                    t.capacity_bytes,
+                    t.used_bytes,
+                    t.blocks,
+                    t.hits,
+                    t.misses,
+                    t.corrupt_blocks
                 );
             }
         }

@@ -26,7 +26,10 @@ pub enum ConfigCommand {
 pub async fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
     match cmd {
         ConfigCommand::Show { config } => {
-            print!("{}", super::load_config(config.as_ref(), None, StoreConfig::default)?.to_toml());
+            print!(
+                "{}",
+                super::load_config(config.as_ref(), None, StoreConfig::default)?.to_toml()
+            );
         }
         ConfigCommand::Check { config, data_dir } => {
             let c = super::load_config(config.as_ref(), data_dir, StoreConfig::default)?;
@@ -34,7 +37,10 @@ pub async fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("opening the store under {}", c.data_dir.display()))?;
             println!("configuration OK; data_dir = {}", c.data_dir.display());
-            println!("{:<10} {:<7} {:>20} {:>14} {:>8}", "tier", "kind", "capacity", "used", "blocks");
+            println!(
+                "{:<10} {:<7} {:>20} {:>14} {:>8}",
+                "tier", "kind", "capacity", "used", "blocks"
+            );
             for s in store.stats().tiers {
                 let t = s.tier;
                 println!(

@@ -50,13 +50,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding metrics address {addr}"))?;
-            println!("tierkv serve: metrics on http://{}/metrics", l.local_addr()?);
-            Some(tokio::spawn(serve_metrics(l, Arc::clone(&metrics), store.clone(), stopped(stop_rx.clone()))))
+            println!(
+                "tierkv serve: metrics on http://{}/metrics",
+                l.local_addr()?
+            );
+            Some(tokio::spawn(serve_metrics(
+                l,
+                Arc::clone(&metrics),
+                store.clone(),
+                stopped(stop_rx.clone()),
+            )))
         }
         None => None,
     };
     println!("tierkv serve: listening on {}", listener.local_addr()?);
-    let tiers: Vec<String> = store.tiers().iter().map(|t| format!("{}({})", t.name(), t.kind())).collect();
+    let tiers: Vec<String> = store
+        .tiers()
+        .iter()
+        .map(|t| format!("{}({})", t.name(), t.kind()))
+        .collect();
     tracing::info!(tiers = %tiers.join(" -> "), data_dir = %config.data_dir.display(), "block service up");
 
     tokio::spawn(async move {
@@ -64,7 +76,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: no new calls; finishing open ones");
         let _ = stop_tx.send(true);
     });
-    service::serve(store.clone(), &config.service, listener, metrics, stopped(stop_rx)).await?;
+    service::serve(
+        store.clone(),
+        &config.service,
+        listener,
+        metrics,
+        stopped(stop_rx),
+    )
+    .await?;
     if let Some(task) = metrics_task {
         task.await??;
     }
@@ -77,7 +96,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -110,7 +110,10 @@ mod tests {
         ]);
         let a = auth.caller(&meta(Some("token-aaaa"))).unwrap();
         assert!(a.allows("a") && !a.allows("b"));
-        assert_eq!(a.check("b").unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            a.check("b").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
         assert!(auth.caller(&meta(Some("token-root"))).unwrap().allows("b"));
         let err = auth.caller(&meta(None)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);

@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tierkv_proto::v1::block_service_client::BlockServiceClient;
 use tierkv_proto::v1::{
-    BlockId, FetchRequest, KvEvent, LookupRequest, PublishChunk, StatsReply, StatsRequest, WatchRequest,
+    BlockId, FetchRequest, KvEvent, LookupRequest, PublishChunk, StatsReply, StatsRequest,
+    WatchRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -34,7 +35,7 @@ pub struct BlockClientConfig {
     /// First backoff, doubled per retry. Default 50 ms.
     pub backoff: Duration,
     /// Publish chunk size (the server accepts its fetch chunk size + 64 KiB).
-    /// Default 1 MiB.
+    /// Default 4 MiB.
     pub chunk_bytes: usize,
     /// Largest block accepted from a server. Default 1 GiB.
     pub max_block_bytes: usize,
@@ -52,7 +53,7 @@ impl BlockClientConfig {
             timeout: Duration::from_secs(60),
             retries: 3,
             backoff: Duration::from_millis(50),
-            chunk_bytes: 1 << 20,
+            chunk_bytes: 4 << 20,
             max_block_bytes: 1 << 30,
             tls_ca: None,
         }
@@ -79,7 +80,12 @@ pub struct BlockClient {
 fn retryable(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::Unknown | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded | Code::Internal
+        Code::Unavailable
+            | Code::Unknown
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::DeadlineExceeded
+            | Code::Internal
     )
 }
 
@@ -102,18 +108,21 @@ impl BlockClient {
             .timeout(config.timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(32 << 20));
+            .initial_connection_window_size(Some(32 << 20))
+            .max_frame_size(super::server::MAX_FRAME);
         if let Some(ca) = &config.tls_ca {
-            let pem = std::fs::read(ca).map_err(|e| connect_err(format!("reading CA {}: {e}", ca.display())))?;
-            let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
-            endpoint = endpoint.tls_config(tls).map_err(|e| connect_err(e.to_string()))?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| connect_err(format!("reading CA {}: {e}", ca.display())))?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| connect_err(e.to_string()))?;
         }
         let auth = match &config.token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| connect_err("the token has characters not allowed in a header".into()))?,
-            ),
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                connect_err("the token has characters not allowed in a header".into())
+            })?),
             None => None,
         };
         let max = config.chunk_bytes + (64 << 10);
@@ -174,7 +183,11 @@ impl BlockClient {
     }
 
     /// Publishes blocks `(hash, payload)` of `namespace`.
-    pub async fn publish(&self, namespace: &str, blocks: &[(u128, Bytes)]) -> Result<PublishSummary> {
+    pub async fn publish(
+        &self,
+        namespace: &str,
+        blocks: &[(u128, Bytes)],
+    ) -> Result<PublishSummary> {
         let chunk = self.config.chunk_bytes.max(1);
         let reply = self
             .with_retries("publish", || {
@@ -209,7 +222,11 @@ impl BlockClient {
         let rejected = reply
             .rejected
             .iter()
-            .filter_map(|id| <[u8; 16]>::try_from(id.hash.as_ref()).ok().map(u128::from_be_bytes))
+            .filter_map(|id| {
+                <[u8; 16]>::try_from(id.hash.as_ref())
+                    .ok()
+                    .map(u128::from_be_bytes)
+            })
             .collect();
         Ok(PublishSummary {
             stored: reply.stored,
@@ -225,7 +242,10 @@ impl BlockClient {
             let mut client = self.client.clone();
             let req = self.request(FetchRequest {
                 namespace: namespace.to_string(),
-                hashes: hashes.iter().map(|h| Bytes::copy_from_slice(&h.to_be_bytes())).collect(),
+                hashes: hashes
+                    .iter()
+                    .map(|h| Bytes::copy_from_slice(&h.to_be_bytes()))
+                    .collect(),
             });
             let max_block = self.config.max_block_bytes;
             async move {
@@ -242,7 +262,10 @@ impl BlockClient {
             let mut client = self.client.clone();
             let req = self.request(LookupRequest {
                 namespace: namespace.to_string(),
-                hashes: hashes.iter().map(|h| Bytes::copy_from_slice(&h.to_be_bytes())).collect(),
+                hashes: hashes
+                    .iter()
+                    .map(|h| Bytes::copy_from_slice(&h.to_be_bytes()))
+                    .collect(),
             });
             async move {
                 let r = client.lookup(req).await?.into_inner();
@@ -306,10 +329,18 @@ async fn collect_fetch(
             .get(&hash)
             .ok_or_else(|| Status::internal("fetch returned a block that was not requested"))?;
         if chunk.total_len == 0 || chunk.total_len as usize > max_block {
-            return Err(Status::internal(format!("fetch: block of {} bytes", chunk.total_len)));
+            return Err(Status::internal(format!(
+                "fetch: block of {} bytes",
+                chunk.total_len
+            )));
         }
         let mut block = match current.take() {
-            None if chunk.offset == 0 => (idx, chunk.total_len, chunk.crc32c, BytesMut::with_capacity(chunk.total_len as usize)),
+            None if chunk.offset == 0 => (
+                idx,
+                chunk.total_len,
+                chunk.crc32c,
+                BytesMut::with_capacity(chunk.total_len as usize),
+            ),
             Some(b) if b.0 == idx && b.3.len() as u64 == chunk.offset => b,
             _ => return Err(Status::internal("fetch: chunks out of order")),
         };
@@ -339,6 +370,9 @@ fn verify_into(out: &mut [Option<Bytes>], idx: usize, data: Bytes, crc: u32) {
     if crc32c::crc32c(&data) == crc {
         out[idx] = Some(data);
     } else {
-        tracing::warn!(block = idx, "fetched block failed its crc32c check; treating it as missing");
+        tracing::warn!(
+            block = idx,
+            "fetched block failed its crc32c check; treating it as missing"
+        );
     }
 }

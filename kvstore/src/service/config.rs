@@ -43,7 +43,7 @@ pub struct ServiceConfig {
     #[serde(default = "ServiceConfig::default_inflight_wait_ms")]
     pub inflight_wait_ms: u64,
     /// Size of the chunks Fetch streams (and the largest chunk Publish accepts is this
-    /// plus 64 KiB). Default 1 MiB.
+    /// plus 64 KiB). Default 4 MiB.
     #[serde(default = "ServiceConfig::default_chunk")]
     pub chunk_bytes: ByteSize,
     /// Bearer tokens; none configured means no authentication. Default none.
@@ -83,7 +83,7 @@ impl ServiceConfig {
         10_000
     }
     fn default_chunk() -> ByteSize {
-        ByteSize(1 << 20)
+        ByteSize(4 << 20)
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
@@ -91,7 +91,10 @@ impl ServiceConfig {
             return Err("service limits must be > 0".into());
         }
         if self.chunk_bytes.0 < 4096 || self.chunk_bytes.0 > 64 << 20 {
-            return Err(format!("service chunk_bytes = {} must be in 4KiB..=64MiB", self.chunk_bytes));
+            return Err(format!(
+                "service chunk_bytes = {} must be in 4KiB..=64MiB",
+                self.chunk_bytes
+            ));
         }
         if let Some(max) = self.max_block_bytes
             && max.0 > self.max_inflight_bytes.0

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tierkv_proto::v1::block_service_server::{BlockService, BlockServiceServer};
 use tierkv_proto::v1::{
-    BlockId, FetchChunk, FetchRequest, KvEvent, LookupReply, LookupRequest, PublishChunk, PublishReply,
-    StatsReply, StatsRequest, TierStatsProto, WatchRequest, kv_event,
+    BlockId, FetchChunk, FetchRequest, KvEvent, LookupReply, LookupRequest, PublishChunk,
+    PublishReply, StatsReply, StatsRequest, TierStatsProto, WatchRequest, kv_event,
 };
 use tierkv_tiers::{BlockKey, PutOutcome};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -21,6 +22,9 @@ use super::auth::{Access, Auth};
 use super::config::ServiceConfig;
 use crate::metrics::Metrics;
 use crate::{KvStoreError, Result, StoreEventKind, TieredStore, namespace_id};
+
+/// HTTP/2 frame size advertised by server and client.
+pub(crate) const MAX_FRAME: u32 = (1 << 24) - 1;
 
 /// Longest namespace name accepted.
 const MAX_NAMESPACE_LEN: usize = 512;
@@ -45,15 +49,57 @@ pub struct BlockServer {
     inflight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     tier_names: Arc<Vec<String>>,
+    crcs: Arc<CrcCache>,
+}
+
+/// crc32c of blocks recently published or fetched. Blocks are content-addressed, so a
+/// key's checksum never changes: fetches of hot prefix blocks skip recomputing it.
+pub(crate) struct CrcCache(Mutex<lru::LruCache<BlockKey, u32, tierkv_tiers::BuildBlockKeyHasher>>);
+
+impl CrcCache {
+    fn new(entries: usize) -> CrcCache {
+        let cap =
+            std::num::NonZeroUsize::new(entries.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
+        CrcCache(Mutex::new(lru::LruCache::with_hasher(
+            cap,
+            tierkv_tiers::BuildBlockKeyHasher,
+        )))
+    }
+
+    fn get_or_compute(&self, key: BlockKey, data: &[u8]) -> u32 {
+        let cached = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        cached.unwrap_or_else(|| {
+            let crc = crc32c::crc32c(data);
+            self.insert(key, crc);
+            crc
+        })
+    }
+
+    fn insert(&self, key: BlockKey, crc: u32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, crc);
+    }
 }
 
 impl BlockServer {
-    pub fn new(store: TieredStore, config: &ServiceConfig, metrics: Arc<Metrics>) -> Result<BlockServer> {
+    pub fn new(
+        store: TieredStore,
+        config: &ServiceConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<BlockServer> {
         config.validate().map_err(KvStoreError::Config)?;
-        let max_block = config
-            .max_block_bytes
-            .map_or(store.slot_bytes(), |b| (b.0 as usize).min(store.slot_bytes()));
-        let inflight = (config.max_inflight_bytes.0 as usize).clamp(max_block, Semaphore::MAX_PERMITS);
+        let max_block = config.max_block_bytes.map_or(store.slot_bytes(), |b| {
+            (b.0 as usize).min(store.slot_bytes())
+        });
+        let inflight =
+            (config.max_inflight_bytes.0 as usize).clamp(max_block, Semaphore::MAX_PERMITS);
         let tier_names = store.tiers().iter().map(|t| t.name().to_string()).collect();
         Ok(BlockServer {
             auth: Auth::new(&config.tokens),
@@ -68,6 +114,7 @@ impl BlockServer {
             inflight: Arc::new(Semaphore::new(inflight)),
             metrics,
             tier_names: Arc::new(tier_names),
+            crcs: Arc::new(CrcCache::new(1 << 20)),
             store,
         })
     }
@@ -80,15 +127,15 @@ impl BlockServer {
     fn remember(&self, namespace: &str) -> u64 {
         let id = namespace_id(namespace);
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        if !names.contains_key(&id) {
-            names.insert(id, namespace.to_string());
-        }
+        names.entry(id).or_insert_with(|| namespace.to_string());
         id
     }
 
     fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
         Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted("too many concurrent streams on this block service; retry later")
+            Status::resource_exhausted(
+                "too many concurrent streams on this block service; retry later",
+            )
         })
     }
 
@@ -97,12 +144,21 @@ impl BlockServer {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
-        self.metrics.rpc_total.with_label_values(&[rpc, &format!("{code:?}")]).inc();
-        self.metrics.rpc_seconds.with_label_values(&[rpc]).observe(start.elapsed().as_secs_f64());
+        self.metrics
+            .rpc_total
+            .with_label_values(&[rpc, &format!("{code:?}")])
+            .inc();
+        self.metrics
+            .rpc_seconds
+            .with_label_values(&[rpc])
+            .observe(start.elapsed().as_secs_f64());
         result
     }
 
-    async fn publish_inner(&self, request: Request<Streaming<PublishChunk>>) -> Result<PublishReply, Status> {
+    async fn publish_inner(
+        &self,
+        request: Request<Streaming<PublishChunk>>,
+    ) -> Result<PublishReply, Status> {
         let access = self.auth.caller(request.metadata())?;
         let _slot = self.stream_slot()?;
         let mut stream = request.into_inner();
@@ -137,11 +193,14 @@ impl BlockServer {
                 };
                 open.append(chunk)?;
             }
-            self.metrics.bytes_total.with_label_values(&["in"]).inc_by(data_len);
-            if current.as_ref().is_some_and(Assembly::is_complete) {
-                if let Some(done) = current.take() {
-                    self.store_block(done, &mut reply).await?;
-                }
+            self.metrics
+                .bytes_total
+                .with_label_values(&["in"])
+                .inc_by(data_len);
+            if current.as_ref().is_some_and(Assembly::is_complete)
+                && let Some(done) = current.take()
+            {
+                self.store_block(done, &mut reply).await?;
             }
         }
         if let Some(open) = current {
@@ -156,9 +215,9 @@ impl BlockServer {
     }
 
     async fn start_block(&self, access: &Access, chunk: PublishChunk) -> Result<Assembly, Status> {
-        let id = chunk
-            .id
-            .ok_or_else(|| Status::invalid_argument("the first chunk of a block must carry its id"))?;
+        let id = chunk.id.ok_or_else(|| {
+            Status::invalid_argument("the first chunk of a block must carry its id")
+        })?;
         check_namespace(&id.namespace)?;
         access.check(&id.namespace)?;
         let hash = parse_hash(&id.hash)?;
@@ -175,7 +234,8 @@ impl BlockServer {
         if chunk.data.len() as u64 > total {
             return Err(Status::invalid_argument("chunk is longer than total_len"));
         }
-        let permit = acquire_budget(&self.inflight, total as usize, self.limits.inflight_wait).await?;
+        let permit =
+            acquire_budget(&self.inflight, total as usize, self.limits.inflight_wait).await?;
         self.metrics.inflight_bytes.add(total as i64);
         let key = BlockKey::new(self.remember(&id.namespace), hash);
         let buf = if chunk.data.len() as u64 == total {
@@ -197,7 +257,11 @@ impl BlockServer {
     }
 
     /// Stores a complete block; its in-flight budget is held until the store has it.
-    async fn store_block(&self, mut done: Assembly, reply: &mut PublishReply) -> Result<(), Status> {
+    async fn store_block(
+        &self,
+        mut done: Assembly,
+        reply: &mut PublishReply,
+    ) -> Result<(), Status> {
         let data = done.take_data();
         let (id, key, crc) = (std::mem::take(&mut done.id), done.key, done.crc);
         let outcome = if crc32c::crc32c(&data) != crc {
@@ -205,6 +269,7 @@ impl BlockServer {
             reply.rejected.push(id);
             "rejected"
         } else {
+            self.crcs.insert(key, crc);
             match self.store.put_key(key, data).await {
                 Ok(PutOutcome::Stored) => {
                     reply.stored += 1;
@@ -217,11 +282,19 @@ impl BlockServer {
                 Err(e) => return Err(store_status(e)),
             }
         };
-        self.metrics.blocks_total.with_label_values(&["publish", outcome]).inc();
+        self.metrics
+            .blocks_total
+            .with_label_values(&["publish", outcome])
+            .inc();
         Ok(())
     }
 
-    fn parse_request(&self, access: &Access, namespace: &str, hashes: &[Bytes]) -> Result<(u64, Vec<u128>), Status> {
+    fn parse_request(
+        &self,
+        access: &Access,
+        namespace: &str,
+        hashes: &[Bytes],
+    ) -> Result<(u64, Vec<u128>), Status> {
         check_namespace(namespace)?;
         access.check(namespace)?;
         if hashes.len() > self.limits.max_blocks {
@@ -231,7 +304,10 @@ impl BlockServer {
                 self.limits.max_blocks
             )));
         }
-        let parsed = hashes.iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
+        let parsed = hashes
+            .iter()
+            .map(|h| parse_hash(h))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((self.remember(namespace), parsed))
     }
 }
@@ -314,7 +390,11 @@ impl Drop for Assembly {
     }
 }
 
-async fn acquire_budget(sem: &Arc<Semaphore>, bytes: usize, wait: Duration) -> Result<OwnedSemaphorePermit, Status> {
+async fn acquire_budget(
+    sem: &Arc<Semaphore>,
+    bytes: usize,
+    wait: Duration,
+) -> Result<OwnedSemaphorePermit, Status> {
     let n = u32::try_from(bytes).map_err(|_| Status::resource_exhausted("block too large"))?;
     match tokio::time::timeout(wait, Arc::clone(sem).acquire_many_owned(n)).await {
         Ok(Ok(permit)) => Ok(permit),
@@ -335,9 +415,9 @@ fn check_namespace(ns: &str) -> Result<(), Status> {
 }
 
 fn parse_hash(h: &[u8]) -> Result<u128, Status> {
-    let arr: [u8; 16] = h
-        .try_into()
-        .map_err(|_| Status::invalid_argument(format!("block hash must be 16 bytes, got {}", h.len())))?;
+    let arr: [u8; 16] = h.try_into().map_err(|_| {
+        Status::invalid_argument(format!("block hash must be 16 bytes, got {}", h.len()))
+    })?;
     Ok(u128::from_be_bytes(arr))
 }
 
@@ -348,14 +428,19 @@ fn hex(b: &[u8]) -> String {
 fn store_status(e: KvStoreError) -> Status {
     match e {
         KvStoreError::NoRoom { .. } => Status::resource_exhausted(e.to_string()),
-        KvStoreError::Tier(tierkv_tiers::TierError::TooLarge { .. }) => Status::resource_exhausted(e.to_string()),
+        KvStoreError::Tier(tierkv_tiers::TierError::TooLarge { .. }) => {
+            Status::resource_exhausted(e.to_string())
+        }
         other => Status::internal(other.to_string()),
     }
 }
 
 #[tonic::async_trait]
 impl BlockService for BlockServer {
-    async fn publish(&self, request: Request<Streaming<PublishChunk>>) -> Result<Response<PublishReply>, Status> {
+    async fn publish(
+        &self,
+        request: Request<Streaming<PublishChunk>>,
+    ) -> Result<Response<PublishReply>, Status> {
         let start = Instant::now();
         self.metrics.open_streams.inc();
         let result = self.publish_inner(request).await;
@@ -365,7 +450,10 @@ impl BlockService for BlockServer {
 
     type FetchStream = ReceiverStream<Result<FetchChunk, Status>>;
 
-    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
         let start = Instant::now();
         let prepared = (|| {
             let access = self.auth.caller(request.metadata())?;
@@ -376,22 +464,33 @@ impl BlockService for BlockServer {
         let (slot, ns_id, hashes) = self.finish("fetch", start, prepared)?;
         let namespace = request.into_inner().namespace;
         let (tx, rx) = mpsc::channel(8);
-        let (store, inflight, metrics, limits) = (
+        let (store, inflight, metrics, limits, crcs) = (
             self.store.clone(),
             Arc::clone(&self.inflight),
             Arc::clone(&self.metrics),
             self.limits,
+            Arc::clone(&self.crcs),
         );
         metrics.open_streams.inc();
         tokio::spawn(async move {
             let _slot = slot;
-            stream_blocks(store, inflight, Arc::clone(&metrics), limits, namespace, ns_id, hashes, tx).await;
+            let ctx = FetchContext {
+                store,
+                inflight,
+                metrics: Arc::clone(&metrics),
+                limits,
+                crcs,
+            };
+            stream_blocks(ctx, namespace, ns_id, hashes, tx).await;
             metrics.open_streams.dec();
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn lookup(&self, request: Request<LookupRequest>) -> Result<Response<LookupReply>, Status> {
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupReply>, Status> {
         let start = Instant::now();
         let result = (|| {
             let access = self.auth.caller(request.metadata())?;
@@ -408,7 +507,10 @@ impl BlockService for BlockServer {
 
     type WatchEventsStream = ReceiverStream<Result<KvEvent, Status>>;
 
-    async fn watch_events(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
+    async fn watch_events(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let start = Instant::now();
         let prepared = (|| {
             let access = self.auth.caller(request.metadata())?;
@@ -417,17 +519,24 @@ impl BlockService for BlockServer {
                 check_namespace(ns)?;
                 access.check(ns)?;
             }
-            let filter: Option<std::collections::HashSet<u64>> = match (&access, requested.is_empty()) {
-                (Access::All, true) => None,
-                (Access::Namespaces(allowed), true) => Some(allowed.iter().map(|n| self.remember(n)).collect()),
-                (_, false) => Some(requested.iter().map(|n| self.remember(n)).collect()),
-            };
+            let filter: Option<std::collections::HashSet<u64>> =
+                match (&access, requested.is_empty()) {
+                    (Access::All, true) => None,
+                    (Access::Namespaces(allowed), true) => {
+                        Some(allowed.iter().map(|n| self.remember(n)).collect())
+                    }
+                    (_, false) => Some(requested.iter().map(|n| self.remember(n)).collect()),
+                };
             Ok((self.stream_slot()?, filter))
         })();
         let (slot, filter) = self.finish("watch_events", start, prepared)?;
         let mut events = self.store.subscribe();
         let (tx, rx) = mpsc::channel(256);
-        let (names, tier_names, metrics) = (Arc::clone(&self.names), Arc::clone(&self.tier_names), Arc::clone(&self.metrics));
+        let (names, tier_names, metrics) = (
+            Arc::clone(&self.names),
+            Arc::clone(&self.tier_names),
+            Arc::clone(&self.metrics),
+        );
         metrics.open_streams.inc();
         tokio::spawn(async move {
             let _slot = slot;
@@ -438,7 +547,10 @@ impl BlockService for BlockServer {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 };
-                if filter.as_ref().is_some_and(|f| !f.contains(&ev.key.namespace)) {
+                if filter
+                    .as_ref()
+                    .is_some_and(|f| !f.contains(&ev.key.namespace))
+                {
                     continue;
                 }
                 let namespace = names
@@ -496,19 +608,31 @@ impl BlockService for BlockServer {
     }
 }
 
-/// Sends the requested blocks in request order, each in chunks, then the list of
-/// missing hashes.
-#[allow(clippy::too_many_arguments)]
-async fn stream_blocks(
+/// What a fetch stream needs from the server.
+struct FetchContext {
     store: TieredStore,
     inflight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    crcs: Arc<CrcCache>,
+}
+
+/// Sends the requested blocks in request order, each in chunks, then the list of
+/// missing hashes.
+async fn stream_blocks(
+    ctx: FetchContext,
     namespace: String,
     ns_id: u64,
     hashes: Vec<u128>,
     tx: mpsc::Sender<Result<FetchChunk, Status>>,
 ) {
+    let FetchContext {
+        store,
+        inflight,
+        metrics,
+        limits,
+        crcs,
+    } = ctx;
     let mut missing = Vec::new();
     for hash in hashes {
         let raw = Bytes::copy_from_slice(&hash.to_be_bytes());
@@ -516,13 +640,19 @@ async fn stream_blocks(
             Ok(Some(data)) => data,
             Ok(None) => {
                 missing.push(raw);
-                metrics.blocks_total.with_label_values(&["fetch", "missing"]).inc();
+                metrics
+                    .blocks_total
+                    .with_label_values(&["fetch", "missing"])
+                    .inc();
                 continue;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "fetch: read failed; reporting the block missing");
                 missing.push(raw);
-                metrics.blocks_total.with_label_values(&["fetch", "missing"]).inc();
+                metrics
+                    .blocks_total
+                    .with_label_values(&["fetch", "missing"])
+                    .inc();
                 continue;
             }
         };
@@ -533,7 +663,7 @@ async fn stream_blocks(
                 return;
             }
         };
-        let crc = crc32c::crc32c(&data);
+        let crc = crcs.get_or_compute(BlockKey::new(ns_id, hash), &data);
         let id = BlockId {
             namespace: namespace.clone(),
             hash: raw,
@@ -555,8 +685,14 @@ async fn stream_blocks(
             }
             offset = end;
         }
-        metrics.bytes_total.with_label_values(&["out"]).inc_by(total as u64);
-        metrics.blocks_total.with_label_values(&["fetch", "sent"]).inc();
+        metrics
+            .bytes_total
+            .with_label_values(&["out"])
+            .inc_by(total as u64);
+        metrics
+            .blocks_total
+            .with_label_values(&["fetch", "sent"])
+            .inc();
     }
     let _ = tx
         .send(Ok(FetchChunk {
@@ -578,7 +714,9 @@ pub async fn serve(
     let server = BlockServer::new(store, config, metrics)?;
     let max_message = server.max_message_bytes();
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<BlockServiceServer<BlockServer>>().await;
+    reporter
+        .set_serving::<BlockServiceServer<BlockServer>>()
+        .await;
     let service = BlockServiceServer::new(server)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -586,23 +724,35 @@ pub async fn serve(
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        // Large HTTP/2 frames: a 16 KiB default means a thousand frames per block.
+        .max_frame_size(Some(MAX_FRAME))
         .max_concurrent_streams(Some(config.max_concurrent_streams as u32));
     if let Some(tls) = &config.tls {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| KvStoreError::Config(format!("reading TLS file {}: {e}", p.display())))
+            std::fs::read(p)
+                .map_err(|e| KvStoreError::Config(format!("reading TLS file {}: {e}", p.display())))
         };
         let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| KvStoreError::Config(format!("TLS: {e}")))?;
     }
-    let addr = listener
-        .local_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let local_addr = listener.local_addr();
+    // The builder's `tcp_nodelay` only applies to sockets it accepts itself: without
+    // TCP_NODELAY here, Nagle + delayed ACK stall small writes for 40 ms.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::warn!(error = %e, "TCP_NODELAY");
+        }
+        conn
+    });
+    let addr = local_addr.map_or_else(|_| "?".to_string(), |a| a.to_string());
     builder
         .add_service(health)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| KvStoreError::Connect {
             addr,

@@ -252,7 +252,11 @@ impl TieredStore {
         }
         let slot_bytes = tiers.iter().map(|(t, _)| t.slot_bytes()).min().unwrap_or(0);
         let mut index = StoreIndex::new(tiers.len());
-        for (i, (tier, _)) in tiers.iter().enumerate().filter(|(_, (t, _))| t.is_indexed()) {
+        for (i, (tier, _)) in tiers
+            .iter()
+            .enumerate()
+            .filter(|(_, (t, _))| t.is_indexed())
+        {
             for (key, _) in tier.keys().await? {
                 index.insert(i, key);
             }
@@ -323,7 +327,9 @@ impl TieredStore {
         }
         self.place(0, key, data.clone()).await?;
         let copies = (1..self.inner.tiers.len())
-            .filter(|&t| self.inner.tiers[t].policy.write_through && self.inner.tiers[t].tier.accepts_puts())
+            .filter(|&t| {
+                self.inner.tiers[t].policy.write_through && self.inner.tiers[t].tier.accepts_puts()
+            })
             .map(|t| self.place(t, key, data.clone()));
         for result in join_all(copies).await {
             result?;
@@ -534,7 +540,10 @@ impl TieredStore {
                 continue;
             };
             entry.counters.hits.fetch_add(1, Relaxed);
-            entry.counters.bytes_read.fetch_add(data.len() as u64, Relaxed);
+            entry
+                .counters
+                .bytes_read
+                .fetch_add(data.len() as u64, Relaxed);
             if inner.promote_on_hit && inner.tiers[0].tier.is_indexed() {
                 match self.place(0, key, data.clone()).await {
                     Ok(PutOutcome::Stored) => {
@@ -561,7 +570,9 @@ impl TieredStore {
         for entry in self.inner.tiers.iter().filter(|e| !e.tier.is_indexed()) {
             match entry.tier.lookup_prefix(&rest).await {
                 Ok(n) => best = best.max(n),
-                Err(e) => tracing::warn!(tier = entry.tier.name(), error = %e, "peer lookup failed"),
+                Err(e) => {
+                    tracing::warn!(tier = entry.tier.name(), error = %e, "peer lookup failed")
+                }
             }
         }
         local + best
