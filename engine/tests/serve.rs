@@ -7,18 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tierkv_kvstore::service::{BlockClient, BlockClientConfig};
 
-fn block(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    Bytes::from(v)
-}
+use tierkv_tiers::testing::payload as block;
 
 /// A `tierkv serve` child process, killed on drop.
 struct Serve {

@@ -16,16 +16,9 @@ fn ns() -> Namespace {
     Namespace::new("test-model", layout()).unwrap()
 }
 
+/// One 4 KiB block.
 fn block(seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(4096);
-    while v.len() < 4096 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    Bytes::from(v)
+    tierkv_tiers::testing::payload(seed, 4096)
 }
 
 /// A chain of `n` block hashes (a prompt of n*16 tokens).

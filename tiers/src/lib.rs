@@ -14,6 +14,7 @@ pub mod header;
 pub mod io;
 mod key;
 mod stats;
+pub mod testing;
 pub mod tier;
 
 pub use error::{Result, TierError};

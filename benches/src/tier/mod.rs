@@ -52,18 +52,9 @@ pub struct TierArgs {
     pub only: Vec<String>,
 }
 
-/// Deterministic pseudo-random payload.
+/// Deterministic pseudo-random payload of `len` bytes.
 pub fn payload(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    Bytes::from(v)
+    tierkv_tiers::testing::payload(seed, len)
 }
 
 pub fn key(i: usize) -> BlockKey {

@@ -489,20 +489,7 @@ impl TieredStore {
                     for e in &inner.tiers[..t] {
                         e.counters.misses.fetch_add(1, Relaxed);
                     }
-                    entry.counters.hits.fetch_add(1, Relaxed);
-                    entry
-                        .counters
-                        .bytes_read
-                        .fetch_add(data.len() as u64, Relaxed);
-                    if t > 0 && inner.promote_on_hit {
-                        match self.place(0, key, data.clone()).await {
-                            Ok(PutOutcome::Stored) => {
-                                entry.counters.promotions.fetch_add(1, Relaxed);
-                            }
-                            Ok(PutOutcome::AlreadyPresent) => {}
-                            Err(e) => tracing::warn!(key = %key, error = %e, "promotion failed"),
-                        }
-                    }
+                    self.record_hit(t, key, &data).await;
                     return Ok(Some(data));
                 }
                 Ok(None) => {
@@ -539,23 +526,32 @@ impl TieredStore {
                 entry.counters.misses.fetch_add(1, Relaxed);
                 continue;
             };
-            entry.counters.hits.fetch_add(1, Relaxed);
-            entry
-                .counters
-                .bytes_read
-                .fetch_add(data.len() as u64, Relaxed);
-            if inner.promote_on_hit && inner.tiers[0].tier.is_indexed() {
-                match self.place(0, key, data.clone()).await {
-                    Ok(PutOutcome::Stored) => {
-                        entry.counters.promotions.fetch_add(1, Relaxed);
-                    }
-                    Ok(PutOutcome::AlreadyPresent) => {}
-                    Err(e) => tracing::warn!(key = %key, error = %e, "promotion failed"),
-                }
-            }
+            self.record_hit(t, key, &data).await;
             return Ok(Some(data));
         }
         Ok(None)
+    }
+
+    /// Counts a hit in tier `t` and, for a lower tier, promotes the block into the top
+    /// tier (a failed promotion is logged: the caller has its data either way).
+    async fn record_hit(&self, t: usize, key: BlockKey, data: &Bytes) {
+        let inner = &self.inner;
+        let entry = &inner.tiers[t];
+        entry.counters.hits.fetch_add(1, Relaxed);
+        entry
+            .counters
+            .bytes_read
+            .fetch_add(data.len() as u64, Relaxed);
+        if t == 0 || !inner.promote_on_hit || !inner.tiers[0].tier.is_indexed() {
+            return;
+        }
+        match self.place(0, key, data.clone()).await {
+            Ok(PutOutcome::Stored) => {
+                entry.counters.promotions.fetch_add(1, Relaxed);
+            }
+            Ok(PutOutcome::AlreadyPresent) => {}
+            Err(e) => tracing::warn!(key = %key, error = %e, "promotion failed"),
+        }
     }
 
     /// Like [`TieredStore::lookup_prefix`], then asks the peers (tiers that are not
