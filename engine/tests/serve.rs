@@ -187,3 +187,122 @@ async fn sigterm_stops_the_service_cleanly_and_disk_blocks_survive() {
         assert!(g.as_ref() == Some(&blocks[i].1), "block {i} after restart");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_clients_against_a_serve_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(dir.path(), None);
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let c = server.client();
+        tasks.push(tokio::spawn(async move {
+            let ns = format!("tenant-{}", t % 8);
+            let blocks: Vec<(u128, Bytes)> = (0..4)
+                .map(|i| ((t * 10 + i) as u128, block(t * 10 + i, 100_000)))
+                .collect();
+            c.publish(&ns, &blocks).await.unwrap();
+            let hashes: Vec<u128> = blocks.iter().map(|b| b.0).collect();
+            let got = c.fetch(&ns, &hashes).await.unwrap();
+            for ((h, want), got) in blocks.iter().zip(got) {
+                assert!(got.as_ref() == Some(want), "client {t} block {h}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(server.client().stats().await.unwrap().blocks, 256);
+}
+
+#[test]
+fn the_operator_cli_puts_gets_looks_up_and_reports_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(&dir.path().join("data"), None);
+    let tierkv = env!("CARGO_BIN_EXE_tierkv");
+    let run = |args: &[&str]| {
+        let out = Command::new(tierkv)
+            .args(["blocks", "--addr", &server.addr])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let input = dir.path().join("in.bin");
+    let output = dir.path().join("out.bin");
+    std::fs::write(&input, block(7, 123_456)).unwrap();
+    let hash = "00112233445566778899aabbccddeeff";
+    let (ok, stdout, _) = run(&[
+        "put",
+        "--namespace",
+        "cli",
+        "--hash",
+        hash,
+        "--file",
+        input.to_str().unwrap(),
+    ]);
+    assert!(ok && stdout.contains("stored=1"), "{stdout}");
+    let (ok, _, _) = run(&[
+        "get",
+        "--namespace",
+        "cli",
+        "--hash",
+        hash,
+        "--out",
+        output.to_str().unwrap(),
+    ]);
+    assert!(ok);
+    assert_eq!(
+        std::fs::read(&output).unwrap(),
+        std::fs::read(&input).unwrap()
+    );
+    let (ok, stdout, _) = run(&[
+        "lookup",
+        "--namespace",
+        "cli",
+        hash,
+        "ffffffffffffffffffffffffffffffff",
+    ]);
+    assert!(
+        ok && stdout.contains("prefix_hits=1") && stdout.contains("host"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = run(&["stats"]);
+    assert!(ok && stdout.contains("blocks=1"), "{stdout}");
+    // Bad input: a clear error and a failing exit status.
+    let (ok, _, stderr) = run(&["get", "--namespace", "cli", "--hash", "xyz"]);
+    assert!(!ok && stderr.contains("32 hex digits"), "{stderr}");
+    let (ok, _, stderr) = run(&[
+        "get",
+        "--namespace",
+        "cli",
+        "--hash",
+        "ffffffffffffffffffffffffffffffff",
+    ]);
+    assert!(!ok && stderr.contains("not in namespace"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[[tier]]\nkind = \"host\"\ncapacity = \"1GiB\"\nwibble = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tierkv"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("wibble") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
+}

@@ -449,3 +449,54 @@ async fn too_many_streams_is_resource_exhausted() {
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_write_peer_receives_demoted_blocks() {
+    let peer = start(ServiceConfig::default()).await;
+    let namespace = "model@L2xH2xD16xf16xB16@tp0of1";
+    let host: Arc<dyn Tier> = Arc::new(
+        HostTier::new(HostTierConfig {
+            capacity_bytes: 2 * 4096,
+            slot_bytes: 4096,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let remote = RemoteTier::new(RemoteTierConfig {
+        name: "shared-cache".into(),
+        client: BlockClientConfig::new(peer.addr.clone()),
+        read_only: false,
+        namespaces: vec![],
+        slot_bytes: 4096,
+    })
+    .unwrap();
+    remote.register_namespace(namespace);
+    let store = TieredStore::from_tiers(
+        vec![
+            (host, TierPolicy::default()),
+            (Arc::new(remote), TierPolicy::default()),
+        ],
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let id = tierkv_kvstore::namespace_id(namespace);
+    for i in 1..=3u64 {
+        store
+            .put_key(BlockKey::new(id, i as u128), block(i, 4096))
+            .await
+            .unwrap();
+    }
+    // The host tier holds two blocks: the oldest was demoted (published) to the peer.
+    assert_eq!(store.stats().tiers[0].demotions, 1);
+    let peer_client = client(&peer.addr, None);
+    assert_eq!(
+        peer_client.fetch(namespace, &[1]).await.unwrap(),
+        vec![Some(block(1, 4096))]
+    );
+    // And it still reads back through the store.
+    assert_eq!(
+        store.get_key(BlockKey::new(id, 1)).await.unwrap(),
+        Some(block(1, 4096))
+    );
+}
