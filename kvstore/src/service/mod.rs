@@ -6,6 +6,8 @@
 mod auth;
 mod client;
 mod config;
+mod fetch;
+mod publish;
 mod server;
 
 pub use auth::{Access, Auth};

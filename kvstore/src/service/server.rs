@@ -6,13 +6,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tierkv_proto::v1::block_service_server::{BlockService, BlockServiceServer};
 use tierkv_proto::v1::{
-    BlockId, FetchChunk, FetchRequest, KvEvent, LookupReply, LookupRequest, PublishChunk,
-    PublishReply, StatsReply, StatsRequest, TierStatsProto, WatchRequest, kv_event,
+    FetchChunk, FetchRequest, KvEvent, LookupReply, LookupRequest, PublishChunk, PublishReply,
+    StatsReply, StatsRequest, TierStatsProto, WatchRequest, kv_event,
 };
-use tierkv_tiers::{BlockKey, PutOutcome};
+
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Access, Auth};
 use super::config::ServiceConfig;
+use super::fetch::{CrcCache, FetchContext, stream_blocks};
 use crate::metrics::Metrics;
 use crate::{KvStoreError, Result, StoreEventKind, TieredStore, namespace_id};
 
@@ -31,61 +32,25 @@ const MAX_NAMESPACE_LEN: usize = 512;
 
 /// The limits in force, resolved from the configuration and the store.
 #[derive(Clone, Copy, Debug)]
-struct Limits {
-    max_block: usize,
-    max_blocks: usize,
-    chunk: usize,
-    inflight_wait: Duration,
+pub(super) struct Limits {
+    pub(super) max_block: usize,
+    pub(super) max_blocks: usize,
+    pub(super) chunk: usize,
+    pub(super) inflight_wait: Duration,
 }
 
 /// The gRPC `BlockService` implementation.
 pub struct BlockServer {
-    store: TieredStore,
-    auth: Auth,
-    limits: Limits,
+    pub(super) store: TieredStore,
+    pub(super) auth: Auth,
+    pub(super) limits: Limits,
     /// Namespace names seen, by digest, so events can name them.
-    names: Arc<Mutex<HashMap<u64, String>>>,
-    streams: Arc<Semaphore>,
-    inflight: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
-    tier_names: Arc<Vec<String>>,
-    crcs: Arc<CrcCache>,
-}
-
-/// crc32c of blocks recently published or fetched. Blocks are content-addressed, so a
-/// key's checksum never changes: fetches of hot prefix blocks skip recomputing it.
-pub(crate) struct CrcCache(Mutex<lru::LruCache<BlockKey, u32, tierkv_tiers::BuildBlockKeyHasher>>);
-
-impl CrcCache {
-    fn new(entries: usize) -> CrcCache {
-        let cap =
-            std::num::NonZeroUsize::new(entries.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
-        CrcCache(Mutex::new(lru::LruCache::with_hasher(
-            cap,
-            tierkv_tiers::BuildBlockKeyHasher,
-        )))
-    }
-
-    fn get_or_compute(&self, key: BlockKey, data: &[u8]) -> u32 {
-        let cached = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied();
-        cached.unwrap_or_else(|| {
-            let crc = crc32c::crc32c(data);
-            self.insert(key, crc);
-            crc
-        })
-    }
-
-    fn insert(&self, key: BlockKey, crc: u32) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(key, crc);
-    }
+    pub(super) names: Arc<Mutex<HashMap<u64, String>>>,
+    pub(super) streams: Arc<Semaphore>,
+    pub(super) inflight: Arc<Semaphore>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) tier_names: Arc<Vec<String>>,
+    pub(super) crcs: Arc<CrcCache>,
 }
 
 impl BlockServer {
@@ -124,14 +89,14 @@ impl BlockServer {
         self.limits.chunk + (64 << 10)
     }
 
-    fn remember(&self, namespace: &str) -> u64 {
+    pub(super) fn remember(&self, namespace: &str) -> u64 {
         let id = namespace_id(namespace);
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         names.entry(id).or_insert_with(|| namespace.to_string());
         id
     }
 
-    fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+    pub(super) fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
         Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(
                 "too many concurrent streams on this block service; retry later",
@@ -139,7 +104,12 @@ impl BlockServer {
         })
     }
 
-    fn finish<T>(&self, rpc: &str, start: Instant, result: Result<T, Status>) -> Result<T, Status> {
+    pub(super) fn finish<T>(
+        &self,
+        rpc: &str,
+        start: Instant,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
@@ -153,140 +123,6 @@ impl BlockServer {
             .with_label_values(&[rpc])
             .observe(start.elapsed().as_secs_f64());
         result
-    }
-
-    async fn publish_inner(
-        &self,
-        request: Request<Streaming<PublishChunk>>,
-    ) -> Result<PublishReply, Status> {
-        let access = self.auth.caller(request.metadata())?;
-        let _slot = self.stream_slot()?;
-        let mut stream = request.into_inner();
-        let mut reply = PublishReply::default();
-        let mut current: Option<Assembly> = None;
-        let mut blocks = 0usize;
-        while let Some(chunk) = stream.message().await? {
-            let data_len = chunk.data.len() as u64;
-            if chunk.offset == 0 {
-                if let Some(open) = &current {
-                    return Err(Status::invalid_argument(format!(
-                        "block {} ended after {} of {} bytes",
-                        open.describe(),
-                        open.buf_len(),
-                        open.total_len
-                    )));
-                }
-                blocks += 1;
-                if blocks > self.limits.max_blocks {
-                    return Err(Status::resource_exhausted(format!(
-                        "more than {} blocks in one publish stream",
-                        self.limits.max_blocks
-                    )));
-                }
-                current = Some(self.start_block(&access, chunk).await?);
-            } else {
-                let Some(open) = current.as_mut() else {
-                    return Err(Status::invalid_argument(format!(
-                        "chunk at offset {} without a block started at offset 0",
-                        chunk.offset
-                    )));
-                };
-                open.append(chunk)?;
-            }
-            self.metrics
-                .bytes_total
-                .with_label_values(&["in"])
-                .inc_by(data_len);
-            if current.as_ref().is_some_and(Assembly::is_complete)
-                && let Some(done) = current.take()
-            {
-                self.store_block(done, &mut reply).await?;
-            }
-        }
-        if let Some(open) = current {
-            return Err(Status::invalid_argument(format!(
-                "stream ended inside block {} after {} of {} bytes; nothing of it was stored",
-                open.describe(),
-                open.buf_len(),
-                open.total_len
-            )));
-        }
-        Ok(reply)
-    }
-
-    async fn start_block(&self, access: &Access, chunk: PublishChunk) -> Result<Assembly, Status> {
-        let id = chunk.id.ok_or_else(|| {
-            Status::invalid_argument("the first chunk of a block must carry its id")
-        })?;
-        check_namespace(&id.namespace)?;
-        access.check(&id.namespace)?;
-        let hash = parse_hash(&id.hash)?;
-        let total = chunk.total_len;
-        if total == 0 {
-            return Err(Status::invalid_argument("empty block (total_len = 0)"));
-        }
-        if total > self.limits.max_block as u64 {
-            return Err(Status::resource_exhausted(format!(
-                "block of {total} bytes exceeds this service's limit of {} bytes",
-                self.limits.max_block
-            )));
-        }
-        if chunk.data.len() as u64 > total {
-            return Err(Status::invalid_argument("chunk is longer than total_len"));
-        }
-        let permit =
-            acquire_budget(&self.inflight, total as usize, self.limits.inflight_wait).await?;
-        self.metrics.inflight_bytes.add(total as i64);
-        let key = BlockKey::new(self.remember(&id.namespace), hash);
-        let buf = if chunk.data.len() as u64 == total {
-            Buf::Whole(chunk.data)
-        } else {
-            let mut b = BytesMut::with_capacity(total as usize);
-            b.extend_from_slice(&chunk.data);
-            Buf::Parts(b)
-        };
-        Ok(Assembly {
-            id,
-            key,
-            total_len: total,
-            crc: chunk.crc32c,
-            buf,
-            _permit: permit,
-            metrics: Arc::clone(&self.metrics),
-        })
-    }
-
-    /// Stores a complete block; its in-flight budget is held until the store has it.
-    async fn store_block(
-        &self,
-        mut done: Assembly,
-        reply: &mut PublishReply,
-    ) -> Result<(), Status> {
-        let data = done.take_data();
-        let (id, key, crc) = (std::mem::take(&mut done.id), done.key, done.crc);
-        let outcome = if crc32c::crc32c(&data) != crc {
-            tracing::warn!(namespace = %id.namespace, "publish: crc32c mismatch; block rejected");
-            reply.rejected.push(id);
-            "rejected"
-        } else {
-            self.crcs.insert(key, crc);
-            match self.store.put_key(key, data).await {
-                Ok(PutOutcome::Stored) => {
-                    reply.stored += 1;
-                    "stored"
-                }
-                Ok(PutOutcome::AlreadyPresent) => {
-                    reply.already_present += 1;
-                    "already_present"
-                }
-                Err(e) => return Err(store_status(e)),
-            }
-        };
-        self.metrics
-            .blocks_total
-            .with_label_values(&["publish", outcome])
-            .inc();
-        Ok(())
     }
 
     fn parse_request(
@@ -312,85 +148,7 @@ impl BlockServer {
     }
 }
 
-/// A block being received.
-struct Assembly {
-    id: BlockId,
-    key: BlockKey,
-    total_len: u64,
-    crc: u32,
-    buf: Buf,
-    _permit: OwnedSemaphorePermit,
-    metrics: Arc<Metrics>,
-}
-
-enum Buf {
-    /// The block arrived in one chunk: kept as received, no copy.
-    Whole(Bytes),
-    Parts(BytesMut),
-}
-
-impl Assembly {
-    fn buf_len(&self) -> u64 {
-        match &self.buf {
-            Buf::Whole(b) => b.len() as u64,
-            Buf::Parts(b) => b.len() as u64,
-        }
-    }
-
-    fn is_complete(&self) -> bool {
-        self.buf_len() == self.total_len
-    }
-
-    fn describe(&self) -> String {
-        format!("{}/{}", self.id.namespace, hex(&self.id.hash))
-    }
-
-    fn append(&mut self, chunk: PublishChunk) -> Result<(), Status> {
-        if let Some(id) = &chunk.id
-            && (id.namespace != self.id.namespace || id.hash != self.id.hash)
-        {
-            return Err(Status::invalid_argument(format!(
-                "chunk of another block inside block {}",
-                self.describe()
-            )));
-        }
-        if chunk.offset != self.buf_len() {
-            return Err(Status::invalid_argument(format!(
-                "block {}: chunk at offset {}, expected {}",
-                self.describe(),
-                chunk.offset,
-                self.buf_len()
-            )));
-        }
-        if self.buf_len() + chunk.data.len() as u64 > self.total_len {
-            return Err(Status::invalid_argument(format!(
-                "block {}: chunks run past total_len {}",
-                self.describe(),
-                self.total_len
-            )));
-        }
-        match &mut self.buf {
-            Buf::Parts(b) => b.extend_from_slice(&chunk.data),
-            Buf::Whole(_) => return Err(Status::invalid_argument("chunk after a complete block")),
-        }
-        Ok(())
-    }
-
-    fn take_data(&mut self) -> Bytes {
-        match std::mem::replace(&mut self.buf, Buf::Whole(Bytes::new())) {
-            Buf::Whole(b) => b,
-            Buf::Parts(b) => b.freeze(),
-        }
-    }
-}
-
-impl Drop for Assembly {
-    fn drop(&mut self) {
-        self.metrics.inflight_bytes.sub(self.total_len as i64);
-    }
-}
-
-async fn acquire_budget(
+pub(super) async fn acquire_budget(
     sem: &Arc<Semaphore>,
     bytes: usize,
     wait: Duration,
@@ -405,7 +163,7 @@ async fn acquire_budget(
     }
 }
 
-fn check_namespace(ns: &str) -> Result<(), Status> {
+pub(super) fn check_namespace(ns: &str) -> Result<(), Status> {
     if ns.is_empty() || ns.len() > MAX_NAMESPACE_LEN {
         return Err(Status::invalid_argument(format!(
             "namespace must be 1 to {MAX_NAMESPACE_LEN} bytes"
@@ -414,18 +172,18 @@ fn check_namespace(ns: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn parse_hash(h: &[u8]) -> Result<u128, Status> {
+pub(super) fn parse_hash(h: &[u8]) -> Result<u128, Status> {
     let arr: [u8; 16] = h.try_into().map_err(|_| {
         Status::invalid_argument(format!("block hash must be 16 bytes, got {}", h.len()))
     })?;
     Ok(u128::from_be_bytes(arr))
 }
 
-fn hex(b: &[u8]) -> String {
+pub(super) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn store_status(e: KvStoreError) -> Status {
+pub(super) fn store_status(e: KvStoreError) -> Status {
     match e {
         KvStoreError::NoRoom { .. } => Status::resource_exhausted(e.to_string()),
         KvStoreError::Tier(tierkv_tiers::TierError::TooLarge { .. }) => {
@@ -606,100 +364,6 @@ impl BlockService for BlockServer {
         });
         self.finish("stats", start, result).map(Response::new)
     }
-}
-
-/// What a fetch stream needs from the server.
-struct FetchContext {
-    store: TieredStore,
-    inflight: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
-    limits: Limits,
-    crcs: Arc<CrcCache>,
-}
-
-/// Sends the requested blocks in request order, each in chunks, then the list of
-/// missing hashes.
-async fn stream_blocks(
-    ctx: FetchContext,
-    namespace: String,
-    ns_id: u64,
-    hashes: Vec<u128>,
-    tx: mpsc::Sender<Result<FetchChunk, Status>>,
-) {
-    let FetchContext {
-        store,
-        inflight,
-        metrics,
-        limits,
-        crcs,
-    } = ctx;
-    let mut missing = Vec::new();
-    for hash in hashes {
-        let raw = Bytes::copy_from_slice(&hash.to_be_bytes());
-        let data = match store.get_key(BlockKey::new(ns_id, hash)).await {
-            Ok(Some(data)) => data,
-            Ok(None) => {
-                missing.push(raw);
-                metrics
-                    .blocks_total
-                    .with_label_values(&["fetch", "missing"])
-                    .inc();
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "fetch: read failed; reporting the block missing");
-                missing.push(raw);
-                metrics
-                    .blocks_total
-                    .with_label_values(&["fetch", "missing"])
-                    .inc();
-                continue;
-            }
-        };
-        let _permit = match acquire_budget(&inflight, data.len(), limits.inflight_wait).await {
-            Ok(p) => p,
-            Err(status) => {
-                let _ = tx.send(Err(status)).await;
-                return;
-            }
-        };
-        let crc = crcs.get_or_compute(BlockKey::new(ns_id, hash), &data);
-        let id = BlockId {
-            namespace: namespace.clone(),
-            hash: raw,
-        };
-        let total = data.len();
-        let mut offset = 0;
-        while offset < total {
-            let end = (offset + limits.chunk).min(total);
-            let chunk = FetchChunk {
-                id: Some(id.clone()),
-                offset: offset as u64,
-                data: data.slice(offset..end),
-                total_len: total as u64,
-                crc32c: crc,
-                missing: Vec::new(),
-            };
-            if tx.send(Ok(chunk)).await.is_err() {
-                return; // The client went away.
-            }
-            offset = end;
-        }
-        metrics
-            .bytes_total
-            .with_label_values(&["out"])
-            .inc_by(total as u64);
-        metrics
-            .blocks_total
-            .with_label_values(&["fetch", "sent"])
-            .inc();
-    }
-    let _ = tx
-        .send(Ok(FetchChunk {
-            missing,
-            ..Default::default()
-        }))
-        .await;
 }
 
 /// Serves the block service (and gRPC health) on `listener` until `shutdown`

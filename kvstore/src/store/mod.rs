@@ -8,105 +8,33 @@
 //! - `lookup_prefix` answers from memory in one pass, without I/O.
 //! - Every block entering or leaving a tier emits a [`StoreEvent`].
 
+mod guards;
 mod index;
+mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
-use serde::Serialize;
-use tierkv_tiers::{
-    BlockKey, DiskTier, HostTier, ObjectTier, PutOutcome, Tier, TierError, TierStats,
-};
+use tierkv_tiers::{BlockKey, DiskTier, HostTier, ObjectTier, PutOutcome, Tier, TierError};
 use tokio::sync::broadcast;
 
 use crate::config::{EvictPolicy, StoreConfig, TierConfig};
 use crate::{BlockHash, KvStoreError, Namespace, Result};
+pub use guards::PinGuard;
+use guards::{Eviction, Reservation};
 use index::{Admission, StoreIndex};
+use types::PolicyCounters;
+pub use types::{StoreEvent, StoreEventKind, StoreOptions, StoreStats, TierPolicy, TierStoreStats};
 
-/// How the store treats one tier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TierPolicy {
-    /// Every put also goes to this tier (lower tiers only).
-    pub write_through: bool,
-    /// What happens to an evicted block.
-    pub on_evict: EvictPolicy,
-}
-
-impl Default for TierPolicy {
-    fn default() -> Self {
-        TierPolicy {
-            write_through: false,
-            on_evict: EvictPolicy::Demote,
-        }
-    }
-}
-
-/// A block entered or left a tier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreEventKind {
-    Stored,
-    Removed,
-}
-
-/// One change of the store's content, for routers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreEvent {
-    /// Increases by one per event.
-    pub seq: u64,
-    pub kind: StoreEventKind,
-    /// Index of the tier in the store (0 = top).
-    pub tier: usize,
-    pub key: BlockKey,
-}
-
-#[derive(Default)]
-struct PolicyCounters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    bytes_read: AtomicU64,
-    bytes_written: AtomicU64,
-    evictions: AtomicU64,
-    demotions: AtomicU64,
-    demotion_failures: AtomicU64,
-    promotions: AtomicU64,
-}
-
-/// Per-tier statistics: the tier's own and the store's policy counters.
-#[derive(Clone, Debug, Serialize)]
-pub struct TierStoreStats {
-    pub tier: TierStats,
-    /// Gets served by this tier.
-    pub hits: u64,
-    /// Gets that reached this tier and found nothing.
-    pub misses: u64,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub evictions: u64,
-    /// Blocks moved from this tier to the next on eviction.
-    pub demotions: u64,
-    pub demotion_failures: u64,
-    /// Blocks copied from this tier into the top tier on a hit.
-    pub promotions: u64,
-}
-
-/// A point-in-time view of the whole store.
-#[derive(Clone, Debug, Serialize)]
-pub struct StoreStats {
-    pub tiers: Vec<TierStoreStats>,
-    /// Distinct blocks held in any tier.
-    pub blocks: u64,
-    pub pinned: u64,
-}
-
-struct TierEntry {
+pub(crate) struct TierEntry {
     tier: Arc<dyn Tier>,
     policy: TierPolicy,
     counters: PolicyCounters,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     tiers: Vec<TierEntry>,
     slot_bytes: usize,
     promote_on_hit: bool,
@@ -123,82 +51,7 @@ pub struct TieredStore {
     inner: Arc<Inner>,
 }
 
-/// Options of a store built from tiers directly.
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    pub promote_on_hit: bool,
-    pub event_buffer: usize,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            promote_on_hit: true,
-            event_buffer: 4096,
-        }
-    }
-}
-
-/// Keeps blocks from being evicted while alive.
-pub struct PinGuard {
-    inner: Arc<Inner>,
-    keys: Vec<BlockKey>,
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        let mut ix = lock(&self.inner.index);
-        for k in &self.keys {
-            ix.unpin(k);
-        }
-    }
-}
-
-/// A put's room in a tier; released (not stored) if the put is abandoned half-way.
-struct Reservation<'a> {
-    inner: &'a Inner,
-    tier: usize,
-    key: BlockKey,
-}
-
-impl Reservation<'_> {
-    fn finish(self, stored: bool) {
-        lock(&self.inner.index).finish_put(self.tier, self.key, stored);
-        self.inner.room.notify_waiters();
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        lock(&self.inner.index).finish_put(self.tier, self.key, false);
-        self.inner.room.notify_waiters();
-    }
-}
-
-/// An eviction in progress; ended (block kept) if abandoned half-way.
-struct Eviction<'a> {
-    inner: &'a Inner,
-    tier: usize,
-    victim: BlockKey,
-}
-
-impl Eviction<'_> {
-    fn finish(self, removed: bool) {
-        lock(&self.inner.index).end_eviction(self.tier, &self.victim, removed);
-        self.inner.room.notify_waiters();
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Eviction<'_> {
-    fn drop(&mut self) {
-        lock(&self.inner.index).end_eviction(self.tier, &self.victim, false);
-        self.inner.room.notify_waiters();
-    }
-}
-
-fn lock(m: &Mutex<StoreIndex>) -> MutexGuard<'_, StoreIndex> {
+pub(crate) fn lock(m: &Mutex<StoreIndex>) -> MutexGuard<'_, StoreIndex> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

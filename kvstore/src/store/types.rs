@@ -1,0 +1,99 @@
+//! The store's public value types: policies, events, options and statistics.
+
+use std::sync::atomic::AtomicU64;
+
+use serde::Serialize;
+use tierkv_tiers::{BlockKey, TierStats};
+
+use crate::config::EvictPolicy;
+
+/// How the store treats one tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierPolicy {
+    /// Every put also goes to this tier (lower tiers only).
+    pub write_through: bool,
+    /// What happens to an evicted block.
+    pub on_evict: EvictPolicy,
+}
+
+impl Default for TierPolicy {
+    fn default() -> Self {
+        TierPolicy {
+            write_through: false,
+            on_evict: EvictPolicy::Demote,
+        }
+    }
+}
+
+/// A block entered or left a tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreEventKind {
+    Stored,
+    Removed,
+}
+
+/// One change of the store's content, for routers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreEvent {
+    /// Increases by one per event.
+    pub seq: u64,
+    pub kind: StoreEventKind,
+    /// Index of the tier in the store (0 = top).
+    pub tier: usize,
+    pub key: BlockKey,
+}
+
+#[derive(Default)]
+pub(crate) struct PolicyCounters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) demotions: AtomicU64,
+    pub(crate) demotion_failures: AtomicU64,
+    pub(crate) promotions: AtomicU64,
+}
+
+/// Per-tier statistics: the tier's own and the store's policy counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct TierStoreStats {
+    pub tier: TierStats,
+    /// Gets served by this tier.
+    pub hits: u64,
+    /// Gets that reached this tier and found nothing.
+    pub misses: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub evictions: u64,
+    /// Blocks moved from this tier to the next on eviction.
+    pub demotions: u64,
+    pub demotion_failures: u64,
+    /// Blocks copied from this tier into the top tier on a hit.
+    pub promotions: u64,
+}
+
+/// A point-in-time view of the whole store.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreStats {
+    pub tiers: Vec<TierStoreStats>,
+    /// Distinct blocks held in any tier.
+    pub blocks: u64,
+    pub pinned: u64,
+}
+
+/// Options of a store built from tiers directly.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub promote_on_hit: bool,
+    pub event_buffer: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            promote_on_hit: true,
+            event_buffer: 4096,
+        }
+    }
+}
