@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Block payloads as `bytes::Bytes`: zero-copy from tier to socket.
         .bytes(".")
+        .codec_path("crate::codec::BlockCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

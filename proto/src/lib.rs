@@ -3,6 +3,8 @@
 
 #![allow(clippy::all)]
 
+pub mod codec;
+
 /// `tierkv.v1`.
 pub mod v1 {
     tonic::include_proto!("tierkv.v1");
