@@ -103,6 +103,12 @@ impl TieredStore {
                 tiers.len()
             )));
         }
+        if !tiers[0].0.is_indexed() {
+            return Err(KvStoreError::Config(format!(
+                "tier `{}` cannot be the top tier: it is a peer, not local storage",
+                tiers[0].0.name()
+            )));
+        }
         let slot_bytes = tiers.iter().map(|(t, _)| t.slot_bytes()).min().unwrap_or(0);
         let mut index = StoreIndex::new(tiers.len());
         for (i, (tier, _)) in tiers
