@@ -191,7 +191,7 @@ fn chunk(ns: &str, hash: &[u8], offset: u64, data: Bytes, total: u64) -> Publish
             hash: Bytes::copy_from_slice(hash),
         }),
         offset,
-        crc32c: crc32c::crc32c(&data),
+        crc32c: tierkv_tiers::checksum::crc32c(&data),
         data,
         total_len: total,
     }

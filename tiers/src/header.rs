@@ -67,10 +67,10 @@ pub fn encode(key: BlockKey, payload: &[u8]) -> [u8; HEADER_LEN] {
     h[0..4].copy_from_slice(&MAGIC);
     h[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    h[16..20].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    h[16..20].copy_from_slice(&crate::checksum::crc32c(payload).to_le_bytes());
     h[24..32].copy_from_slice(&key.namespace.to_le_bytes());
     h[32..48].copy_from_slice(&key.hash.to_le_bytes());
-    let crc = crc32c::crc32c(&h[..60]);
+    let crc = crate::checksum::crc32c(&h[..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -104,7 +104,7 @@ pub fn verify(
     if h[0..4] != MAGIC {
         return Err(Corruption::BadMagic);
     }
-    if le_u32(&h[60..64]) != crc32c::crc32c(&h[..60]) {
+    if le_u32(&h[60..64]) != crate::checksum::crc32c(&h[..60]) {
         return Err(Corruption::HeaderChecksum);
     }
     let version = u16::from_le_bytes([h[4], h[5]]);
@@ -136,7 +136,7 @@ pub fn verify(
     // `need` fits in usize: it is at most stored.len().
     let payload = &stored[HEADER_LEN..need as usize];
     let expected = le_u32(&h[16..20]);
-    let found = crc32c::crc32c(payload);
+    let found = crate::checksum::crc32c(payload);
     if found != expected {
         return Err(Corruption::PayloadChecksum { found, expected });
     }

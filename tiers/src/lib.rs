@@ -9,6 +9,7 @@
 //!   O_DIRECT on dedicated threads, indexed by RocksDB so it survives restarts.
 //! - [`ObjectTier`]: `object_store` (local directory, S3, OSS/MinIO through an S3 endpoint).
 
+pub mod checksum;
 mod error;
 pub mod header;
 pub mod io;

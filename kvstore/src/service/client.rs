@@ -193,7 +193,7 @@ impl BlockClient {
             .with_retries("publish", || {
                 let mut chunks = Vec::new();
                 for (hash, data) in blocks {
-                    let crc = crc32c::crc32c(data);
+                    let crc = tierkv_tiers::checksum::crc32c(data);
                     let id = BlockId {
                         namespace: namespace.to_string(),
                         hash: Bytes::copy_from_slice(&hash.to_be_bytes()),
@@ -367,7 +367,7 @@ async fn collect_fetch(
 }
 
 fn verify_into(out: &mut [Option<Bytes>], idx: usize, data: Bytes, crc: u32) {
-    if crc32c::crc32c(&data) == crc {
+    if tierkv_tiers::checksum::crc32c(&data) == crc {
         out[idx] = Some(data);
     } else {
         tracing::warn!(

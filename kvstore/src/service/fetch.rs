@@ -34,7 +34,7 @@ impl CrcCache {
             .get(&key)
             .copied();
         cached.unwrap_or_else(|| {
-            let crc = crc32c::crc32c(data);
+            let crc = tierkv_tiers::checksum::crc32c(data);
             self.insert(key, crc);
             crc
         })

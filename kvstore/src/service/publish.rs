@@ -124,7 +124,7 @@ impl BlockServer {
     ) -> Result<(), Status> {
         let data = done.take_data();
         let (id, key, crc) = (std::mem::take(&mut done.id), done.key, done.crc);
-        let outcome = if crc32c::crc32c(&data) != crc {
+        let outcome = if tierkv_tiers::checksum::crc32c(&data) != crc {
             tracing::warn!(namespace = %id.namespace, "publish: crc32c mismatch; block rejected");
             reply.rejected.push(id);
             "rejected"
