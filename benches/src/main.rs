@@ -5,6 +5,7 @@ mod fio;
 mod report;
 mod service;
 mod tier;
+mod trace;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,10 @@ enum Command {
     Tier(tier::TierArgs),
     /// Publish/fetch through `tierkv serve` over loopback beside Redis SET/GET.
     Service(service::ServiceArgs),
+    /// Write a synthetic workload trace (Mooncake format).
+    GenTrace(trace::generate::GenArgs),
+    /// Replay a trace against a real (or simulated) tiered store.
+    Replay(trace::replay::ReplayArgs),
 }
 
 #[tokio::main]
@@ -52,6 +57,10 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Service(args) => {
             service::run(args).await?;
+        }
+        Command::GenTrace(args) => trace::generate::run(args)?,
+        Command::Replay(args) => {
+            trace::replay::run(args).await?;
         }
     }
     Ok(())

@@ -66,6 +66,18 @@ impl Default for DiskTierConfig {
     }
 }
 
+impl DiskTierConfig {
+    /// Bytes one slot occupies: header plus `slot_bytes`, rounded up to 4 KiB.
+    pub fn slot_stride(&self) -> usize {
+        align_up(HEADER_LEN + self.slot_bytes)
+    }
+
+    /// How many blocks the tier holds.
+    pub fn capacity_blocks(&self) -> u64 {
+        self.capacity_bytes / self.slot_stride() as u64
+    }
+}
+
 const DATA_FILE: &str = "blocks.dat";
 const INDEX_DIR: &str = "index";
 const META_KEY: &[u8] = b"\0meta";
@@ -155,8 +167,8 @@ impl DiskTier {
         if config.queue_depth == 0 || config.queue_depth > 4096 {
             return Err(TierError::config(&name, "queue_depth must be in 1..=4096"));
         }
-        let slot_stride = align_up(HEADER_LEN + config.slot_bytes);
-        let slots = config.capacity_bytes / slot_stride as u64;
+        let slot_stride = config.slot_stride();
+        let slots = config.capacity_blocks();
         if slots == 0 {
             return Err(TierError::config(
                 &name,

@@ -46,6 +46,18 @@ impl Default for HostTierConfig {
 
 const PAGE: usize = 4096;
 
+impl HostTierConfig {
+    /// Bytes one slot occupies: `slot_bytes` rounded up to a page.
+    pub fn slot_stride(&self) -> usize {
+        self.slot_bytes.div_ceil(PAGE) * PAGE
+    }
+
+    /// How many blocks the tier holds.
+    pub fn capacity_blocks(&self) -> u64 {
+        self.capacity_bytes / self.slot_stride().max(1) as u64
+    }
+}
+
 /// An anonymous, page-aligned memory mapping.
 struct Slab {
     ptr: NonNull<u8>,
@@ -128,8 +140,8 @@ impl HostTier {
         if config.slot_bytes == 0 {
             return Err(TierError::config(&name, "slot_bytes must be > 0"));
         }
-        let slot_stride = config.slot_bytes.div_ceil(PAGE) * PAGE;
-        let slots = config.capacity_bytes / slot_stride as u64;
+        let slot_stride = config.slot_stride();
+        let slots = config.capacity_blocks();
         if slots == 0 {
             return Err(TierError::config(
                 &name,

@@ -83,6 +83,11 @@ impl Default for ObjectTierConfig {
 }
 
 impl ObjectTierConfig {
+    /// How many blocks the tier holds.
+    pub fn capacity_blocks(&self) -> u64 {
+        self.capacity_bytes / self.slot_bytes.max(1) as u64
+    }
+
     /// Builds the `object_store` client for [`ObjectTierConfig::backend`].
     pub fn build_store(&self) -> Result<Arc<dyn ObjectStore>> {
         let name = &self.name;
@@ -196,7 +201,7 @@ impl ObjectTier {
         if config.max_concurrency == 0 {
             return Err(TierError::config(&name, "max_concurrency must be > 0"));
         }
-        let capacity_blocks = config.capacity_bytes / config.slot_bytes as u64;
+        let capacity_blocks = config.capacity_blocks();
         if capacity_blocks == 0 {
             return Err(TierError::config(
                 &name,

@@ -1,0 +1,115 @@
+//! A metadata-only tier for `replay --simulate`: it keeps which keys it holds and their
+//! lengths within the same capacity as the real tier it stands for, and stores no
+//! bytes. Under it the real `TieredStore` runs its real policy, so simulated and real
+//! replays make the same decisions.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tierkv_tiers::{BlockKey, PutOutcome, Tier, TierCounters, TierError, TierKind, TierStats};
+
+pub struct SimTier {
+    name: String,
+    kind: TierKind,
+    slot_bytes: usize,
+    capacity_blocks: u64,
+    blocks: Mutex<HashMap<BlockKey, u64>>,
+    /// Shared zeroes handed out as "data" (sliced, never copied).
+    zeroes: Bytes,
+    counters: TierCounters,
+}
+
+impl SimTier {
+    pub fn new(name: &str, kind: TierKind, slot_bytes: usize, capacity_blocks: u64) -> SimTier {
+        SimTier {
+            name: name.to_string(),
+            kind,
+            slot_bytes,
+            capacity_blocks,
+            blocks: Mutex::new(HashMap::new()),
+            zeroes: Bytes::from(vec![0u8; slot_bytes]),
+            counters: TierCounters::default(),
+        }
+    }
+
+    fn blocks(&self) -> std::sync::MutexGuard<'_, HashMap<BlockKey, u64>> {
+        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Tier for SimTier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> TierKind {
+        self.kind
+    }
+    fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+    fn capacity_blocks(&self) -> u64 {
+        self.capacity_blocks
+    }
+    fn used_bytes(&self) -> u64 {
+        self.blocks().values().sum()
+    }
+    fn len(&self) -> u64 {
+        self.blocks().len() as u64
+    }
+    fn is_persistent(&self) -> bool {
+        false
+    }
+
+    async fn put(&self, key: BlockKey, data: Bytes) -> tierkv_tiers::Result<PutOutcome> {
+        if data.len() > self.slot_bytes {
+            return Err(TierError::TooLarge {
+                tier: self.name.clone(),
+                len: data.len(),
+                slot_bytes: self.slot_bytes,
+            });
+        }
+        let mut blocks = self.blocks();
+        if blocks.contains_key(&key) {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        if blocks.len() as u64 >= self.capacity_blocks {
+            return Err(TierError::Full {
+                tier: self.name.clone(),
+                capacity_blocks: self.capacity_blocks,
+            });
+        }
+        blocks.insert(key, data.len() as u64);
+        TierCounters::add(&self.counters.puts, 1);
+        TierCounters::add(&self.counters.put_bytes, data.len() as u64);
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn get(&self, key: BlockKey) -> tierkv_tiers::Result<Option<Bytes>> {
+        let len = self.blocks().get(&key).copied();
+        Ok(len.map(|len| self.zeroes.slice(..len as usize)))
+    }
+
+    async fn contains(&self, key: BlockKey) -> tierkv_tiers::Result<bool> {
+        Ok(self.blocks().contains_key(&key))
+    }
+
+    async fn remove(&self, key: BlockKey) -> tierkv_tiers::Result<bool> {
+        Ok(self.blocks().remove(&key).is_some())
+    }
+
+    async fn keys(&self) -> tierkv_tiers::Result<Vec<(BlockKey, u64)>> {
+        Ok(self.blocks().iter().map(|(k, l)| (*k, *l)).collect())
+    }
+
+    fn stats(&self) -> TierStats {
+        let (used, n) = {
+            let b = self.blocks();
+            (b.values().sum(), b.len() as u64)
+        };
+        self.counters
+            .snapshot(&self.name, self.kind, self.capacity_bytes(), used, n)
+    }
+}
