@@ -30,6 +30,8 @@ enum Command {
     GenTrace(trace::generate::GenArgs),
     /// Replay a trace against a real (or simulated) tiered store.
     Replay(trace::replay::ReplayArgs),
+    /// Sweep tier sizes and policies over a trace and recommend a configuration.
+    Tune(trace::tune::TuneArgs),
 }
 
 #[tokio::main]
@@ -62,6 +64,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Replay(args) => {
             trace::replay::run(args).await?;
         }
+        Command::Tune(args) => trace::tune::run(args).await?,
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod generate;
 pub mod replay;
 mod sim_tier;
+pub mod tune;
 
 use std::path::Path;
 
