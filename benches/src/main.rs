@@ -2,6 +2,7 @@
 
 mod drive;
 mod fio;
+mod plot;
 mod report;
 mod service;
 mod tier;

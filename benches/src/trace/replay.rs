@@ -46,6 +46,10 @@ pub struct ReplayArgs {
     pub prefill_tokens_per_s: f64,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write a chart of read bandwidth per tier over time (SVG and PNG) into this
+    /// directory.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 /// One tier's share of a replay.
@@ -83,6 +87,34 @@ pub struct ReplayReport {
     /// spends no time loading, so its figure is an upper bound.
     pub ttft_saved_s: f64,
     pub wall_s: f64,
+    /// Read bandwidth per tier (GB/s) in equal slices of the replay's wall time:
+    /// `(slice end in seconds, GB/s of each tier)`.
+    pub timeline: Vec<(f64, Vec<f64>)>,
+}
+
+/// Buckets `(seconds, tier, bytes)` reads into `slices` equal slices of `wall`.
+fn timeline(
+    reads: &[(f64, usize, u64)],
+    tiers: usize,
+    wall: f64,
+    slices: usize,
+) -> Vec<(f64, Vec<f64>)> {
+    let width = (wall / slices as f64).max(1e-9);
+    let mut bytes = vec![vec![0u64; tiers]; slices];
+    for &(t, tier, b) in reads {
+        let i = ((t / width) as usize).min(slices - 1);
+        bytes[i][tier] += b;
+    }
+    bytes
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            (
+                (i + 1) as f64 * width,
+                b.iter().map(|&x| x as f64 / width / 1e9).collect(),
+            )
+        })
+        .collect()
 }
 
 /// The namespace digest the replay stores its blocks under.
@@ -130,8 +162,21 @@ pub async fn replay(
     let mut hit_blocks = vec![0u64; n_tiers];
     let mut read_time = vec![Duration::ZERO; n_tiers];
     let (mut prompt_tokens, mut blocks, mut saved) = (0u64, 0u64, 0f64);
+    let mut reads = Vec::new();
+    let progress = if args.simulate {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(trace.len() as u64)
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "replay {bar:40} {pos}/{len} requests {elapsed_precise}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let start = Instant::now();
     for rec in trace {
+        progress.inc(1);
         if args.speed > 0.0 {
             let due = Duration::from_secs_f64(rec.timestamp as f64 / 1000.0 / args.speed);
             if let Some(wait) = due.checked_sub(start.elapsed()) {
@@ -154,6 +199,7 @@ pub async fn replay(
             hits += 1;
             hit_blocks[tier] += 1;
             read_time[tier] += took;
+            reads.push((start.elapsed().as_secs_f64(), tier, block_bytes as u64));
             load += took;
         }
         for h in &hashes[hits..] {
@@ -166,6 +212,7 @@ pub async fn replay(
         saved += hit_tokens as f64 / args.prefill_tokens_per_s - load.as_secs_f64();
     }
     let wall = start.elapsed();
+    progress.finish_and_clear();
     let stats = store.stats();
     let tiers = stats
         .tiers
@@ -205,6 +252,7 @@ pub async fn replay(
         tiers,
         ttft_saved_s: saved,
         wall_s: wall.as_secs_f64(),
+        timeline: timeline(&reads, n_tiers, wall.as_secs_f64(), 30),
     })
 }
 
@@ -252,6 +300,44 @@ pub fn print_report(r: &ReplayReport) {
     }
 }
 
+fn store_tier_names(r: &ReplayReport) -> Vec<String> {
+    r.tiers.iter().map(|t| t.name.clone()).collect()
+}
+
+/// Charts read bandwidth per tier over the replay; says so when it cannot.
+pub fn plot_bandwidth(r: &ReplayReport, names: &[String], dir: &std::path::Path, stem: &str) {
+    let series: Vec<crate::plot::Series> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| crate::plot::Series {
+            name: name.clone(),
+            points: r.timeline.iter().map(|(t, g)| (*t, g[i])).collect(),
+        })
+        .collect();
+    let result = std::fs::create_dir_all(dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            crate::plot::line_chart(
+                &dir.join(stem),
+                "Read bandwidth per tier",
+                "seconds",
+                "GB/s",
+                &series,
+            )
+        });
+    match result {
+        Ok(files) => println!(
+            "wrote {}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => eprintln!("note: no chart: {e:#}"),
+    }
+}
+
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplayReport> {
     anyhow::ensure!(args.block_tokens > 0, "--block-tokens must be > 0");
     anyhow::ensure!(
@@ -280,6 +366,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplayReport> {
         let _ = std::fs::remove_dir_all(&args.dir);
     }
     print_report(&report);
+    if let Some(dir) = &args.plots {
+        plot_bandwidth(&report, &store_tier_names(&report), dir, "replay-bandwidth");
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -304,6 +393,7 @@ mod tests {
             speed: 0.0,
             prefill_tokens_per_s: 1000.0,
             json: None,
+            plots: None,
         }
     }
 

@@ -50,6 +50,10 @@ pub struct TuneArgs {
     /// Data directory of the real replay (removed afterwards).
     #[arg(long, default_value = "tierkv-bench-data/tune")]
     pub dir: PathBuf,
+    /// Write charts (SVG and PNG) here: hit rate and TTFT saved against capacity, and
+    /// the real replay's bandwidth per tier over time.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 /// One point of the sweep.
@@ -139,6 +143,13 @@ pub async fn tune(args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>
     );
     let trace = super::load(&args.trace)?;
     let mut points = Vec::new();
+    let progress = indicatif::ProgressBar::new(args.block_tokens.len() as u64 * 6 * 5 * 4);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "tune {bar:40} {pos}/{len} points {elapsed_precise}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     for &bt in &args.block_tokens {
         let block_bytes = bt * args.bytes_per_token;
         let stride_host = block_bytes.div_ceil(4096) * 4096;
@@ -187,6 +198,7 @@ pub async fn tune(args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>
                         p.ttft_saved_s = hit_tokens as f64 / args.prefill_tokens_per_s - load_s;
                         p.cost = p.host_bytes as f64 * args.host_cost + p.disk_bytes as f64;
                         points.push(p);
+                        progress.inc(1);
                     }
                 }
             }
@@ -268,6 +280,13 @@ pub async fn tune(args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>
             args.max_real_bytes
         ),
     }
+    if let Some(dir) = &args.plots {
+        plot_sweep(&points, &recommended, dir);
+        if let Some(r) = &real_replay {
+            let names: Vec<String> = r.tiers.iter().map(|t| t.name.clone()).collect();
+            super::replay::plot_bandwidth(r, &names, dir, "tune-replay-bandwidth");
+        }
+    }
     if let Some(path) = &args.json {
         let report = TuneReport {
             points,
@@ -282,6 +301,83 @@ pub async fn tune(args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>
     Ok((recommended, real_replay))
 }
 
+/// Hit rate and TTFT saved against host capacity (no disk) and against disk capacity
+/// (the smallest host), at the recommendation's block size, write-back, promotion on.
+fn plot_sweep(points: &[Point], rec: &Point, dir: &std::path::Path) {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let pick = |host_only: bool| -> Vec<&Point> {
+        let min_host = points
+            .iter()
+            .filter(|p| p.block_tokens == rec.block_tokens)
+            .map(|p| p.host_bytes)
+            .min()
+            .unwrap_or(0);
+        let mut v: Vec<&Point> = points
+            .iter()
+            .filter(|p| p.block_tokens == rec.block_tokens && !p.write_through && p.promote)
+            .filter(|p| {
+                if host_only {
+                    p.disk_bytes == 0
+                } else {
+                    p.host_bytes == min_host
+                }
+            })
+            .collect();
+        v.sort_by_key(|p| {
+            if host_only {
+                p.host_bytes
+            } else {
+                p.disk_bytes
+            }
+        });
+        v
+    };
+    let (host, disk) = (pick(true), pick(false));
+    let series = |f: &dyn Fn(&Point) -> f64| {
+        vec![
+            crate::plot::Series {
+                name: "host capacity (no disk)".into(),
+                points: host.iter().map(|p| (gib(p.host_bytes), f(p))).collect(),
+            },
+            crate::plot::Series {
+                name: "disk capacity (smallest host)".into(),
+                points: disk.iter().map(|p| (gib(p.disk_bytes), f(p))).collect(),
+            },
+        ]
+    };
+    let charts = [
+        (
+            "tune-hit-rate",
+            "Hit rate vs capacity",
+            "hit rate (%)",
+            series(&|p| p.hit_rate * 100.0),
+        ),
+        (
+            "tune-ttft-saved",
+            "TTFT saved vs capacity",
+            "TTFT saved (s)",
+            series(&|p| p.ttft_saved_s),
+        ),
+    ];
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("note: no charts: {e}");
+        return;
+    }
+    for (stem, title, y, s) in charts {
+        match crate::plot::line_chart(&dir.join(stem), title, "capacity (GiB)", y, &s) {
+            Ok(files) => println!(
+                "wrote {}",
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => eprintln!("note: no chart: {e:#}"),
+        }
+    }
+}
+
 fn replay_args(args: &TuneArgs, block_tokens: u64, simulate: bool) -> ReplayArgs {
     ReplayArgs {
         trace: args.trace.clone(),
@@ -293,6 +389,7 @@ fn replay_args(args: &TuneArgs, block_tokens: u64, simulate: bool) -> ReplayArgs
         speed: 0.0,
         prefill_tokens_per_s: args.prefill_tokens_per_s,
         json: None,
+        plots: None,
     }
 }
 
@@ -341,6 +438,7 @@ mod tests {
             target: 0.8,
             max_real_bytes: ByteSize(1 << 30),
             dir: dir.path().join("real"),
+            plots: Some(dir.path().join("plots")),
         })
         .await
         .unwrap();
@@ -371,6 +469,7 @@ mod tests {
             target: 1.5,
             max_real_bytes: ByteSize(0),
             dir: PathBuf::from("unused"),
+            plots: None,
         };
         let err = tune(args.clone()).await.unwrap_err();
         assert!(err.to_string().contains("--target"), "{err}");
