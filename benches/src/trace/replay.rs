@@ -448,6 +448,64 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generated_chat_session_hits_what_its_earlier_turns_left() {
+        // One session of three turns: system prompt 1024 tokens, messages 256, answers 128.
+        let trace = generate(&GenArgs {
+            out: PathBuf::from("unused"),
+            requests: 3,
+            users: 1,
+            turns: 3,
+            system_prompts: 1,
+            system_tokens: 1024,
+            user_tokens: 256,
+            output_tokens: 128,
+            documents: 0,
+            document_tokens: 0,
+            document_share: 0.0,
+            zipf: 1.0,
+            rate: 10.0,
+            seed: 5,
+        })
+        .unwrap();
+        let lens: Vec<u64> = trace.iter().map(|r| r.input_length).collect();
+        assert_eq!(lens, [1280, 1664, 2048]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = build_store(&config(dir.path(), "16MiB", "16MiB", "16MiB"), false)
+            .await
+            .unwrap();
+        let r = replay(&store, &trace, &args(false, 128), 16 << 10)
+            .await
+            .unwrap();
+        // By hand, in 128-token blocks (10 + 13 + 16 = 39): turn 1 misses all; turn 2
+        // shares the system prompt's two full 512-token ids (8 blocks) — its third id
+        // differs from turn 1's partial one; turn 3 shares turn 2's first three full ids
+        // (12 blocks).
+        assert_eq!((r.blocks, r.hit_blocks), (39, 20));
+        assert_eq!(r.tiers[0].hit_tokens, 20 * 128);
+    }
+
+    #[tokio::test]
+    async fn bad_flags_and_traces_get_clear_errors() {
+        let err = run(ReplayArgs {
+            block_tokens: 0,
+            ..args(true, 16)
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("--block-tokens"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, "{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 1, \"hash_ids\": [1]}\nnot json\n").unwrap();
+        let err = run(ReplayArgs {
+            trace: bad,
+            ..args(true, 16)
+        })
+        .await
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("bad.jsonl:2"), "{err:#}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn simulated_and_real_replays_agree() {
         let trace = generate(&GenArgs {
             out: PathBuf::from("unused"),
