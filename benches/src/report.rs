@@ -206,6 +206,17 @@ pub fn print_table(rows: &[Row]) {
     }
 }
 
+/// Writes the rows as JSON to `path`, when given.
+pub fn write_json(rows: &[Row], path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(rows)?;
+        std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

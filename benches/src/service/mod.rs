@@ -250,10 +250,6 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<Vec<Row>> {
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     report::print_table(&rows);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
+    report::write_json(&rows, args.json.as_deref())?;
     Ok(rows)
 }

@@ -6,12 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tierkv_tiers::{DiskTier, DiskTierConfig, Tier};
+use tierkv_tiers::{DiskTier, DiskTierConfig};
 
-use super::{RowPlan, key};
-use crate::drive::{drive, median};
+use super::{RowPlan, put_get_round};
+use crate::drive::median;
 use crate::fio;
-use crate::report::{Baseline, Measurement, Row, byte_row};
+use crate::report::{Baseline, Row, byte_row};
 
 pub async fn bench(
     name: &str,
@@ -37,7 +37,7 @@ pub async fn bench(
             fio_w.push(run("write").await??);
             fio_r.push(run("read").await??);
         }
-        let (p, g) = round(&tier, ops, block, qd as usize, data).await?;
+        let (p, g) = put_get_round(tier.clone(), ops, block, qd as usize, data).await?;
         put.push(p);
         get.push(g);
     }
@@ -81,38 +81,4 @@ pub async fn bench(
             &pick(fio_r),
         ),
     ])
-}
-
-async fn round(
-    tier: &Arc<DiskTier>,
-    ops: usize,
-    block: usize,
-    qd: usize,
-    data: &Bytes,
-) -> anyhow::Result<(Measurement, Measurement)> {
-    let (t, d) = (Arc::clone(tier), data.clone());
-    let put = drive(ops, qd, move |i| {
-        let (t, d) = (Arc::clone(&t), d.clone());
-        async move {
-            t.put(key(i), d).await?;
-            Ok(block as u64)
-        }
-    })
-    .await?;
-    let t = Arc::clone(tier);
-    let get = drive(ops, qd, move |i| {
-        let t = Arc::clone(&t);
-        async move {
-            let got = t
-                .get(key(i))
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("disk block {i} missing"))?;
-            Ok(got.len() as u64)
-        }
-    })
-    .await?;
-    for i in 0..ops {
-        tier.remove(key(i)).await?;
-    }
-    Ok((put, get))
 }

@@ -10,8 +10,13 @@ mod object;
 use anyhow::Context;
 use bytes::Bytes;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tierkv_kvstore::{ByteSize, StoreConfig, TierConfig};
-use tierkv_tiers::BlockKey;
+
+use tierkv_tiers::{BlockKey, Tier};
+
+use crate::drive::drive;
+use crate::report::Measurement;
 
 use crate::report::{self, Row};
 
@@ -141,10 +146,42 @@ pub async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
         let _ = std::fs::remove_dir_all(&args.dir);
     }
     report::print_table(&rows);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
+    report::write_json(&rows, args.json.as_deref())?;
     Ok(rows)
+}
+
+/// One round against a tier: `ops` puts then `ops` gets with `concurrency` tasks, then
+/// the blocks are removed (untimed) so the next round starts empty.
+pub async fn put_get_round(
+    tier: Arc<dyn Tier>,
+    ops: usize,
+    block: usize,
+    concurrency: usize,
+    data: &Bytes,
+) -> anyhow::Result<(Measurement, Measurement)> {
+    let (t, d) = (Arc::clone(&tier), data.clone());
+    let put = drive(ops, concurrency, move |i| {
+        let (t, d) = (Arc::clone(&t), d.clone());
+        async move {
+            t.put(key(i), d).await?;
+            Ok(block as u64)
+        }
+    })
+    .await?;
+    let t = Arc::clone(&tier);
+    let get = drive(ops, concurrency, move |i| {
+        let t = Arc::clone(&t);
+        async move {
+            let got = t
+                .get(key(i))
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{} block {i} missing", t.name()))?;
+            Ok(got.len() as u64)
+        }
+    })
+    .await?;
+    for i in 0..ops {
+        tier.remove(key(i)).await?;
+    }
+    Ok((put, get))
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use tierkv_tiers::{ObjectTier, ObjectTierConfig, Tier};
+use tierkv_tiers::{ObjectTier, ObjectTierConfig};
 
-use super::{RowPlan, key};
+use super::{RowPlan, put_get_round};
 use crate::drive::{drive, median};
 use crate::report::{Baseline, Measurement, Row, byte_row};
 
@@ -30,7 +30,7 @@ pub async fn bench(
         let (p, g) = raw_round(&store, &prefix, ops, block, concurrency, data).await?;
         raw_put.push(p);
         raw_get.push(g);
-        let (p, g) = tier_round(&tier, ops, block, concurrency, data).await?;
+        let (p, g) = put_get_round(tier.clone(), ops, block, concurrency, data).await?;
         put.push(p);
         get.push(g);
     }
@@ -83,40 +83,6 @@ async fn raw_round(
     .await?;
     for i in 0..ops {
         store.delete(&path(i)).await?;
-    }
-    Ok((put, get))
-}
-
-async fn tier_round(
-    tier: &Arc<ObjectTier>,
-    ops: usize,
-    block: usize,
-    concurrency: usize,
-    data: &Bytes,
-) -> anyhow::Result<(Measurement, Measurement)> {
-    let (t, d) = (Arc::clone(tier), data.clone());
-    let put = drive(ops, concurrency, move |i| {
-        let (t, d) = (Arc::clone(&t), d.clone());
-        async move {
-            t.put(key(i), d).await?;
-            Ok(block as u64)
-        }
-    })
-    .await?;
-    let t = Arc::clone(tier);
-    let get = drive(ops, concurrency, move |i| {
-        let t = Arc::clone(&t);
-        async move {
-            let got = t
-                .get(key(i))
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("object block {i} missing"))?;
-            Ok(got.len() as u64)
-        }
-    })
-    .await?;
-    for i in 0..ops {
-        tier.remove(key(i)).await?;
     }
     Ok((put, get))
 }
