@@ -132,6 +132,24 @@ where
     Ok(())
 }
 
+/// [`line_chart`], reporting what it wrote, or why it wrote nothing, instead of failing
+/// the command that wanted the chart.
+pub fn line_chart_or_note(
+    stem: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) {
+    match line_chart(stem, title, x_label, y_label, series) {
+        Ok(files) => {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            println!("wrote {}", names.join(", "));
+        }
+        Err(e) => eprintln!("note: no chart: {e:#}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -314,28 +314,17 @@ pub fn plot_bandwidth(r: &ReplayReport, names: &[String], dir: &std::path::Path,
             points: r.timeline.iter().map(|(t, g)| (*t, g[i])).collect(),
         })
         .collect();
-    let result = std::fs::create_dir_all(dir)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            crate::plot::line_chart(
-                &dir.join(stem),
-                "Read bandwidth per tier",
-                "seconds",
-                "GB/s",
-                &series,
-            )
-        });
-    match result {
-        Ok(files) => println!(
-            "wrote {}",
-            files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Err(e) => eprintln!("note: no chart: {e:#}"),
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("note: no chart: {e}");
+        return;
     }
+    crate::plot::line_chart_or_note(
+        &dir.join(stem),
+        "Read bandwidth per tier",
+        "seconds",
+        "GB/s",
+        &series,
+    );
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplayReport> {

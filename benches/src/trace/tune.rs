@@ -364,17 +364,7 @@ fn plot_sweep(points: &[Point], rec: &Point, dir: &std::path::Path) {
         return;
     }
     for (stem, title, y, s) in charts {
-        match crate::plot::line_chart(&dir.join(stem), title, "capacity (GiB)", y, &s) {
-            Ok(files) => println!(
-                "wrote {}",
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Err(e) => eprintln!("note: no chart: {e:#}"),
-        }
+        crate::plot::line_chart_or_note(&dir.join(stem), title, "capacity (GiB)", y, &s);
     }
 }
 

@@ -76,25 +76,20 @@ pub(super) async fn stream_blocks(
     let mut missing = Vec::new();
     for hash in hashes {
         let raw = Bytes::copy_from_slice(&hash.to_be_bytes());
-        let data = match store.get_key(BlockKey::new(ns_id, hash)).await {
-            Ok(Some(data)) => data,
-            Ok(None) => {
-                missing.push(raw);
-                metrics
-                    .blocks_total
-                    .with_label_values(&["fetch", "missing"])
-                    .inc();
-                continue;
-            }
-            Err(e) => {
+        let found = store
+            .get_key(BlockKey::new(ns_id, hash))
+            .await
+            .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "fetch: read failed; reporting the block missing");
-                missing.push(raw);
-                metrics
-                    .blocks_total
-                    .with_label_values(&["fetch", "missing"])
-                    .inc();
-                continue;
-            }
+                None
+            });
+        let Some(data) = found else {
+            missing.push(raw);
+            metrics
+                .blocks_total
+                .with_label_values(&["fetch", "missing"])
+                .inc();
+            continue;
         };
         let _permit = match acquire_budget(&inflight, data.len(), limits.inflight_wait).await {
             Ok(p) => p,
