@@ -1,6 +1,7 @@
 //! `tierkv-bench`: offload tuning benchmarks for tierkv.
 
 mod drive;
+mod e2e;
 mod fio;
 mod plot;
 mod report;
@@ -31,6 +32,8 @@ enum Command {
     GenTrace(trace::generate::GenArgs),
     /// Replay a trace against a real (or simulated) tiered store.
     Replay(trace::replay::ReplayArgs),
+    /// The engine end to end: TTFT cold vs warm per tier, decode speed, llama.cpp.
+    E2e(e2e::E2eArgs),
     /// Sweep tier sizes and policies over a trace and recommend a configuration.
     Tune(trace::tune::TuneArgs),
 }
@@ -66,6 +69,7 @@ async fn run() -> anyhow::Result<()> {
             trace::replay::run(args).await?;
         }
         Command::Tune(args) => trace::tune::run(args).await?,
+        Command::E2e(args) => e2e::run(args).await?,
     }
     Ok(())
 }

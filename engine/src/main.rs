@@ -1,5 +1,6 @@
-//! `tierkv`: the tierkv command line — the block service (`serve`), an operator client
-//! for it (`blocks`) and configuration tools (`config`).
+//! `tierkv`: the tierkv command line — the inference engine (`engine`), the block
+//! service (`serve`), an operator client for it (`blocks`) and configuration tools
+//! (`config`).
 
 mod cli;
 
@@ -20,6 +21,9 @@ struct Cli {
 enum Command {
     /// Run the block service: the store as a gRPC sidecar or shared cache node.
     Serve(cli::serve::ServeArgs),
+    /// Run the inference engine: a model whose KV cache sits on the tiered store,
+    /// behind an OpenAI-compatible API.
+    Engine(Box<cli::engine::EngineArgs>),
     /// Poke a running block service.
     Blocks(cli::blocks::BlocksArgs),
     /// Store configuration.
@@ -48,6 +52,7 @@ async fn run() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => cli::serve::run(args).await,
+        Command::Engine(args) => cli::engine::run(*args).await,
         Command::Blocks(args) => cli::blocks::run(args).await,
         Command::Config(cmd) => cli::config::run(cmd).await,
     }

@@ -29,18 +29,27 @@ impl std::fmt::Display for BlockHash {
 /// The hashes of the full blocks of `tokens` (a trailing partial block is not hashed).
 pub fn hash_blocks(ns: &Namespace, tokens: &[u32]) -> Vec<BlockHash> {
     let block = ns.layout().block_size as usize;
-    let mut prev = ns.seed();
+    let mut prev = None;
     let mut out = Vec::with_capacity(tokens.len() / block);
     for chunk in tokens.chunks_exact(block) {
-        let mut h = Xxh3::new();
-        h.update(&prev.to_le_bytes());
-        for t in chunk {
-            h.update(&t.to_le_bytes());
-        }
-        prev = h.digest128();
-        out.push(BlockHash(prev));
+        let h = hash_next(ns, prev, chunk);
+        out.push(h);
+        prev = Some(h);
     }
     out
+}
+
+/// One link of the chain: the hash of the block holding `tokens`, given the hash of
+/// the block before it (`None` for the first block). Lets an engine extend a
+/// sequence's chain one block at a time as tokens are generated.
+pub fn hash_next(ns: &Namespace, prev: Option<BlockHash>, tokens: &[u32]) -> BlockHash {
+    let prev = prev.map_or(ns.seed(), |h| h.0);
+    let mut h = Xxh3::new();
+    h.update(&prev.to_le_bytes());
+    for t in tokens {
+        h.update(&t.to_le_bytes());
+    }
+    BlockHash(h.digest128())
 }
 
 #[cfg(test)]

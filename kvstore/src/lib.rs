@@ -24,7 +24,7 @@ pub use config::{
     StoreConfig, TierConfig, TierSection,
 };
 pub use error::{KvStoreError, Result};
-pub use hash::{BlockHash, hash_blocks};
+pub use hash::{BlockHash, hash_blocks, hash_next};
 pub use layout::{DType, KvLayout};
 pub use namespace::{Namespace, namespace_id};
 pub use remote_tier::{RemoteTier, RemoteTierConfig};

@@ -82,6 +82,9 @@ impl RemoteTier {
 
 #[async_trait]
 impl Tier for RemoteTier {
+    fn register_namespace(&self, name: &str) {
+        RemoteTier::register_namespace(self, name)
+    }
     fn name(&self) -> &str {
         &self.name
     }

@@ -2,6 +2,7 @@
 
 pub mod blocks;
 pub mod config;
+pub mod engine;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -44,4 +45,9 @@ pub fn load_config(
     }
     c.validate()?;
     Ok(c)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    serve::shutdown_signal_impl().await
 }

@@ -72,7 +72,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(tiers = %tiers.join(" -> "), data_dir = %config.data_dir.display(), "block service up");
 
     tokio::spawn(async move {
-        shutdown_signal().await;
+        super::shutdown_signal().await;
         tracing::info!("shutting down: no new calls; finishing open ones");
         let _ = stop_tx.send(true);
     });
@@ -94,7 +94,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal_impl() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),

@@ -462,6 +462,13 @@ impl TieredStore {
         self.locate_prefix_keys(ns.id(), &raw)
     }
 
+    /// Makes `ns` known to every tier that needs its name (peers' block services).
+    pub fn register_namespace(&self, ns: &Namespace) {
+        for entry in self.inner.tiers.iter() {
+            entry.tier.register_namespace(ns.name());
+        }
+    }
+
     pub fn contains(&self, ns: &Namespace, hash: BlockHash) -> bool {
         lock(&self.inner.index).mask(&Self::key(ns, hash)) != 0
     }

@@ -81,6 +81,9 @@ pub trait Tier: Send + Sync + 'static {
     fn accepts_puts(&self) -> bool {
         true
     }
+    /// Tells the tier the full name behind a namespace digest. Local media store by
+    /// digest and ignore it; a peer's block service needs the name on the wire.
+    fn register_namespace(&self, _name: &str) {}
 
     /// Stores `data` under `key`. A no-op when the key is already present.
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome>;

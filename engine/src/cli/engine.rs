@@ -1,0 +1,143 @@
+//! `tierkv engine`: the inference engine daemon, its KV cache on the tiered store,
+//! serving the OpenAI API (and, like `tierkv serve`, the block service so that peers
+//! can fetch its blocks).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Deserialize;
+use tierkv_engine::metrics::EngineMetrics;
+use tierkv_engine::{Engine, EngineConfig};
+use tierkv_kvstore::{ByteSize, StoreConfig, TieredStore};
+use tokio::sync::watch;
+
+#[derive(clap::Args, Debug)]
+pub struct EngineArgs {
+    /// A `.gguf` file (Llama family) or a Hugging Face Qwen3 directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// HTTP address of the OpenAI API (`127.0.0.1:0` picks a free port; printed).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Base directory of the store's tiers (overrides the file's `store.data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file: an `[engine]` table and a `[store]` table (the format of
+    /// `tierkv serve --config`). Without it: the defaults of both.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Tokens per KV block (overrides `engine.block_size`).
+    #[arg(long)]
+    pub block_size: Option<u32>,
+    /// Name the API serves the model under. Default: the file or directory name.
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Also serve the block service (gRPC) on this address, so that peers can fetch
+    /// this engine's blocks. Default: not served.
+    #[arg(long)]
+    pub block_service_listen: Option<String>,
+}
+
+/// The engine's configuration file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EngineFile {
+    #[serde(default)]
+    pub engine: EngineConfig,
+    pub store: Option<StoreConfig>,
+}
+
+pub fn read_file(path: &Path) -> anyhow::Result<EngineFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(p) => read_file(p)?,
+        None => EngineFile::default(),
+    };
+    let mut engine_config = file.engine;
+    if let Some(b) = args.block_size {
+        engine_config.block_size = b;
+    }
+    engine_config.validate()?;
+    let store_default = file.store.clone().unwrap_or_default();
+    let mut store_config = super::load_config(None, args.data_dir.clone(), move || store_default)?;
+
+    let model_path = args.model.clone();
+    let loaded = tokio::task::spawn_blocking(move || tierkv_engine::model::load(&model_path))
+        .await?
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let mut loaded = loaded;
+    if let Some(name) = &args.served_model_name {
+        loaded.id = name.clone();
+    }
+    // Host and disk slots must hold a whole block of this model.
+    let block_bytes = engine_config
+        .kv_layout(loaded.model.config())?
+        .block_bytes() as u64;
+    if store_config.slot_bytes.0 < block_bytes {
+        let slot = block_bytes.div_ceil(4096) * 4096;
+        tracing::info!(
+            from = store_config.slot_bytes.0,
+            to = slot,
+            "store slot size raised to hold one KV block"
+        );
+        store_config.slot_bytes = ByteSize(slot);
+    }
+    store_config.validate()?;
+    let store = TieredStore::open(&store_config).await.with_context(|| {
+        format!(
+            "opening the store under {}",
+            store_config.data_dir.display()
+        )
+    })?;
+    let metrics = Arc::new(EngineMetrics::new());
+    let engine = Engine::start(loaded, store.clone(), engine_config, metrics)?;
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let block_service = match &args.block_service_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            println!("tierkv engine: block service on {}", l.local_addr()?);
+            let svc_metrics = Arc::new(tierkv_kvstore::metrics::Metrics::new());
+            let (store, cfg, stop) = (
+                store.clone(),
+                store_config.service.clone(),
+                stopped(stop_rx.clone()),
+            );
+            Some(tokio::spawn(async move {
+                tierkv_kvstore::service::serve(store, &cfg, l, svc_metrics, stop).await
+            }))
+        }
+        None => None,
+    };
+    println!(
+        "tierkv engine: model {} on http://{}/v1 (KV blocks of {} tokens)",
+        engine.model_id(),
+        listener.local_addr()?,
+        engine.namespace().layout().block_size
+    );
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        tracing::info!("shutting down: finishing open requests");
+        let _ = stop_tx.send(true);
+    });
+    tierkv_engine::api::serve(listener, engine, stopped(stop_rx)).await?;
+    if let Some(task) = block_service {
+        task.await??;
+    }
+    tracing::info!("engine stopped");
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics of the engine: every name is here, all prefixed `tierkv_engine_`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub const REQUESTS: &str = "tierkv_engine_requests_total";
+pub const FINISHED: &str = "tierkv_engine_requests_finished_total";
+pub const CANCELLED: &str = "tierkv_engine_requests_cancelled_total";
+pub const PREEMPTIONS: &str = "tierkv_engine_preemptions_total";
+pub const PROMPT_TOKENS: &str = "tierkv_engine_prompt_tokens_total";
+pub const GENERATED_TOKENS: &str = "tierkv_engine_generated_tokens_total";
+pub const BLOCKS_PUBLISHED: &str = "tierkv_engine_blocks_published_total";
+pub const PUBLISH_FAILURES: &str = "tierkv_engine_publish_failures_total";
+pub const PUBLISH_SKIPPED: &str = "tierkv_engine_publish_skipped_total";
+pub const TTFT: &str = "tierkv_engine_time_to_first_token_seconds";
+pub const ITL: &str = "tierkv_engine_inter_token_latency_seconds";
+pub const STEP_SECONDS: &str = "tierkv_engine_step_seconds";
+pub const STEP_TOKENS: &str = "tierkv_engine_step_tokens";
+pub const POOL_BLOCKS: &str = "tierkv_engine_kv_pool_blocks";
+pub const RUNNING: &str = "tierkv_engine_requests_running";
+pub const WAITING: &str = "tierkv_engine_requests_waiting";
+
+pub struct EngineMetrics {
+    registry: Registry,
+    pub requests: IntCounter,
+    /// By `reason` (stop, length).
+    pub finished: IntCounterVec,
+    pub cancelled: IntCounter,
+    pub preemptions: IntCounter,
+    /// Prompt tokens by `source`: computed, engine (own pool), host, disk, object, remote.
+    pub prompt_tokens: IntCounterVec,
+    pub generated_tokens: IntCounter,
+    pub blocks_published: IntCounter,
+    pub publish_failures: IntCounter,
+    /// Blocks not published because the publish queue was full.
+    pub publish_skipped: IntCounter,
+    pub ttft_seconds: Histogram,
+    pub itl_seconds: Histogram,
+    pub step_seconds: Histogram,
+    pub step_tokens: Histogram,
+    /// By `state`: used, cached, free.
+    pub pool_blocks: IntGaugeVec,
+    pub running: IntGauge,
+    pub waiting: IntGauge,
+}
+
+fn ok<T>(r: prometheus::Result<T>) -> T {
+    r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ]
+}
+
+impl EngineMetrics {
+    pub fn new() -> EngineMetrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = ok(IntCounter::new(name, help));
+            ok(registry.register(Box::new(c.clone())));
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = ok(IntCounterVec::new(Opts::new(name, help), &[label]));
+            ok(registry.register(Box::new(c.clone())));
+            c
+        };
+        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = ok(Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(buckets),
+            ));
+            ok(registry.register(Box::new(h.clone())));
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = ok(IntGauge::new(name, help));
+            ok(registry.register(Box::new(g.clone())));
+            g
+        };
+        let pool_blocks = ok(IntGaugeVec::new(
+            Opts::new(POOL_BLOCKS, "KV pool blocks by state"),
+            &["state"],
+        ));
+        ok(registry.register(Box::new(pool_blocks.clone())));
+        EngineMetrics {
+            requests: counter(REQUESTS, "Requests queued"),
+            finished: counter_vec(FINISHED, "Requests finished", "reason"),
+            cancelled: counter(CANCELLED, "Requests whose client went away"),
+            preemptions: counter(PREEMPTIONS, "Requests preempted when the KV pool ran out"),
+            prompt_tokens: counter_vec(
+                PROMPT_TOKENS,
+                "Prompt tokens by where their KV came from",
+                "source",
+            ),
+            generated_tokens: counter(GENERATED_TOKENS, "Tokens generated"),
+            blocks_published: counter(BLOCKS_PUBLISHED, "KV blocks published to the store"),
+            publish_failures: counter(PUBLISH_FAILURES, "KV block publications the store refused"),
+            publish_skipped: counter(PUBLISH_SKIPPED, "KV blocks not published: queue full"),
+            ttft_seconds: hist(TTFT, "Time to first token", latency_buckets()),
+            itl_seconds: hist(ITL, "Time between tokens of a request", latency_buckets()),
+            step_seconds: hist(
+                STEP_SECONDS,
+                "Duration of one model step",
+                latency_buckets(),
+            ),
+            step_tokens: hist(
+                STEP_TOKENS,
+                "Tokens computed in one model step",
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
+            pool_blocks,
+            running: gauge(RUNNING, "Requests being decoded or prefilled"),
+            waiting: gauge(WAITING, "Requests waiting for room"),
+            registry,
+        }
+    }
+
+    /// The engine's metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,150 @@
+//! The shape of a model: what the forward pass and the KV layout need to know.
+
+use serde::Deserialize;
+
+use crate::{EngineError, Result};
+
+/// Which family a model belongs to; decides the rotary embedding and the per-head norms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama family from GGUF (SmolLM2, Llama 2/3, Mistral...). llama.cpp's converter
+    /// permutes Q/K rows, so rotary pairs are interleaved (`x[2i], x[2i+1]`).
+    Llama,
+    /// Qwen3 from a Hugging Face directory: per-head RMSNorm on Q and K, rotary pairs
+    /// split in halves (`x[i], x[i + d/2]`).
+    Qwen3,
+}
+
+/// How rotary position embedding pairs up the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    Interleaved,
+    HalfSplit,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    pub rope_theta: f32,
+    pub rms_norm_eps: f64,
+    /// Longest sequence (prompt + generated) the model accepts.
+    pub max_context: usize,
+    pub bos_token_id: Option<u32>,
+    /// Tokens that end a generation.
+    pub eos_token_ids: Vec<u32>,
+    /// Prepend `bos_token_id` to raw completions prompts.
+    pub add_bos: bool,
+}
+
+impl ModelConfig {
+    pub fn rope_style(&self) -> RopeStyle {
+        match self.architecture {
+            Architecture::Llama => RopeStyle::Interleaved,
+            Architecture::Qwen3 => RopeStyle::HalfSplit,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(EngineError::model(format!("bad model shape: {m}")));
+        if self.num_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
+            return bad("zero layers, hidden size or vocabulary");
+        }
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
+            return bad("heads must be a positive multiple of kv heads");
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return bad("head_dim must be even and positive");
+        }
+        if self.max_context == 0 {
+            return bad("zero context length");
+        }
+        Ok(())
+    }
+}
+
+/// `config.json` of a Hugging Face Qwen3 directory (the fields the engine uses).
+#[derive(Debug, Deserialize)]
+pub(crate) struct HfQwen3Config {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: Option<usize>,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f32,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<EosIds>,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum EosIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+fn default_rope_theta() -> f32 {
+    1_000_000.0
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_max_positions() -> usize {
+    40_960
+}
+
+impl HfQwen3Config {
+    pub fn to_model_config(&self) -> Result<ModelConfig> {
+        if !self.architectures.is_empty()
+            && !self.architectures.iter().any(|a| a == "Qwen3ForCausalLM")
+        {
+            return Err(EngineError::model(format!(
+                "unsupported architecture {:?} (this engine reads Qwen3ForCausalLM directories)",
+                self.architectures
+            )));
+        }
+        let eos_token_ids = match &self.eos_token_id {
+            Some(EosIds::One(id)) => vec![*id],
+            Some(EosIds::Many(ids)) => ids.clone(),
+            None => Vec::new(),
+        };
+        let c = ModelConfig {
+            architecture: Architecture::Qwen3,
+            hidden_size: self.hidden_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads,
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
+            intermediate_size: self.intermediate_size,
+            vocab_size: self.vocab_size,
+            rope_theta: self.rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+            max_context: self.max_position_embeddings,
+            bos_token_id: self.bos_token_id,
+            eos_token_ids,
+            add_bos: false,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,303 @@
+//! The engine: one worker thread runs the model with continuous batching over the
+//! paged KV pool; [`Engine`] is the async handle requests come through.
+//!
+//! A request's life: the handle tokenizes nothing (that is the API's job); it hashes
+//! the prompt's full blocks, asks the pool which leading blocks it still holds, fetches
+//! the blocks after those from the [`TieredStore`] (host, disk, object, peers), and
+//! hands everything to the worker. The worker takes the pool's blocks, copies the
+//! fetched ones in, computes only the remaining tokens (in chunks, batched with the
+//! decode steps of running requests) and streams tokens back. Every block that fills
+//! up is published to the store by a background task: the worker never waits on it.
+
+mod config;
+mod fetch;
+pub mod sampler;
+mod sequence;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tierkv_kvstore::{BlockHash, Namespace, TieredStore, hash_blocks};
+use tokio::sync::{mpsc, oneshot};
+
+pub use config::EngineConfig;
+pub use sampler::SamplingParams;
+
+use crate::kv::{KvPool, PoolUsage, ResidentSet};
+use crate::metrics::EngineMetrics;
+use crate::model::{LoadedModel, ModelConfig, TextCodec};
+use crate::{EngineError, Result};
+
+/// Where the KV of a prompt token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvSource {
+    /// Computed by the model in this request.
+    Computed,
+    /// Blocks still in the engine's own KV pool.
+    Engine,
+    /// A store tier of this kind ("host", "disk", "object", "remote").
+    Tier(tierkv_kvstore::TierKind),
+}
+
+impl KvSource {
+    pub fn label(&self) -> String {
+        match self {
+            KvSource::Computed => "computed".into(),
+            KvSource::Engine => "engine".into(),
+            KvSource::Tier(k) => k.to_string(),
+        }
+    }
+}
+
+/// A generation request in token ids.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Extra tokens that end the generation (besides the model's end-of-sequence).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep generating past end-of-sequence tokens.
+    pub ignore_eos: bool,
+    /// Per-tenant salt: blocks are only shared between requests with the same salt.
+    pub cache_salt: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence or stop token.
+    Stop,
+    /// `max_tokens` or the context length reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token accounting of a finished request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose KV was reused (engine pool or store) rather than computed.
+    pub cached_tokens: usize,
+    /// Reused prompt tokens by source label ("engine", "host", "disk", ...).
+    pub cached_by_source: Vec<(String, usize)>,
+}
+
+#[derive(Debug)]
+pub enum GenEvent {
+    /// The request was admitted; the usage so far says how much of the prompt's KV
+    /// was reused.
+    Admitted(Usage),
+    Token(u32),
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
+    Error(String),
+}
+
+pub(crate) enum Command {
+    Add(Box<sequence::NewSequence>),
+    ResetPrefixCache(oneshot::Sender<usize>),
+    Usage(oneshot::Sender<PoolUsage>),
+}
+
+/// Handle to a running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: std::sync::mpsc::Sender<Command>,
+    store: TieredStore,
+    namespace: Namespace,
+    resident: ResidentSet,
+    codec: Arc<TextCodec>,
+    model_config: ModelConfig,
+    model_id: String,
+    config: EngineConfig,
+    metrics: Arc<EngineMetrics>,
+}
+
+impl Engine {
+    /// Starts the worker thread for `loaded` over `store`.
+    pub fn start(
+        loaded: LoadedModel,
+        store: TieredStore,
+        config: EngineConfig,
+        metrics: Arc<EngineMetrics>,
+    ) -> Result<Engine> {
+        config.validate()?;
+        let LoadedModel { model, codec, id } = loaded;
+        let model_config = model.config().clone();
+        let layout = config.kv_layout(&model_config)?;
+        let namespace = Namespace::new(id.clone(), layout)?;
+        store.register_namespace(&namespace);
+        let num_blocks = config.num_blocks(&layout);
+        let pool = KvPool::new(layout, num_blocks)?;
+        let resident = pool.resident();
+        tracing::info!(
+            model = %id, layout = %layout, blocks = num_blocks,
+            block_mib = layout.block_bytes() as f64 / (1 << 20) as f64,
+            "KV pool ready"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let publish =
+            fetch::spawn_publisher(store.clone(), config.publish_queue, Arc::clone(&metrics));
+        let worker =
+            worker::Worker::new(model, pool, config.clone(), publish, Arc::clone(&metrics));
+        std::thread::Builder::new()
+            .name("tierkv-engine".into())
+            .spawn(move || worker.run(rx))
+            .map_err(EngineError::Io)?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                commands: tx,
+                store,
+                namespace,
+                resident,
+                codec: Arc::new(codec),
+                model_config,
+                model_id: id,
+                config,
+                metrics,
+            }),
+        })
+    }
+
+    pub fn codec(&self) -> &Arc<TextCodec> {
+        &self.inner.codec
+    }
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.inner.model_config
+    }
+    pub fn model_id(&self) -> &str {
+        &self.inner.model_id
+    }
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
+    }
+    pub fn store(&self) -> &TieredStore {
+        &self.inner.store
+    }
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.inner.metrics
+    }
+
+    /// The longest context a request may use (prompt plus generated tokens).
+    pub fn max_context(&self) -> usize {
+        self.inner.config.max_context(&self.inner.model_config)
+    }
+
+    /// `max_tokens` for a request that does not say: what is left of the context
+    /// (and of the KV pool) after the prompt.
+    pub fn default_max_tokens(&self, prompt_len: usize) -> usize {
+        let block = self.inner.namespace.layout().block_size as usize;
+        let pool_tokens = self.inner.config.num_blocks(self.inner.namespace.layout()) * block;
+        self.max_context()
+            .min(pool_tokens)
+            .saturating_sub(prompt_len)
+    }
+
+    /// Checks a request, finds and fetches its cached prefix, and queues it. Tokens
+    /// arrive on the returned channel; dropping it cancels the request.
+    pub async fn generate(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<mpsc::UnboundedReceiver<GenEvent>> {
+        let arrived = Instant::now();
+        let i = &self.inner;
+        if req.prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let vocab = i.model_config.vocab_size;
+        if let Some(bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "prompt token {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let max_ctx = self.max_context();
+        if req.prompt.len() + req.max_tokens.max(1) > max_ctx {
+            return Err(EngineError::InvalidRequest(format!(
+                "this model's maximum context length is {max_ctx} tokens; the request asks for {} ({} in the prompt, {} to generate)",
+                req.prompt.len() + req.max_tokens,
+                req.prompt.len(),
+                req.max_tokens
+            )));
+        }
+        let block = i.namespace.layout().block_size as usize;
+        let pool_tokens = i.config.num_blocks(i.namespace.layout()) * block;
+        if req.prompt.len() + req.max_tokens.max(1) > pool_tokens {
+            return Err(EngineError::InvalidRequest(format!(
+                "the request needs {} tokens of KV but the whole KV pool holds {pool_tokens}",
+                req.prompt.len() + req.max_tokens.max(1)
+            )));
+        }
+        let ns = match &req.cache_salt {
+            Some(salt) => {
+                let ns = i.namespace.salted(salt.clone())?;
+                i.store.register_namespace(&ns);
+                ns
+            }
+            None => i.namespace.clone(),
+        };
+        let hashes: Vec<BlockHash> = hash_blocks(&ns, &req.prompt);
+        let resident = i.resident.prefix_len(&hashes);
+        let fetched = if i.config.load_from_store {
+            fetch::fetch_prefix(&i.store, &ns, &hashes, resident, i.config.fetch_concurrency).await
+        } else {
+            fetch::Fetched::default()
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let seq = sequence::NewSequence {
+            req,
+            ns,
+            hashes,
+            fetched_from: resident,
+            fetched,
+            events: tx,
+            arrived,
+        };
+        i.commands
+            .send(Command::Add(Box::new(seq)))
+            .map_err(|_| EngineError::Unavailable("the engine worker has stopped".into()))?;
+        Ok(rx)
+    }
+
+    /// Drops every unreferenced block from the engine's KV pool (the store keeps its
+    /// copies). Returns how many blocks were dropped.
+    pub async fn reset_prefix_cache(&self) -> Result<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::ResetPrefixCache(tx))?;
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the engine worker has stopped".into()))
+    }
+
+    /// The KV pool's block counts.
+    pub async fn pool_usage(&self) -> Result<PoolUsage> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Usage(tx))?;
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the engine worker has stopped".into()))
+    }
+
+    fn send(&self, c: Command) -> Result<()> {
+        self.inner
+            .commands
+            .send(c)
+            .map_err(|_| EngineError::Unavailable("the engine worker has stopped".into()))
+    }
+}
