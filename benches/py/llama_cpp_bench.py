@@ -15,6 +15,11 @@ except ImportError:
     sys.exit(3)
 import numpy as np
 
+
+def last_logits(llm):
+    # With logits_all=False llama-cpp-python keeps no scores; read the context's.
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
 model, n_dec, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 prompts = json.load(sys.stdin)
 ctx = max(len(p) for p in prompts) + n_dec + 16
@@ -29,10 +34,10 @@ for p in prompts:
 # Decode after the first prompt's first 32 tokens.
 llm.reset()
 llm.eval(prompts[0][:32])
-tok = int(np.argmax(np.asarray(llm.eval_logits[-1])))
+tok = int(np.argmax(last_logits(llm)))
 t = time.perf_counter()
 for _ in range(n_dec):
     llm.eval([tok])
-    tok = int(np.argmax(np.asarray(llm.eval_logits[-1])))
+    tok = int(np.argmax(last_logits(llm)))
 out["decode"] = {"tokens": n_dec, "seconds": time.perf_counter() - t}
 print(json.dumps(out))

@@ -296,7 +296,7 @@ async fn tiny_qwen3_matches_reference_and_reuses_kv() {
         }])
         .expect("template");
     let prompt = e.codec().encode(&chat).expect("encode");
-    assert_eq!(prompt.len(), 13, "{chat:?} -> {prompt:?}");
+    assert_eq!(prompt.len(), 12, "{chat:?} -> {prompt:?}");
     assert_eq!(prompt[0], 1, "<|im_start|> is one special token");
 
     const GEN: usize = 10;
@@ -308,7 +308,10 @@ async fn tiny_qwen3_matches_reference_and_reuses_kv() {
     wait_stored(&e, &prompt, prompt.len() / 4).await;
     e.reset_prefix_cache().await.expect("reset");
     let (warm, usage) = greedy(&e, &prompt, GEN).await;
-    assert_eq!(usage.cached_tokens, 12, "{usage:?}");
+    assert_eq!(
+        usage.cached_tokens, 11,
+        "a 12-token prompt: three blocks, the last token computed again: {usage:?}"
+    );
     assert_eq!(
         warm, cold,
         "tokens after loading the prompt's KV from the host tier"
@@ -318,6 +321,6 @@ async fn tiny_qwen3_matches_reference_and_reuses_kv() {
     let mut longer = prompt.clone();
     longer.extend(e.codec().encode("w9 w10 w11 w12 w13").expect("encode"));
     let (t, usage) = greedy(&e, &longer, GEN).await;
-    assert!(usage.cached_tokens >= 12, "{usage:?}");
+    assert!(usage.cached_tokens >= 8, "{usage:?}");
     assert_eq!(t, reference_greedy(&weights, &longer, GEN));
 }

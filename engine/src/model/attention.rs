@@ -48,7 +48,12 @@ pub fn paged_attention(
             let (s, t) = items[i / h];
             let head = i % h;
             let seq = &seqs[s];
-            let q = &seq.q[t * row + head * d..t * row + head * d + d];
+            // Queries and attention weights meet the f16 KV at f16 precision, as in
+            // llama.cpp's CPU attention.
+            let mut q = [0.0f32; 512];
+            let q = &mut q[..d];
+            q.copy_from_slice(&seq.q[t * row + head * d..t * row + head * d + d]);
+            crate::model::round_to_f16(q);
             attend(
                 pool,
                 layer,
@@ -116,7 +121,7 @@ fn attend(
         let in_block = (n - b * shape.block_size).min(shape.block_size);
         for t in 0..in_block {
             let v = &values[t * stride + kv_head * d..t * stride + kv_head * d + d];
-            let w = scores[j] * inv;
+            let w = half::f16::from_f32(scores[j] * inv).to_f32();
             for (o, x) in out.iter_mut().zip(v) {
                 *o += w * x;
             }
@@ -147,7 +152,8 @@ mod tests {
     use super::*;
     use tierkv_kvstore::{DType, KvLayout};
 
-    /// Reference attention over contiguous K/V for one head.
+    /// Reference attention over contiguous K/V for one head, in f32 (the kernel rounds
+    /// queries and weights to f16, hence the tolerance).
     fn reference(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>]) -> Vec<f32> {
         let d = q.len();
         let s: Vec<f32> = ks
@@ -201,7 +207,7 @@ mod tests {
                 .collect();
             let want = reference(&q[head * d..head * d + d], &ks, &vs);
             for (a, b) in out[head * d..head * d + d].iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "head {head}: {a} vs {b}");
+                assert!((a - b).abs() < 2e-3, "head {head}: {a} vs {b}");
             }
         }
     }

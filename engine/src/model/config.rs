@@ -60,8 +60,8 @@ impl ModelConfig {
         {
             return bad("heads must be a positive multiple of kv heads");
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return bad("head_dim must be even and positive");
+        if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > 512 {
+            return bad("head_dim must be even, positive and at most 512");
         }
         if self.max_context == 0 {
             return bad("zero context length");

@@ -192,11 +192,14 @@ impl Model {
                 k = candle_nn::ops::rms_norm(&k.reshape((total * c.num_kv_heads, d))?, kn, eps)?;
             }
             let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+            // K and V are kept at f16 precision, as llama.cpp's default f16 KV cache.
             let mut k = k.flatten_all()?.to_vec1::<f32>()?;
-            let v = v.flatten_all()?.to_vec1::<f32>()?;
+            let mut v = v.flatten_all()?.to_vec1::<f32>()?;
+            round_to_f16(&mut v);
             for (i, &(pos, b)) in positions.iter().enumerate() {
                 self.rope.apply(&mut q[i * qw..(i + 1) * qw], pos);
                 self.rope.apply(&mut k[i * kw..(i + 1) * kw], pos);
+                round_to_f16(&mut k[i * kw..(i + 1) * kw]);
                 pool.write_token(
                     b,
                     li,
@@ -243,5 +246,12 @@ impl Model {
         let last = xt.index_select(&idx, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, eps)?;
         Ok(self.lm_head.forward(&last)?.to_vec2::<f32>()?)
+    }
+}
+
+/// Rounds values to the nearest f16 (kept in f32).
+pub(crate) fn round_to_f16(xs: &mut [f32]) {
+    for x in xs {
+        *x = half::f16::from_f32(*x).to_f32();
     }
 }

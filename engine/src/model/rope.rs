@@ -15,14 +15,15 @@ impl Rope {
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
-        let freqs: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32))
-            .collect();
+        // As llama.cpp computes it: angle_i = pos * scale^i by repeated f32
+        // multiplication, scale = base^(-2/d).
+        let scale = theta.powf(-2.0 / head_dim as f32);
         for pos in 0..max_positions {
-            for f in &freqs {
-                let angle = pos as f32 * f;
+            let mut angle = pos as f32;
+            for _ in 0..half {
                 cos.push(angle.cos());
                 sin.push(angle.sin());
+                angle *= scale;
             }
         }
         Rope {

@@ -13,6 +13,11 @@ except ImportError:
 
 import numpy as np
 
+
+def last_logits(llm):
+    # With logits_all=False llama-cpp-python keeps no scores; read the context's.
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
 model, n = sys.argv[1], int(sys.argv[2])
 prompts = json.load(sys.stdin)
 llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_batch=512, n_threads=2,
@@ -23,7 +28,7 @@ for prompt in prompts:
     llm.eval(prompt)
     gen = []
     for _ in range(n):
-        logits = np.asarray(llm.eval_logits[-1])
+        logits = last_logits(llm)
         tok = int(np.argmax(logits))
         gen.append(tok)
         llm.eval([tok])
