@@ -38,6 +38,12 @@ pub struct E2eArgs {
     /// Threads llama.cpp uses (the engine uses all cores).
     #[arg(long, default_value_t = 2)]
     pub llama_threads: usize,
+    /// Tiers to measure warm TTFT from (the first one also runs the decode rows).
+    #[arg(long, value_delimiter = ',', default_value = "host,disk,object")]
+    pub tiers: Vec<String>,
+    /// Skip the llama.cpp baseline.
+    #[arg(long)]
+    pub no_llama_cpp: bool,
     /// Working directory of the tiers.
     #[arg(long, default_value = "target/bench/e2e")]
     pub dir: PathBuf,
@@ -209,7 +215,8 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     let mut engine_warm: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let mut prompts_for_llama = Vec::new();
     let mut decode = Vec::new();
-    for (ti, kind) in ["host", "disk", "object"].into_iter().enumerate() {
+    for (ti, kind) in args.tiers.iter().map(String::as_str).enumerate() {
+        anyhow::ensure!(matches!(kind, "host" | "disk" | "object"), "unknown tier {kind:?} (host, disk, object)");
         let engine = start(&args, kind).await?;
         for (li, &n) in args.lengths.iter().enumerate() {
             let p = prompt(&engine, n, ti * 100 + li)?;
@@ -269,7 +276,12 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         row.prefill_tps = row.prompt_tokens as f64 / (row.cold_ms / 1e3);
     }
     let mut note = None;
-    match llama_cpp::measure(&args, &prompts_for_llama) {
+    let baseline = if args.no_llama_cpp {
+        Err(anyhow::anyhow!("skipped (--no-llama-cpp)"))
+    } else {
+        llama_cpp::measure(&args, &prompts_for_llama)
+    };
+    match baseline {
         Ok(l) => {
             for (row, tps) in rows.iter_mut().zip(&l.prefill_tps) {
                 row.llama_cpp_prefill_tps = Some(*tps);

@@ -15,7 +15,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 
 use super::config::{Architecture, ModelConfig};
-use super::q4_1::Q4_1Matrix;
+use super::quant::{Q4_1, Q8_0, QuantMatrix};
 use super::tokenizer::TextCodec;
 use super::{Layer, Linear, LoadedModel, Model};
 use crate::{EngineError, Result};
@@ -34,15 +34,21 @@ impl Reader<'_> {
     }
     fn matmul(&mut self, name: &str) -> Result<Linear> {
         let t = self.tensor(name)?;
-        if t.dtype() == GgmlDType::Q4_1 {
-            let (rows, cols) = t.shape().dims2()?;
-            return Ok(Linear::Q4_1(Q4_1Matrix::from_ggml(&t.data()?, rows, cols)?));
-        }
-        Ok(Linear::Candle(QMatMul::from_qtensor(t)?))
+        linear(t)
     }
     fn vector(&mut self, name: &str) -> Result<candle_core::Tensor> {
         Ok(self.tensor(name)?.dequantize(&Device::Cpu)?)
     }
+}
+
+/// Q4_1 and Q8_0 go to our kernels, every other type to candle's.
+fn linear(t: QTensor) -> Result<Linear> {
+    let (rows, cols) = t.shape().dims2()?;
+    Ok(match t.dtype() {
+        GgmlDType::Q4_1 => Linear::Q4_1(QuantMatrix::<Q4_1>::from_ggml(&t.data()?, rows, cols)?),
+        GgmlDType::Q8_0 => Linear::Q8_0(QuantMatrix::<Q8_0>::from_ggml(&t.data()?, rows, cols)?),
+        _ => Linear::Candle(QMatMul::from_qtensor(t)?),
+    })
 }
 
 fn meta<'a>(c: &'a Content, key: &str) -> Result<&'a Value> {
@@ -129,9 +135,9 @@ pub fn load_file(path: &Path) -> Result<LoadedModel> {
         .flatten_all()?
         .to_vec1::<f32>()?;
     let lm_head = if content.tensor_infos.contains_key("output.weight") {
-        QMatMul::from_qtensor(r.tensor("output.weight")?)?
+        r.matmul("output.weight")?
     } else {
-        QMatMul::from_qtensor(embed_q)?
+        linear(embed_q)?
     };
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..config.num_layers {

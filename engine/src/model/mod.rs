@@ -5,7 +5,7 @@
 mod attention;
 mod config;
 mod gguf;
-mod q4_1;
+mod quant;
 mod rope;
 mod safetensors;
 mod tokenizer;
@@ -45,26 +45,22 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     }
 }
 
-/// A weight matrix: Q4_1 through our AVX2 kernel, anything else through candle.
+/// A weight matrix: Q4_1 and Q8_0 through our kernels, anything else through candle.
 pub(crate) enum Linear {
     Candle(QMatMul),
-    Q4_1(q4_1::Q4_1Matrix),
+    Q4_1(quant::QuantMatrix<quant::Q4_1>),
+    Q8_0(quant::QuantMatrix<quant::Q8_0>),
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Linear::Candle(m) => Ok(m.forward(x)?),
-            Linear::Q4_1(w) => {
-                let (m, _) = x.dims2()?;
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                Ok(Tensor::from_vec(
-                    w.matmul(&xs, m),
-                    (m, w.out_features()),
-                    &Device::Cpu,
-                )?)
-            }
-        }
+        let (out, ys) = match self {
+            Linear::Candle(m) => return Ok(m.forward(x)?),
+            Linear::Q4_1(w) => (w.out_features(), w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, x.dims2()?.0)),
+            Linear::Q8_0(w) => (w.out_features(), w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, x.dims2()?.0)),
+        };
+        let m = ys.len() / out;
+        Ok(Tensor::from_vec(ys, (m, out), &Device::Cpu)?)
     }
 }
 
@@ -89,7 +85,7 @@ pub struct Model {
     embed: Vec<f32>,
     layers: Vec<Layer>,
     final_norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     rope: Rope,
 }
 
@@ -110,7 +106,7 @@ impl Model {
         embed: Vec<f32>,
         layers: Vec<Layer>,
         final_norm: Tensor,
-        lm_head: QMatMul,
+        lm_head: Linear,
     ) -> Result<Model> {
         config.validate()?;
         if embed.len() != config.vocab_size * config.hidden_size

@@ -339,8 +339,7 @@ impl Worker {
         };
         let mut logits = logits.into_iter();
         let mut outcomes = Vec::with_capacity(self.running.len());
-        for idx in 0..self.running.len() {
-            let n = plan[idx];
+        for (idx, &n) in plan.iter().enumerate() {
             if n == 0 {
                 outcomes.push(Outcome::Continue);
                 continue;
