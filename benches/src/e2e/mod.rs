@@ -216,7 +216,10 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     let mut prompts_for_llama = Vec::new();
     let mut decode = Vec::new();
     for (ti, kind) in args.tiers.iter().map(String::as_str).enumerate() {
-        anyhow::ensure!(matches!(kind, "host" | "disk" | "object"), "unknown tier {kind:?} (host, disk, object)");
+        anyhow::ensure!(
+            matches!(kind, "host" | "disk" | "object"),
+            "unknown tier {kind:?} (host, disk, object)"
+        );
         let engine = start(&args, kind).await?;
         for (li, &n) in args.lengths.iter().enumerate() {
             let p = prompt(&engine, n, ti * 100 + li)?;

@@ -56,8 +56,14 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (out, ys) = match self {
             Linear::Candle(m) => return Ok(m.forward(x)?),
-            Linear::Q4_1(w) => (w.out_features(), w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, x.dims2()?.0)),
-            Linear::Q8_0(w) => (w.out_features(), w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, x.dims2()?.0)),
+            Linear::Q4_1(w) => (
+                w.out_features(),
+                w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, x.dims2()?.0),
+            ),
+            Linear::Q8_0(w) => (
+                w.out_features(),
+                w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, x.dims2()?.0),
+            ),
         };
         let m = ys.len() / out;
         Ok(Tensor::from_vec(ys, (m, out), &Device::Cpu)?)

@@ -97,7 +97,13 @@ pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
         take("lm_head.weight")?
     };
     let embed = embed_t.flatten_all()?.to_vec1::<f32>()?;
-    let model = Model::new(config, embed, layers, final_norm, Linear::Candle(QMatMul::Tensor(lm_head)))?;
+    let model = Model::new(
+        config,
+        embed,
+        layers,
+        final_norm,
+        Linear::Candle(QMatMul::Tensor(lm_head)),
+    )?;
 
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)

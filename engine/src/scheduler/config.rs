@@ -30,6 +30,9 @@ pub struct EngineConfig {
     pub publish_queue: usize,
     /// Blocks fetched from the store in parallel for one request. Default 8.
     pub fetch_concurrency: usize,
+    /// Threads of the model's compute pool (the scheduler runs on one of them).
+    /// Default 0: one per core.
+    pub threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +47,7 @@ impl Default for EngineConfig {
             publish_to_store: true,
             publish_queue: 64,
             fetch_concurrency: 8,
+            threads: 0,
         }
     }
 }
@@ -77,6 +81,15 @@ impl EngineConfig {
     /// Blocks in the pool: `kv_pool` divided by the block size, at least one.
     pub fn num_blocks(&self, layout: &KvLayout) -> usize {
         (self.kv_pool.0 as usize / layout.block_bytes().max(1)).max(1)
+    }
+
+    /// `threads`, or the number of cores when it is 0.
+    pub fn compute_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
     }
 
     pub fn max_context(&self, model: &ModelConfig) -> usize {

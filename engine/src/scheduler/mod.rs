@@ -156,9 +156,16 @@ impl Engine {
             fetch::spawn_publisher(store.clone(), config.publish_queue, Arc::clone(&metrics));
         let worker =
             worker::Worker::new(model, pool, config.clone(), publish, Arc::clone(&metrics));
+        // The worker runs inside its own compute pool, so the model's parallel kernels
+        // share `threads` cores with it instead of spinning beside it.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.compute_threads())
+            .thread_name(|i| format!("tierkv-compute-{i}"))
+            .build()
+            .map_err(|e| EngineError::Config(format!("compute pool: {e}")))?;
         std::thread::Builder::new()
             .name("tierkv-engine".into())
-            .spawn(move || worker.run(rx))
+            .spawn(move || pool.install(move || worker.run(rx)))
             .map_err(EngineError::Io)?;
         Ok(Engine {
             inner: Arc::new(Inner {

@@ -160,7 +160,9 @@ impl ObjectTierConfig {
 struct Index {
     blocks: BlockKeyMap<u64>,
     /// Puts admitted but not finished: they count against capacity.
-    writing: BlockKeyMap<()>,
+    /// Keys being written; a put of the same key waits on the receiver until the
+    /// writer is done (its sender dropped), so it never returns before the data landed.
+    writing: BlockKeyMap<tokio::sync::watch::Receiver<()>>,
     used_bytes: u64,
 }
 
@@ -324,6 +326,8 @@ impl Inner {
 struct WritingGuard<'a> {
     inner: &'a Inner,
     key: BlockKey,
+    /// Dropped after the key leaves `writing`: wakes puts waiting on the same key.
+    _done: tokio::sync::watch::Sender<()>,
 }
 
 impl Drop for WritingGuard<'_> {
@@ -360,20 +364,39 @@ impl Tier for ObjectTier {
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
         let inner = &self.inner;
         check_payload(&inner.name, inner.slot_bytes, &data)?;
-        {
-            let mut index = lock(&inner.index);
-            if index.blocks.contains_key(&key) || index.writing.contains_key(&key) {
-                return Ok(PutOutcome::AlreadyPresent);
-            }
-            if (index.blocks.len() + index.writing.len()) as u64 >= inner.capacity_blocks {
-                return Err(TierError::Full {
-                    tier: inner.name.clone(),
-                    capacity_blocks: inner.capacity_blocks,
-                });
-            }
-            index.writing.insert(key, ());
-        }
-        let guard = WritingGuard { inner, key };
+        let done = loop {
+            let in_flight = {
+                let mut index = lock(&inner.index);
+                if index.blocks.contains_key(&key) {
+                    return Ok(PutOutcome::AlreadyPresent);
+                }
+                match index.writing.get(&key) {
+                    Some(rx) => rx.clone(),
+                    None => {
+                        if (index.blocks.len() + index.writing.len()) as u64
+                            >= inner.capacity_blocks
+                        {
+                            return Err(TierError::Full {
+                                tier: inner.name.clone(),
+                                capacity_blocks: inner.capacity_blocks,
+                            });
+                        }
+                        let (tx, rx) = tokio::sync::watch::channel(());
+                        index.writing.insert(key, rx);
+                        break tx;
+                    }
+                }
+            };
+            // Another put of this key is writing it: wait, then look again (it may
+            // have failed, and then this put writes).
+            let mut in_flight = in_flight;
+            let _ = in_flight.changed().await;
+        };
+        let guard = WritingGuard {
+            inner,
+            key,
+            _done: done,
+        };
         let len = data.len() as u64;
         let header = Bytes::copy_from_slice(&header::encode(key, &data));
         let payload: PutPayload = [header, data].into_iter().collect();

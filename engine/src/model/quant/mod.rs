@@ -20,6 +20,9 @@ pub use q8_0::Q8_0;
 
 use crate::{EngineError, Result};
 
+/// Products smaller than this many multiply-adds are not split across threads.
+const PARALLEL_MACS: usize = 1 << 18;
+
 /// Values per quantization block.
 pub const QK: usize = 32;
 
@@ -89,29 +92,33 @@ impl<F: Format> QuantMatrix<F> {
             let r = r.min(self.rows - 1);
             &self.blocks[r * kb..(r + 1) * kb]
         };
-        let parts: Vec<(usize, Vec<f32>)> = (0..self.rows.div_ceil(CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                let (r0, r1) = (c * CHUNK, ((c + 1) * CHUNK).min(self.rows));
-                let width = r1 - r0;
-                let mut part = vec![0.0f32; m * width];
-                for r in (r0..r1).step_by(4) {
-                    let rows = [row(r), row(r + 1), row(r + 2), row(r + 3)];
-                    for t in 0..m {
-                        let a = &acts[t * kb..(t + 1) * kb];
-                        let d = if self.avx2 {
-                            // SAFETY: `avx2` is set only when the CPU has AVX2 and FMA.
-                            unsafe { F::dot4_avx2(rows, a) }
-                        } else {
-                            F::dot4_scalar(rows, a)
-                        };
-                        let n = (r1 - r).min(4);
-                        part[t * width + (r - r0)..t * width + (r - r0) + n].copy_from_slice(&d[..n]);
-                    }
+        let chunk = |c: usize| {
+            let (r0, r1) = (c * CHUNK, ((c + 1) * CHUNK).min(self.rows));
+            let width = r1 - r0;
+            let mut part = vec![0.0f32; m * width];
+            for r in (r0..r1).step_by(4) {
+                let rows = [row(r), row(r + 1), row(r + 2), row(r + 3)];
+                for t in 0..m {
+                    let a = &acts[t * kb..(t + 1) * kb];
+                    let d = if self.avx2 {
+                        // SAFETY: `avx2` is set only when the CPU has AVX2 and FMA.
+                        unsafe { F::dot4_avx2(rows, a) }
+                    } else {
+                        F::dot4_scalar(rows, a)
+                    };
+                    let n = (r1 - r).min(4);
+                    part[t * width + (r - r0)..t * width + (r - r0) + n].copy_from_slice(&d[..n]);
                 }
-                (r0, part)
-            })
-            .collect();
+            }
+            (r0, part)
+        };
+        // Small products run on the calling thread: waking the pool costs more.
+        let chunks = self.rows.div_ceil(CHUNK);
+        let parts: Vec<(usize, Vec<f32>)> = if m * self.rows * self.cols < PARALLEL_MACS {
+            (0..chunks).map(chunk).collect()
+        } else {
+            (0..chunks).into_par_iter().map(chunk).collect()
+        };
         for (r0, part) in parts {
             let width = part.len() / m.max(1);
             for t in 0..m {
@@ -199,7 +206,9 @@ mod tests {
         let (rows, cols, m) = (37, 96, 5);
         let (raw, dense) = matrix(rows, cols, q4);
         let w = QuantMatrix::<F>::from_ggml(&raw, rows, cols).unwrap();
-        let x: Vec<f32> = (0..m * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
         let y = w.matmul(&x, m);
         // The exact product of the weights with the 8-bit activations the kernel sees.
         let xq: Vec<f32> = x
@@ -212,16 +221,27 @@ mod tests {
             .collect();
         for t in 0..m {
             for r in 0..rows {
-                let exact: f64 = (0..cols).map(|c| dense[r * cols + c] as f64 * xq[t * cols + c] as f64).sum();
+                let exact: f64 = (0..cols)
+                    .map(|c| dense[r * cols + c] as f64 * xq[t * cols + c] as f64)
+                    .sum();
                 let got = y[t * rows + r] as f64;
-                assert!((got - exact).abs() < 1e-3 * (1.0 + exact.abs()), "{t},{r}: {got} vs {exact}");
+                assert!(
+                    (got - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                    "{t},{r}: {got} vs {exact}"
+                );
             }
             // One row alone gives the same bits as inside the batch.
             let alone = w.matmul(&x[t * cols..(t + 1) * cols], 1);
             assert_eq!(alone[..], y[t * rows..(t + 1) * rows]);
         }
-        let scalar = QuantMatrix::<F>::from_ggml(&raw, rows, cols).unwrap().without_simd();
-        assert_eq!(scalar.matmul(&x, m), y, "SIMD and scalar paths agree bit for bit");
+        let scalar = QuantMatrix::<F>::from_ggml(&raw, rows, cols)
+            .unwrap()
+            .without_simd();
+        assert_eq!(
+            scalar.matmul(&x, m),
+            y,
+            "SIMD and scalar paths agree bit for bit"
+        );
         assert!(QuantMatrix::<F>::from_ggml(&raw[1..], rows, cols).is_err());
     }
 

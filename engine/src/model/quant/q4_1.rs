@@ -61,7 +61,11 @@ impl Format for Q4_1 {
                     let mut s = 0i32;
                     for j in 0..4 {
                         let idx = (l % 4) * 4 + j;
-                        let q = if l < 4 { wb.qs[idx] & 0x0f } else { wb.qs[idx] >> 4 };
+                        let q = if l < 4 {
+                            wb.qs[idx] & 0x0f
+                        } else {
+                            wb.qs[idx] >> 4
+                        };
                         s += q as i32 * ab.qs[if l < 4 { idx } else { idx + 16 }] as i32;
                     }
                     *lane = scale.mul_add(s as f32, *lane);

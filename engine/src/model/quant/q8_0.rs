@@ -47,7 +47,9 @@ impl Format for Q8_0 {
             for (wb, ab) in row.iter().zip(a) {
                 let scale = wb.d * ab.d;
                 for (l, lane) in acc.iter_mut().enumerate() {
-                    let s: i32 = (4 * l..4 * l + 4).map(|i| wb.qs[i] as i32 * ab.qs[i] as i32).sum();
+                    let s: i32 = (4 * l..4 * l + 4)
+                        .map(|i| wb.qs[i] as i32 * ab.qs[i] as i32)
+                        .sum();
                     *lane = scale.mul_add(s as f32, *lane);
                 }
             }
