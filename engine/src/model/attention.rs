@@ -42,34 +42,90 @@ pub fn paged_attention(
             items.push((s, t));
         }
     }
-    out.par_chunks_mut(d)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (i, dst)| {
-            let (s, t) = items[i / h];
-            let head = i % h;
-            let seq = &seqs[s];
-            // Queries and attention weights meet the f16 KV at f16 precision, as in
-            // llama.cpp's CPU attention.
-            let mut q = [0.0f32; 512];
-            let q = &mut q[..d];
-            q.copy_from_slice(&seq.q[t * row + head * d..t * row + head * d + d]);
-            crate::model::round_to_f16(q);
-            attend(
-                pool,
-                layer,
-                seq,
-                shape,
-                seq.start_pos + t,
-                head,
-                q,
-                scores,
-                dst,
-            );
-        });
+    let work = |scores: &mut Vec<f32>, (i, dst): (usize, &mut [f32])| {
+        let (s, t) = items[i / h];
+        let head = i % h;
+        let seq = &seqs[s];
+        // Queries and attention weights meet the f16 KV at f16 precision, as in
+        // llama.cpp's CPU attention.
+        let mut q = [0.0f32; 512];
+        let q = &mut q[..d];
+        q.copy_from_slice(&seq.q[t * row + head * d..t * row + head * d + d]);
+        crate::model::round_to_f16(q);
+        attend(
+            pool,
+            layer,
+            seq,
+            shape,
+            seq.start_pos + t,
+            head,
+            q,
+            scores,
+            dst,
+        );
+    };
+    // Keys visited in total: a decode step of a short context is cheaper on this
+    // thread than waking the pool.
+    let visits: usize = items
+        .iter()
+        .map(|&(s, t)| seqs[s].start_pos + t + 1)
+        .sum::<usize>()
+        * h;
+    if visits < 1 << 15 {
+        let mut scores = Vec::new();
+        out.chunks_mut(d)
+            .enumerate()
+            .for_each(|x| work(&mut scores, x));
+    } else {
+        out.par_chunks_mut(d)
+            .enumerate()
+            .for_each_init(Vec::new, work);
+    }
 }
 
+/// Picks the AVX2 build of [`attend_body`] where the CPU has it. No FMA contraction
+/// happens in either build, so both give the same bits; AVX2 only widens the vectors.
 #[allow(clippy::too_many_arguments)]
 fn attend(
+    pool: &KvPool,
+    layer: usize,
+    seq: &AttnSeq<'_>,
+    shape: &AttnShape,
+    pos: usize,
+    head: usize,
+    q: &[f32],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { attend_avx2(pool, layer, seq, shape, pos, head, q, scores, out) };
+        return;
+    }
+    attend_body(pool, layer, seq, shape, pos, head, q, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx2(
+    pool: &KvPool,
+    layer: usize,
+    seq: &AttnSeq<'_>,
+    shape: &AttnShape,
+    pos: usize,
+    head: usize,
+    q: &[f32],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_body(pool, layer, seq, shape, pos, head, q, scores, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_body(
     pool: &KvPool,
     layer: usize,
     seq: &AttnSeq<'_>,
@@ -131,6 +187,7 @@ fn attend(
 }
 
 /// Dot product with eight independent accumulators (vectorizes; fixed order).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));

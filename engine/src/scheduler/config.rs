@@ -97,3 +97,28 @@ impl EngineConfig {
             .map_or(model.max_context, |c| c.min(model.max_context))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_lists_the_defaults() {
+        #[derive(Deserialize)]
+        struct File {
+            engine: EngineConfig,
+        }
+        let text = include_str!("../../../deploy/engine.example.toml");
+        let file: File = toml::from_str(text).expect("deploy/engine.example.toml parses");
+        assert_eq!(file.engine, EngineConfig::default());
+        assert!(
+            toml::from_str::<File>("[engine]\nblock_sise = 16\n").is_err(),
+            "unknown keys are refused"
+        );
+        let bad = EngineConfig {
+            block_size: 0,
+            ..EngineConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}
