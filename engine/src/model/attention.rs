@@ -34,6 +34,7 @@ pub fn paged_attention(
     out: &mut [f32],
 ) {
     let (h, d) = (shape.num_heads, shape.head_dim);
+    let group = h / shape.num_kv_heads;
     let row = h * d;
     // (sequence, token index) of every output row.
     let mut items = Vec::with_capacity(out.len() / row);
@@ -42,23 +43,35 @@ pub fn paged_attention(
             items.push((s, t));
         }
     }
+    // Few rows (decode): one item per query head, so both cores have work. Many rows
+    // (prefill): one item per KV head, serving the `group` query heads that share it,
+    // so K and V are read once for all of them. Either way each head's sums run in the
+    // same order, so the results are the same bits.
+    let per_item = if items.len() * shape.num_kv_heads >= 16 {
+        group
+    } else {
+        1
+    };
+    let items_per_row = h / per_item;
     let work = |scores: &mut Vec<f32>, (i, dst): (usize, &mut [f32])| {
-        let (s, t) = items[i / h];
-        let head = i % h;
+        let (s, t) = items[i / items_per_row];
+        let first_head = (i % items_per_row) * per_item;
         let seq = &seqs[s];
         // Queries and attention weights meet the f16 KV at f16 precision, as in
         // llama.cpp's CPU attention.
-        let mut q = [0.0f32; 512];
-        let q = &mut q[..d];
-        q.copy_from_slice(&seq.q[t * row + head * d..t * row + head * d + d]);
+        let mut q = [0.0f32; 2048];
+        let q = &mut q[..per_item * d];
+        let first = t * row + first_head * d;
+        q.copy_from_slice(&seq.q[first..first + per_item * d]);
         crate::model::round_to_f16(q);
+        let kv_head = first_head / group;
         attend(
             pool,
             layer,
             seq,
             shape,
             seq.start_pos + t,
-            head,
+            kv_head,
             q,
             scores,
             dst,
@@ -73,11 +86,11 @@ pub fn paged_attention(
         * h;
     if visits < 1 << 15 {
         let mut scores = Vec::new();
-        out.chunks_mut(d)
+        out.chunks_mut(per_item * d)
             .enumerate()
             .for_each(|x| work(&mut scores, x));
     } else {
-        out.par_chunks_mut(d)
+        out.par_chunks_mut(per_item * d)
             .enumerate()
             .for_each_init(Vec::new, work);
     }
@@ -92,7 +105,7 @@ fn attend(
     seq: &AttnSeq<'_>,
     shape: &AttnShape,
     pos: usize,
-    head: usize,
+    kv_head: usize,
     q: &[f32],
     scores: &mut Vec<f32>,
     out: &mut [f32],
@@ -100,10 +113,10 @@ fn attend(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { attend_avx2(pool, layer, seq, shape, pos, head, q, scores, out) };
+        unsafe { attend_avx2(pool, layer, seq, shape, pos, kv_head, q, scores, out) };
         return;
     }
-    attend_body(pool, layer, seq, shape, pos, head, q, scores, out)
+    attend_body(pool, layer, seq, shape, pos, kv_head, q, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -115,14 +128,16 @@ unsafe fn attend_avx2(
     seq: &AttnSeq<'_>,
     shape: &AttnShape,
     pos: usize,
-    head: usize,
+    kv_head: usize,
     q: &[f32],
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    attend_body(pool, layer, seq, shape, pos, head, q, scores, out)
+    attend_body(pool, layer, seq, shape, pos, kv_head, q, scores, out)
 }
 
+/// Attention of some query heads sharing `kv_head` (`q` and `out` hold them, one
+/// `head_dim` slice each) for the token at `pos`. Each head's sums run in the same order whatever the group.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn attend_body(
@@ -131,55 +146,55 @@ fn attend_body(
     seq: &AttnSeq<'_>,
     shape: &AttnShape,
     pos: usize,
-    head: usize,
+    kv_head: usize,
     q: &[f32],
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let d = shape.head_dim;
-    let group = shape.num_heads / shape.num_kv_heads;
-    let kv_head = head / group;
+    let group = q.len() / d;
     let stride = shape.num_kv_heads * d;
     let scale = 1.0 / (d as f32).sqrt();
     let n = pos + 1;
+    let blocks = n.div_ceil(shape.block_size);
     scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for (b, &block) in seq
-        .blocks
-        .iter()
-        .enumerate()
-        .take(n.div_ceil(shape.block_size))
-    {
+    scores.resize(group * n, 0.0);
+    let mut max = [f32::NEG_INFINITY; 64];
+    let mut j = 0;
+    for (b, &block) in seq.blocks.iter().enumerate().take(blocks) {
         let keys = pool.keys(block, layer);
         let in_block = (n - b * shape.block_size).min(shape.block_size);
         for t in 0..in_block {
             let k = &keys[t * stride + kv_head * d..t * stride + kv_head * d + d];
-            let s = dot(q, k) * scale;
-            max = max.max(s);
-            scores.push(s);
+            for g in 0..group {
+                let s = dot(&q[g * d..(g + 1) * d], k) * scale;
+                max[g] = max[g].max(s);
+                scores[g * n + j] = s;
+            }
+            j += 1;
         }
     }
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+    let mut inv = [0.0f32; 64];
+    for g in 0..group {
+        let mut sum = 0.0f32;
+        for s in scores[g * n..(g + 1) * n].iter_mut() {
+            *s = (*s - max[g]).exp();
+            sum += *s;
+        }
+        inv[g] = 1.0 / sum;
     }
-    let inv = 1.0 / sum;
     out.fill(0.0);
     let mut j = 0;
-    for (b, &block) in seq
-        .blocks
-        .iter()
-        .enumerate()
-        .take(n.div_ceil(shape.block_size))
-    {
+    for (b, &block) in seq.blocks.iter().enumerate().take(blocks) {
         let values = pool.values(block, layer);
         let in_block = (n - b * shape.block_size).min(shape.block_size);
         for t in 0..in_block {
             let v = &values[t * stride + kv_head * d..t * stride + kv_head * d + d];
-            let w = half::f16::from_f32(scores[j] * inv).to_f32();
-            for (o, x) in out.iter_mut().zip(v) {
-                *o += w * x;
+            for g in 0..group {
+                let w = half::f16::from_f32(scores[g * n + j] * inv[g]).to_f32();
+                for (o, x) in out[g * d..(g + 1) * d].iter_mut().zip(v) {
+                    *o += w * x;
+                }
             }
             j += 1;
         }

@@ -65,6 +65,10 @@ impl ModelConfig {
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > 512 {
             return bad("head_dim must be even, positive and at most 512");
         }
+        let group = self.num_heads / self.num_kv_heads;
+        if group > 64 || group * self.head_dim > 2048 {
+            return bad("at most 64 query heads (2048 values) per KV head");
+        }
         if self.max_context == 0 {
             return bad("zero context length");
         }
