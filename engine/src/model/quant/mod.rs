@@ -21,7 +21,7 @@ pub use q8_0::Q8_0;
 use crate::{EngineError, Result};
 
 /// Products smaller than this many multiply-adds are not split across threads.
-const PARALLEL_MACS: usize = 1 << 18;
+const PARALLEL_MACS: usize = 1 << 16;
 
 /// Values per quantization block.
 pub const QK: usize = 32;
