@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use tierkv_engine::metrics::EngineMetrics;
-use tierkv_engine::{Engine, EngineConfig, GenEvent, GenerateRequest, SamplingParams};
+use tierkv_engine::{Engine, EngineConfig, GenEvent, GenerateRequest};
 use tierkv_kvstore::{ByteSize, StoreConfig, TieredStore, hash_blocks};
 
 #[derive(clap::Args, Debug)]
@@ -137,21 +137,6 @@ async fn start(args: &E2eArgs, kind: &str) -> anyhow::Result<Engine> {
     )?)
 }
 
-fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        prompt,
-        max_tokens,
-        sampling: SamplingParams {
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: None,
-        },
-        stop_token_ids: Vec::new(),
-        ignore_eos: true,
-        cache_salt: None,
-    }
-}
-
 /// Times to the first and to the last token, and tokens generated.
 async fn timed(
     engine: &Engine,
@@ -226,15 +211,15 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
             if ti == 0 {
                 prompts_for_llama.push(p.clone());
             }
-            let (t, _, _) = timed(&engine, greedy(p.clone(), 1)).await?;
+            let (t, _, _) = timed(&engine, GenerateRequest::greedy(p.clone(), 1)).await?;
             cold[li].push(t.as_secs_f64() * 1e3);
             wait_stored(&engine, &p).await?;
             let mut warm = Vec::new();
             for _ in 0..args.repeats {
-                let (t, _, _) = timed(&engine, greedy(p.clone(), 1)).await?;
+                let (t, _, _) = timed(&engine, GenerateRequest::greedy(p.clone(), 1)).await?;
                 engine_warm[li].push(t.as_secs_f64() * 1e3);
                 engine.reset_prefix_cache().await?;
-                let (t, _, _) = timed(&engine, greedy(p.clone(), 1)).await?;
+                let (t, _, _) = timed(&engine, GenerateRequest::greedy(p.clone(), 1)).await?;
                 warm.push(t.as_secs_f64() * 1e3);
             }
             let m = median(&mut warm);
@@ -255,7 +240,7 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?;
                 let runs = short
                     .into_iter()
-                    .map(|p| timed(&engine, greedy(p, args.decode_tokens)));
+                    .map(|p| timed(&engine, GenerateRequest::greedy(p, args.decode_tokens)));
                 let t0 = Instant::now();
                 let results = futures::future::try_join_all(runs).await?;
                 let first = results.iter().map(|r| r.0).max().unwrap_or_default();

@@ -64,18 +64,16 @@ pub fn paged_attention(
         let first = t * row + first_head * d;
         q.copy_from_slice(&seq.q[first..first + per_item * d]);
         crate::model::round_to_f16(q);
-        let kv_head = first_head / group;
-        attend(
+        let job = Job {
             pool,
             layer,
             seq,
             shape,
-            seq.start_pos + t,
-            kv_head,
+            pos: seq.start_pos + t,
+            kv_head: first_head / group,
             q,
-            scores,
-            dst,
-        );
+        };
+        attend(&job, scores, dst);
     };
     // Keys visited in total: a decode step of a short context is cheaper on this
     // thread than waking the pool.
@@ -96,61 +94,48 @@ pub fn paged_attention(
     }
 }
 
-/// Picks the AVX2 build of [`attend_body`] where the CPU has it. No FMA contraction
-/// happens in either build, so both give the same bits; AVX2 only widens the vectors.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    pool: &KvPool,
+/// The query heads one work item computes: some of the heads that share `kv_head`
+/// (`q` holds them, one `head_dim` slice each) for the token at `pos`.
+struct Job<'a> {
+    pool: &'a KvPool,
     layer: usize,
-    seq: &AttnSeq<'_>,
-    shape: &AttnShape,
+    seq: &'a AttnSeq<'a>,
+    shape: &'a AttnShape,
     pos: usize,
     kv_head: usize,
-    q: &[f32],
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
+    q: &'a [f32],
+}
+
+/// Picks the AVX2 build of [`attend_body`] where the CPU has it. No FMA contraction
+/// happens in either build, so both give the same bits; AVX2 only widens the vectors.
+fn attend(job: &Job<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { attend_avx2(pool, layer, seq, shape, pos, kv_head, q, scores, out) };
+        unsafe { attend_avx2(job, scores, out) };
         return;
     }
-    attend_body(pool, layer, seq, shape, pos, kv_head, q, scores, out)
+    attend_body(job, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(
-    pool: &KvPool,
-    layer: usize,
-    seq: &AttnSeq<'_>,
-    shape: &AttnShape,
-    pos: usize,
-    kv_head: usize,
-    q: &[f32],
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    attend_body(pool, layer, seq, shape, pos, kv_head, q, scores, out)
+unsafe fn attend_avx2(job: &Job<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend_body(job, scores, out)
 }
 
-/// Attention of some query heads sharing `kv_head` (`q` and `out` hold them, one
-/// `head_dim` slice each) for the token at `pos`. Each head's sums run in the same order whatever the group.
+/// Each head's sums run in the same order whatever the other heads of the job.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_body(
-    pool: &KvPool,
-    layer: usize,
-    seq: &AttnSeq<'_>,
-    shape: &AttnShape,
-    pos: usize,
-    kv_head: usize,
-    q: &[f32],
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
+fn attend_body(job: &Job<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let Job {
+        pool,
+        layer,
+        seq,
+        shape,
+        pos,
+        kv_head,
+        q,
+    } = *job;
     let d = shape.head_dim;
     let group = q.len() / d;
     let stride = shape.num_kv_heads * d;

@@ -64,6 +64,25 @@ pub struct GenerateRequest {
     pub cache_salt: Option<String>,
 }
 
+impl GenerateRequest {
+    /// Greedy decoding of exactly `max_tokens` tokens (end-of-sequence ignored), no
+    /// salt: what benchmarks and equality tests want.
+    pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+        GenerateRequest {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: None,
+            },
+            stop_token_ids: Vec::new(),
+            ignore_eos: true,
+            cache_salt: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
     /// An end-of-sequence or stop token.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tierkv_engine::metrics::EngineMetrics;
 use tierkv_engine::model::LoadedModel;
-use tierkv_engine::{Engine, EngineConfig, GenEvent, GenerateRequest, SamplingParams, Usage};
+use tierkv_engine::{Engine, EngineConfig, GenEvent, GenerateRequest, Usage};
 use tierkv_kvstore::{ByteSize, StoreConfig, TieredStore, hash_blocks};
 
 pub fn repo_root() -> PathBuf {
@@ -82,18 +82,7 @@ pub async fn engine_from(
 }
 
 pub fn greedy_request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        prompt,
-        max_tokens,
-        sampling: SamplingParams {
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: None,
-        },
-        stop_token_ids: Vec::new(),
-        ignore_eos: true,
-        cache_salt: None,
-    }
+    GenerateRequest::greedy(prompt, max_tokens)
 }
 
 /// Runs a request to the end: its tokens and usage.
