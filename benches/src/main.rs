@@ -3,6 +3,7 @@
 mod drive;
 mod e2e;
 mod fio;
+mod pd;
 mod plot;
 mod report;
 mod service;
@@ -36,6 +37,9 @@ enum Command {
     E2e(e2e::E2eArgs),
     /// Sweep tier sizes and policies over a trace and recommend a configuration.
     Tune(trace::tune::TuneArgs),
+    /// Prefill/decode disaggregation (xPyD) vs aggregated clusters: TTFT, ITL,
+    /// throughput under a concurrent workload.
+    Pd(pd::PdArgs),
 }
 
 #[tokio::main]
@@ -70,6 +74,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Tune(args) => trace::tune::run(args).await?,
         Command::E2e(args) => e2e::run(args).await?,
+        Command::Pd(args) => pd::run(args).await?,
     }
     Ok(())
 }

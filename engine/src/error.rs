@@ -24,6 +24,9 @@ pub enum EngineError {
     /// The KV block store failed.
     #[error("store: {0}")]
     Store(#[from] tierkv_kvstore::KvStoreError),
+    /// Discovery (etcd) failed.
+    #[error("discovery: {0}")]
+    Discovery(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

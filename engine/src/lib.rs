@@ -6,12 +6,18 @@
 //! - [`kv`]: the KV block pool with prefix caching.
 //! - [`scheduler`]: the [`Engine`] handle and its worker thread.
 //! - [`api`]: the OpenAI-compatible HTTP server.
+//! - [`pd`]: prefill/decode roles and the internal API between workers.
+//! - [`frontend`]: the router in front of a cluster of workers.
+//! - [`discovery`]: how workers and the frontend find each other (static lists, etcd).
 
 pub mod api;
+pub mod discovery;
 mod error;
+pub mod frontend;
 pub mod kv;
 pub mod metrics;
 pub mod model;
+pub mod pd;
 pub mod scheduler;
 
 pub use error::{EngineError, Result};

@@ -1,6 +1,6 @@
-//! `tierkv`: the tierkv command line — the inference engine (`engine`), the block
-//! service (`serve`), an operator client for it (`blocks`) and configuration tools
-//! (`config`).
+//! `tierkv`: the tierkv command line — the inference engine (`engine`), the frontend
+//! of a disaggregated cluster (`frontend`), a local cluster (`up`), the block service
+//! (`serve`), an operator client for it (`blocks`) and configuration tools (`config`).
 
 mod cli;
 
@@ -24,6 +24,11 @@ enum Command {
     /// Run the inference engine: a model whose KV cache sits on the tiered store,
     /// behind an OpenAI-compatible API.
     Engine(Box<cli::engine::EngineArgs>),
+    /// Run the frontend: the OpenAI API routing to prefill/decode workers.
+    Frontend(Box<cli::frontend::FrontendArgs>),
+    /// Start a local disaggregated cluster: prefill and decode workers plus a
+    /// frontend, all stopped by Ctrl-C.
+    Up(Box<cli::up::UpArgs>),
     /// Poke a running block service.
     Blocks(cli::blocks::BlocksArgs),
     /// Store configuration.
@@ -53,6 +58,8 @@ async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => cli::serve::run(args).await,
         Command::Engine(args) => cli::engine::run(*args).await,
+        Command::Frontend(args) => cli::frontend::run(*args).await,
+        Command::Up(args) => cli::up::run(*args).await,
         Command::Blocks(args) => cli::blocks::run(args).await,
         Command::Config(cmd) => cli::config::run(cmd).await,
     }

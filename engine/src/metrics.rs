@@ -1,4 +1,5 @@
-//! Prometheus metrics of the engine: every name is here, all prefixed `tierkv_engine_`.
+//! Prometheus metrics of the engine (`tierkv_engine_*`) and of the frontend
+//! (`tierkv_frontend_*`): every name is here.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -21,6 +22,21 @@ pub const STEP_TOKENS: &str = "tierkv_engine_step_tokens";
 pub const POOL_BLOCKS: &str = "tierkv_engine_kv_pool_blocks";
 pub const RUNNING: &str = "tierkv_engine_requests_running";
 pub const WAITING: &str = "tierkv_engine_requests_waiting";
+pub const PREFILL_DECISIONS: &str = "tierkv_engine_prefill_decisions_total";
+pub const REMOTE_PREFILL_SECONDS: &str = "tierkv_engine_remote_prefill_seconds";
+pub const PREFILLS_SERVED: &str = "tierkv_engine_prefills_served_total";
+pub const PEER_BLOCKS_FETCHED: &str = "tierkv_engine_peer_blocks_fetched_total";
+pub const PEER_BYTES_FETCHED: &str = "tierkv_engine_peer_bytes_fetched_total";
+pub const PEER_FETCH_SECONDS: &str = "tierkv_engine_peer_fetch_seconds";
+pub const PEER_FETCH_FAILURES: &str = "tierkv_engine_peer_fetch_failures_total";
+
+pub const FRONTEND_REQUESTS: &str = "tierkv_frontend_requests_total";
+pub const FRONTEND_ROUTED: &str = "tierkv_frontend_routed_total";
+pub const FRONTEND_OVERLAP_BLOCKS: &str = "tierkv_frontend_kv_overlap_blocks";
+pub const FRONTEND_WORKER_FAILURES: &str = "tierkv_frontend_worker_failures_total";
+pub const FRONTEND_WORKERS: &str = "tierkv_frontend_workers";
+pub const FRONTEND_INDEX_BLOCKS: &str = "tierkv_frontend_index_blocks";
+pub const FRONTEND_INFLIGHT: &str = "tierkv_frontend_requests_in_flight";
 
 pub struct EngineMetrics {
     registry: Registry,
@@ -44,6 +60,19 @@ pub struct EngineMetrics {
     pub pool_blocks: IntGaugeVec,
     pub running: IntGauge,
     pub waiting: IntGauge,
+    /// Decode role, by `decision`: remote, local_short, local_busy,
+    /// local_no_prefill_worker, fallback (the remote path failed).
+    pub prefill_decisions: IntCounterVec,
+    /// Decode role: asking a prefill worker until its answer.
+    pub remote_prefill_seconds: Histogram,
+    /// Prefill role: prompts computed and published for decode workers.
+    pub prefills_served: IntCounter,
+    /// Decode role: blocks fetched from prefill workers' block services.
+    pub peer_blocks_fetched: IntCounter,
+    pub peer_bytes_fetched: IntCounter,
+    pub peer_fetch_seconds: Histogram,
+    /// Fetches that failed or returned a missing or corrupt block (recomputed).
+    pub peer_fetch_failures: IntCounter,
 }
 
 fn ok<T>(r: prometheus::Result<T>) -> T {
@@ -117,17 +146,127 @@ impl EngineMetrics {
             pool_blocks,
             running: gauge(RUNNING, "Requests being decoded or prefilled"),
             waiting: gauge(WAITING, "Requests waiting for room"),
+            prefill_decisions: counter_vec(
+                PREFILL_DECISIONS,
+                "Where prompts were prefilled (decode role)",
+                "decision",
+            ),
+            remote_prefill_seconds: hist(
+                REMOTE_PREFILL_SECONDS,
+                "Remote prefill call until the answer",
+                latency_buckets(),
+            ),
+            prefills_served: counter(PREFILLS_SERVED, "Remote prefills served (prefill role)"),
+            peer_blocks_fetched: counter(
+                PEER_BLOCKS_FETCHED,
+                "KV blocks fetched from prefill workers",
+            ),
+            peer_bytes_fetched: counter(
+                PEER_BYTES_FETCHED,
+                "KV bytes fetched from prefill workers",
+            ),
+            peer_fetch_seconds: hist(
+                PEER_FETCH_SECONDS,
+                "Fetching a request's blocks from a prefill worker",
+                latency_buckets(),
+            ),
+            peer_fetch_failures: counter(
+                PEER_FETCH_FAILURES,
+                "Peer fetches failed or cut short by a missing or corrupt block",
+            ),
             registry,
         }
     }
 
     /// The engine's metrics in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "encoding metrics");
+        render(&self.registry)
+    }
+}
+
+fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::warn!(error = %e, "encoding metrics");
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The frontend's metrics.
+pub struct FrontendMetrics {
+    registry: Registry,
+    pub requests: IntCounter,
+    /// By `worker` and `policy` (round-robin, kv-aware).
+    pub routed: IntCounterVec,
+    /// Prompt blocks the chosen decode worker already held (the router's score).
+    pub overlap_blocks: Histogram,
+    /// Workers that failed a request, by `worker`.
+    pub worker_failures: IntCounterVec,
+    /// Known workers by `role`.
+    pub workers: IntGaugeVec,
+    /// Blocks in the router's index, by `worker`.
+    pub index_blocks: IntGaugeVec,
+    pub in_flight: IntGauge,
+}
+
+impl FrontendMetrics {
+    pub fn new() -> FrontendMetrics {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| ok(registry.register(c));
+        let requests = ok(IntCounter::new(FRONTEND_REQUESTS, "Requests received"));
+        reg(Box::new(requests.clone()));
+        let routed = ok(IntCounterVec::new(
+            Opts::new(FRONTEND_ROUTED, "Requests routed to a decode worker"),
+            &["worker", "policy"],
+        ));
+        reg(Box::new(routed.clone()));
+        let overlap_blocks = ok(Histogram::with_opts(
+            HistogramOpts::new(
+                FRONTEND_OVERLAP_BLOCKS,
+                "Prompt blocks the chosen worker already held",
+            )
+            .buckets(vec![
+                0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0,
+            ]),
+        ));
+        reg(Box::new(overlap_blocks.clone()));
+        let worker_failures = ok(IntCounterVec::new(
+            Opts::new(FRONTEND_WORKER_FAILURES, "Requests a worker failed"),
+            &["worker"],
+        ));
+        reg(Box::new(worker_failures.clone()));
+        let workers = ok(IntGaugeVec::new(
+            Opts::new(FRONTEND_WORKERS, "Known workers by role"),
+            &["role"],
+        ));
+        reg(Box::new(workers.clone()));
+        let index_blocks = ok(IntGaugeVec::new(
+            Opts::new(FRONTEND_INDEX_BLOCKS, "Blocks in the router's KV index"),
+            &["worker"],
+        ));
+        reg(Box::new(index_blocks.clone()));
+        let in_flight = ok(IntGauge::new(FRONTEND_INFLIGHT, "Requests being served"));
+        reg(Box::new(in_flight.clone()));
+        FrontendMetrics {
+            registry,
+            requests,
+            routed,
+            overlap_blocks,
+            worker_failures,
+            workers,
+            index_blocks,
+            in_flight,
         }
-        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub fn render(&self) -> String {
+        render(&self.registry)
+    }
+}
+
+impl Default for FrontendMetrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -39,8 +39,13 @@ fn openai_client_works_against_the_engine() {
             .expect("start tierkv engine"),
     );
     let stdout = child.0.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("banner");
+    while !line.contains("http://") {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("banner");
+        assert!(n > 0, "the engine exited before it printed its address");
+    }
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))

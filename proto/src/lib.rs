@@ -9,3 +9,9 @@ pub mod codec;
 pub mod v1 {
     tonic::include_proto!("tierkv.v1");
 }
+
+/// etcd's v3 API (`proto/etcd/etcd.proto`: KV, Watch, Lease), client side, used by
+/// discovery.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}

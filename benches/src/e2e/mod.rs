@@ -147,7 +147,7 @@ async fn timed(
     let (mut first, mut n) = (None, 0);
     while let Some(ev) = rx.recv().await {
         match ev {
-            GenEvent::Admitted(_) => {}
+            GenEvent::Admitted(_) | GenEvent::Published(_) => {}
             GenEvent::Token(_) => {
                 n += 1;
                 first.get_or_insert_with(|| t0.elapsed());

@@ -100,6 +100,7 @@ impl TextGeneration {
                     }
                 }
                 Some(GenEvent::Error(m)) => return Some(self.fail(m)),
+                Some(GenEvent::Published(_)) => {}
                 None => return Some(self.fail("the engine stopped".into())),
             }
         }

@@ -10,10 +10,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::backend::Backend;
 use super::error::ApiError;
 use super::generation::{Piece, TextGeneration};
 use super::types::{ChatRequest, CompletionRequest, Prompt, Sampling};
 use crate::{Engine, GenerateRequest, SamplingParams, Usage};
+
+/// Response header naming the worker that served a routed request.
+pub const WORKER_HEADER: &str = "x-tierkv-worker";
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -28,11 +32,11 @@ fn request_id(prefix: &str) -> String {
     format!("{prefix}-{:x}{:06x}", now_secs(), n)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
-fn check_model(engine: &Engine, model: &str) -> Result<(), ApiError> {
+fn check_model<B: Backend>(engine: &B, model: &str) -> Result<(), ApiError> {
     if model == engine.model_id() {
         Ok(())
     } else {
@@ -40,7 +44,7 @@ fn check_model(engine: &Engine, model: &str) -> Result<(), ApiError> {
     }
 }
 
-fn json_response(v: Value) -> Response {
+pub(crate) fn json_response(v: Value) -> Response {
     ([("content-type", "application/json")], v.to_string()).into_response()
 }
 
@@ -61,8 +65,8 @@ struct Plan {
     include_usage: bool,
 }
 
-fn plan(
-    engine: &Engine,
+fn plan<B: Backend>(
+    engine: &B,
     s: &Sampling,
     prompt: Vec<u32>,
     default_max: Option<usize>,
@@ -116,6 +120,7 @@ fn plan(
             stop_token_ids: Vec::new(),
             ignore_eos: s.ignore_eos,
             cache_salt: s.cache_salt.clone(),
+            ..GenerateRequest::default()
         },
         stops,
         stream: s.stream,
@@ -129,7 +134,7 @@ enum Kind {
     Completion,
 }
 
-pub async fn chat(State(engine): State<Engine>, body: Bytes) -> Response {
+pub async fn chat<B: Backend>(State(engine): State<B>, body: Bytes) -> Response {
     let result = async {
         let req: ChatRequest = parse(&body)?;
         check_model(&engine, &req.model)?;
@@ -142,7 +147,7 @@ pub async fn chat(State(engine): State<Engine>, body: Bytes) -> Response {
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn completions(State(engine): State<Engine>, body: Bytes) -> Response {
+pub async fn completions<B: Backend>(State(engine): State<B>, body: Bytes) -> Response {
     let result = async {
         let req: CompletionRequest = parse(&body)?;
         check_model(&engine, &req.model)?;
@@ -164,7 +169,7 @@ pub async fn completions(State(engine): State<Engine>, body: Bytes) -> Response 
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn encode_prompt(engine: &Engine, text: &str) -> Result<Vec<u32>, ApiError> {
+fn encode_prompt<B: Backend>(engine: &B, text: &str) -> Result<Vec<u32>, ApiError> {
     let mut ids = Vec::new();
     let c = engine.model_config();
     if c.add_bos
@@ -176,25 +181,45 @@ fn encode_prompt(engine: &Engine, text: &str) -> Result<Vec<u32>, ApiError> {
     Ok(ids)
 }
 
-async fn run(engine: Engine, plan: Plan, kind: Kind) -> Result<Response, ApiError> {
+async fn run<B: Backend>(engine: B, plan: Plan, kind: Kind) -> Result<Response, ApiError> {
     let prompt_tokens = plan.request.prompt.len();
-    let rx = engine.generate(plan.request).await?;
-    let mut generation = TextGeneration::new(rx, engine.codec().clone(), plan.stops, prompt_tokens);
+    let routed = engine.generate(plan.request).await?;
+    let mut response = run_routed(
+        &engine,
+        routed.events,
+        plan.stops,
+        plan.stream,
+        plan.include_usage,
+        prompt_tokens,
+        kind,
+    )
+    .await?;
+    if let Some(w) = routed.worker
+        && let Ok(v) = axum::http::HeaderValue::from_str(&w)
+    {
+        response.headers_mut().insert(WORKER_HEADER, v);
+    }
+    Ok(response)
+}
+
+async fn run_routed<B: Backend>(
+    engine: &B,
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::GenEvent>,
+    stops: Vec<String>,
+    stream_it: bool,
+    include_usage: bool,
+    prompt_tokens: usize,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let mut generation = TextGeneration::new(rx, engine.codec().clone(), stops, prompt_tokens);
     let id = request_id(match kind {
         Kind::Chat => "chatcmpl",
         Kind::Completion => "cmpl",
     });
     let model = engine.model_id().to_string();
     let created = now_secs();
-    if plan.stream {
-        return Ok(stream(
-            generation,
-            kind,
-            id,
-            model,
-            created,
-            plan.include_usage,
-        ));
+    if stream_it {
+        return Ok(stream(generation, kind, id, model, created, include_usage));
     }
     let mut text = String::new();
     loop {
@@ -339,7 +364,7 @@ fn stream(
         .unwrap_or_else(|e| ApiError::invalid(e.to_string()).into_response())
 }
 
-pub async fn models(State(engine): State<Engine>) -> Response {
+pub async fn models<B: Backend>(State(engine): State<B>) -> Response {
     json_response(json!({
         "object": "list",
         "data": [{
@@ -356,10 +381,12 @@ pub async fn health() -> &'static str {
     "ok"
 }
 
-pub async fn metrics(State(engine): State<Engine>) -> Response {
-    let mut text = engine.metrics().render();
-    text.push_str(&tierkv_kvstore::metrics::render_store(engine.store()));
-    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+pub async fn metrics<B: Backend>(State(engine): State<B>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        engine.render_metrics(),
+    )
+        .into_response()
 }
 
 pub async fn reset_prefix_cache(State(engine): State<Engine>) -> Response {

@@ -2,6 +2,7 @@
 //! (both with SSE streaming), `GET /v1/models`, `GET /health`, `GET /metrics`, and
 //! vLLM's `POST /reset_prefix_cache`.
 
+mod backend;
 mod error;
 mod generation;
 mod handlers;
@@ -12,30 +13,49 @@ use std::future::Future;
 use axum::Router;
 use axum::routing::{get, post};
 
+pub use backend::{Backend, Routed};
 pub use error::ApiError;
+pub use handlers::WORKER_HEADER;
+pub(crate) use handlers::{json_response, parse};
 
 use crate::Engine;
 
-/// The API's routes over `engine`.
-pub fn router(engine: Engine) -> Router {
+/// The OpenAI routes over any backend.
+pub fn openai_routes<B: Backend>() -> Router<B> {
     Router::new()
-        .route("/v1/chat/completions", post(handlers::chat))
-        .route("/v1/completions", post(handlers::completions))
-        .route("/v1/models", get(handlers::models))
+        .route("/v1/chat/completions", post(handlers::chat::<B>))
+        .route("/v1/completions", post(handlers::completions::<B>))
+        .route("/v1/models", get(handlers::models::<B>))
         .route("/health", get(handlers::health))
-        .route("/metrics", get(handlers::metrics))
-        .route("/reset_prefix_cache", post(handlers::reset_prefix_cache))
+        .route("/metrics", get(handlers::metrics::<B>))
         .fallback(handlers::not_found)
+}
+
+/// An engine's routes: the OpenAI API, `/reset_prefix_cache` and the internal API
+/// of disaggregated serving.
+pub fn router(engine: Engine) -> Router {
+    openai_routes::<Engine>()
+        .route("/reset_prefix_cache", post(handlers::reset_prefix_cache))
+        .merge(crate::pd::internal_api::routes())
         .with_state(engine)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves an engine's API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Engine,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_router(listener, router(engine), shutdown).await
 }

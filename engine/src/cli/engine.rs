@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Deserialize;
+use tierkv_engine::discovery::{EtcdClient, EtcdConfig, WorkerSpec};
 use tierkv_engine::metrics::EngineMetrics;
+use tierkv_engine::pd::{DisaggConfig, Role};
 use tierkv_engine::{Engine, EngineConfig};
 use tierkv_kvstore::{ByteSize, StoreConfig, TieredStore};
 use tokio::sync::watch;
@@ -33,10 +35,32 @@ pub struct EngineArgs {
     /// Name the API serves the model under. Default: the file or directory name.
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Also serve the block service (gRPC) on this address, so that peers can fetch
-    /// this engine's blocks. Default: not served.
+    /// Address of the block service (gRPC) through which peers fetch this engine's
+    /// blocks (`:0` picks a free port; printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub block_service_listen: String,
+    /// Role in a disaggregated cluster (overrides `disagg.role`): aggregated, prefill
+    /// or decode.
     #[arg(long)]
-    pub block_service_listen: Option<String>,
+    pub role: Option<Role>,
+    /// Name in the cluster. Default: `<role>-<port>`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Prefill remotely only when at least this many prompt tokens are uncached
+    /// (overrides `disagg.remote_prefill_min_tokens`).
+    #[arg(long)]
+    pub remote_prefill_min_tokens: Option<usize>,
+    /// Register in etcd at these client URLs (comma-separated), e.g.
+    /// `http://127.0.0.1:2379`, so that frontends watching etcd find this worker.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Key prefix of the registration in etcd.
+    #[arg(long, default_value = "/tierkv/workers/")]
+    pub etcd_prefix: String,
+    /// Host name or IP that peers use to reach this worker. Default: the listen
+    /// address's IP (127.0.0.1 when it listens on every interface).
+    #[arg(long)]
+    pub advertise_host: Option<String>,
 }
 
 /// The engine's configuration file.
@@ -45,6 +69,8 @@ pub struct EngineArgs {
 pub struct EngineFile {
     #[serde(default)]
     pub engine: EngineConfig,
+    #[serde(default)]
+    pub disagg: DisaggConfig,
     pub store: Option<StoreConfig>,
 }
 
@@ -64,6 +90,14 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         engine_config.block_size = b;
     }
     engine_config.validate()?;
+    let mut disagg = file.disagg;
+    if let Some(r) = args.role {
+        disagg.role = r;
+    }
+    if let Some(n) = args.remote_prefill_min_tokens {
+        disagg.remote_prefill_min_tokens = n;
+    }
+    disagg.validate()?;
     let store_default = file.store.clone().unwrap_or_default();
     let mut store_config = super::load_config(None, args.data_dir.clone(), move || store_default)?;
 
@@ -96,7 +130,8 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         )
     })?;
     let metrics = Arc::new(EngineMetrics::new());
-    let engine = Engine::start(loaded, store.clone(), engine_config, metrics)?;
+    let role = disagg.role;
+    let engine = Engine::start_with_role(loaded, store.clone(), engine_config, disagg, metrics)?;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -105,39 +140,73 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let block_service = match &args.block_service_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
-            println!("tierkv engine: block service on {}", l.local_addr()?);
-            let svc_metrics = Arc::new(tierkv_kvstore::metrics::Metrics::new());
-            let (store, cfg, stop) = (
-                store.clone(),
-                store_config.service.clone(),
-                stopped(stop_rx.clone()),
-            );
-            Some(tokio::spawn(async move {
-                tierkv_kvstore::service::serve(store, &cfg, l, svc_metrics, stop).await
-            }))
-        }
-        None => None,
-    };
-    println!(
-        "tierkv engine: model {} on http://{}/v1 (KV blocks of {} tokens)",
-        engine.model_id(),
-        listener.local_addr()?,
-        engine.namespace().layout().block_size
+    let addr = &args.block_service_listen;
+    let blocks_listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let blocks_addr = blocks_listener.local_addr()?;
+    println!("tierkv engine: block service on {blocks_addr}");
+    let svc_metrics = Arc::new(tierkv_kvstore::metrics::Metrics::new());
+    let (svc_store, cfg, stop) = (
+        store.clone(),
+        store_config.service.clone(),
+        stopped(stop_rx.clone()),
     );
+    let block_service = tokio::spawn(async move {
+        tierkv_kvstore::service::serve(svc_store, &cfg, blocks_listener, svc_metrics, stop).await
+    });
+    let http_addr = listener.local_addr()?;
+    let host = match &args.advertise_host {
+        Some(h) => h.clone(),
+        None if http_addr.ip().is_unspecified() => "127.0.0.1".to_string(),
+        None => http_addr.ip().to_string(),
+    };
+    let spec = WorkerSpec {
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{role}-{}", http_addr.port())),
+        role,
+        http: format!("http://{host}:{}", http_addr.port()),
+        blocks: Some(format!("{host}:{}", blocks_addr.port())),
+    };
+    engine.set_identity(spec.name.clone(), spec.blocks.clone());
+    println!(
+        "tierkv engine: model {} on http://{}/v1 (KV blocks of {} tokens, role {role}, name {})",
+        engine.model_id(),
+        http_addr,
+        engine.namespace().layout().block_size,
+        spec.name,
+    );
+    let registration = if args.etcd.is_empty() {
+        None
+    } else {
+        let etcd = EtcdConfig {
+            endpoints: args.etcd.clone(),
+            prefix: args.etcd_prefix.clone(),
+            ..EtcdConfig::default()
+        };
+        let client = EtcdClient::connect(&etcd.endpoints).await?;
+        let r = client.register(&etcd, &spec).await?;
+        println!(
+            "tierkv engine: registered in etcd as {}{}",
+            etcd.prefix, spec.name
+        );
+        Some(r)
+    };
     tokio::spawn(async move {
         super::shutdown_signal().await;
         tracing::info!("shutting down: finishing open requests");
         let _ = stop_tx.send(true);
     });
-    tierkv_engine::api::serve(listener, engine, stopped(stop_rx)).await?;
-    if let Some(task) = block_service {
-        task.await??;
+    let served = tierkv_engine::api::serve(listener, engine, stopped(stop_rx)).await;
+    if let Some(r) = registration
+        && let Err(e) = r.revoke().await
+    {
+        tracing::warn!(error = %e, "leaving etcd failed; the lease will expire");
     }
+    served?;
+    block_service.await??;
     tracing::info!("engine stopped");
     Ok(())
 }

@@ -3,7 +3,9 @@
 pub mod blocks;
 pub mod config;
 pub mod engine;
+pub mod frontend;
 pub mod serve;
+pub mod up;
 
 use std::path::PathBuf;
 

@@ -107,12 +107,14 @@ mod tests {
         #[derive(Deserialize)]
         struct File {
             engine: EngineConfig,
+            disagg: crate::pd::DisaggConfig,
         }
         let text = include_str!("../../../deploy/engine.example.toml");
         let file: File = toml::from_str(text).expect("deploy/engine.example.toml parses");
         assert_eq!(file.engine, EngineConfig::default());
+        assert_eq!(file.disagg, crate::pd::DisaggConfig::default());
         assert!(
-            toml::from_str::<File>("[engine]\nblock_sise = 16\n").is_err(),
+            toml::from_str::<File>("[engine]\nblock_sise = 16\n[disagg]\n").is_err(),
             "unknown keys are refused"
         );
         let bad = EngineConfig {

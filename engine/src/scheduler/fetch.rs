@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tierkv_kvstore::{BlockHash, Namespace, TierKind, TieredStore};
 use tokio::sync::mpsc;
 
-use super::KvSource;
+use super::{GenEvent, KvSource};
 use crate::metrics::EngineMetrics;
 
 /// Blocks fetched for a request: payloads of consecutive prefix blocks and where each
@@ -64,6 +64,8 @@ pub struct Publication {
     pub ns: Namespace,
     pub hash: BlockHash,
     pub data: Bytes,
+    /// Told [`GenEvent::Published`] once the block is stored.
+    pub ack: Option<mpsc::UnboundedSender<GenEvent>>,
 }
 
 /// Starts the task that puts published blocks into the store, and returns its queue.
@@ -77,7 +79,12 @@ pub fn spawn_publisher(
     tokio::spawn(async move {
         while let Some(p) = rx.recv().await {
             match store.put(&p.ns, p.hash, p.data).await {
-                Ok(_) => metrics.blocks_published.inc(),
+                Ok(_) => {
+                    metrics.blocks_published.inc();
+                    if let Some(ack) = p.ack {
+                        let _ = ack.send(GenEvent::Published(p.hash));
+                    }
+                }
                 Err(e) => {
                     metrics.publish_failures.inc();
                     tracing::warn!(block = %p.hash, error = %e, "publishing a block failed");

@@ -16,6 +16,7 @@ mod sequence;
 mod worker;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tierkv_kvstore::{BlockHash, Namespace, TieredStore, hash_blocks};
@@ -27,6 +28,7 @@ pub use sampler::SamplingParams;
 use crate::kv::{KvPool, PoolUsage, ResidentSet};
 use crate::metrics::EngineMetrics;
 use crate::model::{LoadedModel, ModelConfig, TextCodec};
+use crate::pd::{DisaggConfig, RemotePrefill, Role, WorkerLoad};
 use crate::{EngineError, Result};
 
 /// Where the KV of a prompt token came from.
@@ -51,7 +53,7 @@ impl KvSource {
 }
 
 /// A generation request in token ids.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GenerateRequest {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
@@ -62,6 +64,12 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// Per-tenant salt: blocks are only shared between requests with the same salt.
     pub cache_salt: Option<String>,
+    /// Prefill workers a decode worker may hand the prompt to (from the frontend).
+    pub prefill_candidates: Vec<crate::pd::PrefillCandidate>,
+    /// Publish every full prompt block (also reused ones) without skipping, and report
+    /// each stored block as [`GenEvent::Published`]: what a prefill worker does before
+    /// it answers.
+    pub await_publish: bool,
 }
 
 impl GenerateRequest {
@@ -78,7 +86,7 @@ impl GenerateRequest {
             },
             stop_token_ids: Vec::new(),
             ignore_eos: true,
-            cache_salt: None,
+            ..GenerateRequest::default()
         }
     }
 }
@@ -101,7 +109,7 @@ impl FinishReason {
 }
 
 /// Token accounting of a finished request.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -122,6 +130,8 @@ pub enum GenEvent {
         usage: Usage,
     },
     Error(String),
+    /// A block of the prompt is in the store (only with `await_publish`).
+    Published(BlockHash),
 }
 
 pub(crate) enum Command {
@@ -146,6 +156,13 @@ struct Inner {
     model_id: String,
     config: EngineConfig,
     metrics: Arc<EngineMetrics>,
+    disagg: DisaggConfig,
+    /// Decode role: the remote prefill path.
+    remote: Option<RemotePrefill>,
+    /// Remote prefills this worker is serving (prefill role).
+    prefilling: AtomicUsize,
+    /// Name and block service address advertised to a cluster.
+    identity: std::sync::OnceLock<(String, Option<String>)>,
 }
 
 impl Engine {
@@ -156,7 +173,19 @@ impl Engine {
         config: EngineConfig,
         metrics: Arc<EngineMetrics>,
     ) -> Result<Engine> {
+        Self::start_with_role(loaded, store, config, DisaggConfig::default(), metrics)
+    }
+
+    /// [`Engine::start`] in a role of a disaggregated cluster.
+    pub fn start_with_role(
+        loaded: LoadedModel,
+        store: TieredStore,
+        config: EngineConfig,
+        disagg: DisaggConfig,
+        metrics: Arc<EngineMetrics>,
+    ) -> Result<Engine> {
         config.validate()?;
+        disagg.validate()?;
         let LoadedModel { model, codec, id } = loaded;
         let model_config = model.config().clone();
         let layout = config.kv_layout(&model_config)?;
@@ -186,6 +215,9 @@ impl Engine {
             .name("tierkv-engine".into())
             .spawn(move || pool.install(move || worker.run(rx)))
             .map_err(EngineError::Io)?;
+        let remote = (disagg.role == Role::Decode)
+            .then(|| RemotePrefill::new(disagg.clone(), Arc::clone(&metrics)))
+            .transpose()?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 commands: tx,
@@ -197,6 +229,10 @@ impl Engine {
                 model_id: id,
                 config,
                 metrics,
+                disagg,
+                remote,
+                prefilling: AtomicUsize::new(0),
+                identity: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -222,6 +258,58 @@ impl Engine {
     pub fn metrics(&self) -> &Arc<EngineMetrics> {
         &self.inner.metrics
     }
+    pub fn role(&self) -> Role {
+        self.inner.disagg.role
+    }
+
+    /// The namespace of a request with this salt.
+    pub fn namespace_for(&self, cache_salt: Option<&str>) -> Result<Namespace> {
+        match cache_salt {
+            Some(salt) => {
+                let ns = self.inner.namespace.salted(salt)?;
+                self.inner.store.register_namespace(&ns);
+                Ok(ns)
+            }
+            None => Ok(self.inner.namespace.clone()),
+        }
+    }
+
+    /// Sets the name and block service address this worker advertises in
+    /// `/internal/info` (first call wins).
+    pub fn set_identity(&self, name: String, blocks: Option<String>) {
+        let _ = self.inner.identity.set((name, blocks));
+    }
+
+    /// Name (default: the model id) and block service address.
+    pub fn identity(&self) -> (String, Option<String>) {
+        self.inner
+            .identity
+            .get()
+            .cloned()
+            .unwrap_or_else(|| (self.inner.model_id.clone(), None))
+    }
+
+    /// The worker's queue, as `/internal/load` reports it.
+    pub fn load(&self) -> WorkerLoad {
+        let m = &self.inner.metrics;
+        WorkerLoad {
+            running: m.running.get().max(0) as usize,
+            waiting: m.waiting.get().max(0) as usize,
+            prefilling: self.inner.prefilling.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a remote prefill being served until the guard drops.
+    pub fn prefilling(&self) -> impl Drop + Send + 'static {
+        struct Guard(Arc<Inner>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.prefilling.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.inner.prefilling.fetch_add(1, Ordering::Relaxed);
+        Guard(Arc::clone(&self.inner))
+    }
 
     /// The longest context a request may use (prompt plus generated tokens).
     pub fn max_context(&self) -> usize {
@@ -242,7 +330,7 @@ impl Engine {
     /// arrive on the returned channel; dropping it cancels the request.
     pub async fn generate(
         &self,
-        req: GenerateRequest,
+        mut req: GenerateRequest,
     ) -> Result<mpsc::UnboundedReceiver<GenEvent>> {
         let arrived = Instant::now();
         let i = &self.inner;
@@ -272,21 +360,22 @@ impl Engine {
                 req.prompt.len() + req.max_tokens.max(1)
             )));
         }
-        let ns = match &req.cache_salt {
-            Some(salt) => {
-                let ns = i.namespace.salted(salt.clone())?;
-                i.store.register_namespace(&ns);
-                ns
-            }
-            None => i.namespace.clone(),
-        };
+        let ns = self.namespace_for(req.cache_salt.as_deref())?;
         let hashes: Vec<BlockHash> = hash_blocks(&ns, &req.prompt);
         let resident = i.resident.prefix_len(&hashes);
-        let fetched = if i.config.load_from_store {
+        let mut fetched = if i.config.load_from_store {
             fetch::fetch_prefix(&i.store, &ns, &hashes, resident, i.config.fetch_concurrency).await
         } else {
             fetch::Fetched::default()
         };
+        let mut first_token = None;
+        if let Some(remote) = &i.remote {
+            let have = resident + fetched.blocks.len();
+            if let Some(r) = remote.prefill(&mut req, &ns, &hashes, have).await {
+                fetched.blocks.extend(r.blocks);
+                first_token = Some(r.first_token);
+            }
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let seq = sequence::NewSequence {
             req,
@@ -294,6 +383,7 @@ impl Engine {
             hashes,
             fetched_from: resident,
             fetched,
+            first_token,
             events: tx,
             arrived,
         };

@@ -43,6 +43,15 @@ impl Sampler {
         }
     }
 
+    /// Advances the generator past `n` sampled tokens (greedy draws nothing).
+    pub fn skip_draws(&mut self, n: u64) {
+        if self.params.temperature > 0.0 {
+            self.state = self
+                .state
+                .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+    }
+
     /// SplitMix64: small, fast and good enough for sampling.
     fn next_f32(&mut self) -> f32 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -127,6 +136,10 @@ mod tests {
             (0..50).map(|_| s.sample(&logits)).collect()
         };
         assert_eq!(a, b, "same seed, same tokens");
+        let mut skipped = Sampler::new(p);
+        skipped.skip_draws(10);
+        let rest: Vec<u32> = (10..50).map(|_| skipped.sample(&logits)).collect();
+        assert_eq!(rest, a[10..], "skipping draws continues the same sequence");
         assert!(
             a.contains(&1) && a.contains(&2),
             "samples more than the argmax"

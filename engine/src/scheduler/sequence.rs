@@ -18,6 +18,8 @@ pub struct NewSequence {
     /// Index of the first block in `fetched` (blocks before it were in the pool).
     pub fetched_from: usize,
     pub fetched: Fetched,
+    /// The first generated token, when a prefill worker computed the prompt.
+    pub first_token: Option<u32>,
     pub events: UnboundedSender<GenEvent>,
     pub arrived: Instant,
 }
@@ -41,13 +43,22 @@ pub struct Sequence {
     pub arrived: Instant,
     pub last_token_at: Option<Instant>,
     pub usage: Usage,
+    /// See [`super::GenerateRequest::await_publish`].
+    pub await_publish: bool,
 }
 
 impl Sequence {
     pub fn new(new: Box<NewSequence>) -> Sequence {
         let req = &new.req;
+        let mut tokens = req.prompt.clone();
+        let mut sampler = Sampler::new(req.sampling);
+        if let Some(t) = new.first_token {
+            // The prefill worker sampled it with the same seed: continue its sequence.
+            tokens.push(t);
+            sampler.skip_draws(1);
+        }
         Sequence {
-            tokens: req.prompt.clone(),
+            tokens,
             prompt_len: req.prompt.len(),
             num_computed: 0,
             blocks: Vec::new(),
@@ -56,7 +67,8 @@ impl Sequence {
             max_tokens: req.max_tokens,
             stop_ids: req.stop_token_ids.clone(),
             ignore_eos: req.ignore_eos,
-            sampler: Sampler::new(req.sampling),
+            sampler,
+            await_publish: req.await_publish,
             events: new.events.clone(),
             arrived: new.arrived,
             last_token_at: None,

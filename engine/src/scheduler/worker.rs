@@ -117,7 +117,11 @@ impl Worker {
                 self.release(&mut seq);
                 continue;
             }
-            self.attach_prefix(&mut seq);
+            if let Some(reason) = self.attach_prefix(&mut seq) {
+                // A prefill worker's first token already ended it.
+                self.finish(seq, reason);
+                continue;
+            }
             let need = self
                 .blocks_for(seq.tokens.len() + 1)
                 .saturating_sub(seq.blocks.len());
@@ -133,7 +137,9 @@ impl Worker {
 
     /// Takes the longest prefix the pool holds, then the blocks fetched from the store,
     /// and leaves at least one token to compute so that there are logits to sample.
-    fn attach_prefix(&mut self, seq: &mut Sequence) {
+    /// Returns why the request is already finished, when a remote prefill's first token
+    /// ends it.
+    fn attach_prefix(&mut self, seq: &mut Sequence) -> Option<FinishReason> {
         let b = self.block;
         let mut sources: Vec<String> = Vec::new();
         let first_time = seq.new.is_some();
@@ -200,6 +206,13 @@ impl Worker {
             }
         }
         seq.num_computed = computed;
+        if seq.await_publish {
+            // A prefill worker's answer promises every full block of the prompt is in
+            // its store, including those it reused.
+            for k in 0..seq.hashes.len() {
+                self.publish(seq, k);
+            }
+        }
         if first_time {
             for (k, src) in sources.iter().enumerate() {
                 seq.add_cached(src, computed.saturating_sub(k * b).min(b));
@@ -215,7 +228,44 @@ impl Worker {
                 .with_label_values(&["computed"])
                 .inc_by((seq.prompt_len - seq.usage.cached_tokens) as u64);
             let _ = seq.events.send(GenEvent::Admitted(seq.usage.clone()));
+            if seq.tokens.len() > seq.prompt_len {
+                // The first token came from a prefill worker: stream it now.
+                let now = Instant::now();
+                self.metrics
+                    .ttft_seconds
+                    .observe(now.duration_since(seq.arrived).as_secs_f64());
+                seq.last_token_at = Some(now);
+                self.metrics.generated_tokens.inc();
+                let first = seq.tokens[seq.prompt_len];
+                let _ = seq.events.send(GenEvent::Token(first));
+                return self.finished(seq, first);
+            }
         }
+        None
+    }
+
+    /// Whether `token`, just generated, ends `s`.
+    fn finished(&self, s: &Sequence, token: u32) -> Option<FinishReason> {
+        if (!s.ignore_eos && self.eos.contains(&token)) || s.stop_ids.contains(&token) {
+            Some(FinishReason::Stop)
+        } else if s.generated() >= s.max_tokens || s.tokens.len() >= self.max_context {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+
+    fn finish(&mut self, mut s: Sequence, reason: FinishReason) {
+        s.usage.completion_tokens = s.generated();
+        let _ = s.events.send(GenEvent::Finished {
+            reason,
+            usage: s.usage.clone(),
+        });
+        self.metrics
+            .finished
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        self.release(&mut s);
     }
 
     fn release(&mut self, seq: &mut Sequence) {
@@ -365,18 +415,7 @@ impl Worker {
                     self.metrics.cancelled.inc();
                     self.release(&mut s);
                 }
-                Outcome::Finished(reason) => {
-                    s.usage.completion_tokens = s.generated();
-                    let _ = s.events.send(GenEvent::Finished {
-                        reason,
-                        usage: s.usage.clone(),
-                    });
-                    self.metrics
-                        .finished
-                        .with_label_values(&[reason.as_str()])
-                        .inc();
-                    self.release(&mut s);
-                }
+                Outcome::Finished(reason) => self.finish(s, reason),
             }
         }
         self.running = kept;
@@ -402,12 +441,9 @@ impl Worker {
         if s.events.send(GenEvent::Token(token)).is_err() {
             return Outcome::Cancelled;
         }
-        if (!s.ignore_eos && self.eos.contains(&token)) || s.stop_ids.contains(&token) {
-            Outcome::Finished(FinishReason::Stop)
-        } else if s.generated() >= s.max_tokens || s.tokens.len() >= self.max_context {
-            Outcome::Finished(FinishReason::Length)
-        } else {
-            Outcome::Continue
+        match self.finished(&self.running[idx], token) {
+            Some(reason) => Outcome::Finished(reason),
+            None => Outcome::Continue,
         }
     }
 
@@ -415,9 +451,9 @@ impl Worker {
     /// for the store.
     fn publish_full_blocks(&mut self, idx: usize) {
         let b = self.block;
-        let s = &mut self.running[idx];
-        let full = s.num_computed / b;
-        while s.hashes.len() < full {
+        let full = self.running[idx].num_computed / b;
+        while self.running[idx].hashes.len() < full {
+            let s = &mut self.running[idx];
             let k = s.hashes.len();
             let hash = hash_next(
                 &s.ns,
@@ -426,16 +462,30 @@ impl Worker {
             );
             self.pool.register(s.blocks[k], hash);
             s.hashes.push(hash);
-            if self.config.publish_to_store {
-                let p = Publication {
-                    ns: s.ns.clone(),
-                    hash,
-                    data: self.pool.export(s.blocks[k]),
-                };
-                if let Err(TrySendError::Full(_)) = self.publish.try_send(p) {
-                    self.metrics.publish_skipped.inc();
-                }
+            self.publish(&self.running[idx], k);
+        }
+    }
+
+    /// Queues block `k` of `s` for the store. Normally a full queue skips it (decoding
+    /// never waits for a write); with `await_publish` the worker waits for room and the
+    /// publisher reports the block stored on the request's channel.
+    fn publish(&self, s: &Sequence, k: usize) {
+        if !(self.config.publish_to_store || s.await_publish) {
+            return;
+        }
+        let p = Publication {
+            ns: s.ns.clone(),
+            hash: s.hashes[k],
+            data: self.pool.export(s.blocks[k]),
+            ack: s.await_publish.then(|| s.events.clone()),
+        };
+        if s.await_publish {
+            // The worker is a plain thread, never a runtime thread: blocking is allowed.
+            if self.publish.blocking_send(p).is_err() {
+                self.metrics.publish_failures.inc();
             }
+        } else if let Err(TrySendError::Full(_)) = self.publish.try_send(p) {
+            self.metrics.publish_skipped.inc();
         }
     }
 

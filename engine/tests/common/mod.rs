@@ -2,6 +2,8 @@
 //! greedy generation.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -95,6 +97,7 @@ pub async fn run(engine: &Engine, req: GenerateRequest) -> (Vec<u32>, Usage) {
             GenEvent::Token(t) => tokens.push(t),
             GenEvent::Finished { usage, .. } => return (tokens, usage),
             GenEvent::Error(e) => panic!("generation failed: {e}"),
+            GenEvent::Published(_) => {}
         }
     }
     panic!("the engine dropped the request")

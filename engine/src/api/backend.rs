@@ -1,0 +1,58 @@
+//! What the OpenAI API serves from: an [`Engine`] in this process, or a frontend that
+//! routes each request to a worker.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::model::{ModelConfig, TextCodec};
+use crate::{Engine, GenEvent, GenerateRequest, Result};
+
+/// A request on its way: its events, and the worker serving it when it was routed.
+pub struct Routed {
+    pub events: UnboundedReceiver<GenEvent>,
+    pub worker: Option<String>,
+}
+
+pub trait Backend: Clone + Send + Sync + 'static {
+    fn codec(&self) -> &Arc<TextCodec>;
+    fn model_id(&self) -> &str;
+    fn model_config(&self) -> &ModelConfig;
+    /// The longest context a request may use (prompt plus generated tokens).
+    fn max_context(&self) -> usize;
+    /// `max_tokens` for a request that does not say.
+    fn default_max_tokens(&self, prompt_len: usize) -> usize;
+    fn generate(&self, req: GenerateRequest) -> impl Future<Output = Result<Routed>> + Send;
+    /// Prometheus text for `/metrics`.
+    fn render_metrics(&self) -> String;
+}
+
+impl Backend for Engine {
+    fn codec(&self) -> &Arc<TextCodec> {
+        Engine::codec(self)
+    }
+    fn model_id(&self) -> &str {
+        Engine::model_id(self)
+    }
+    fn model_config(&self) -> &ModelConfig {
+        Engine::model_config(self)
+    }
+    fn max_context(&self) -> usize {
+        Engine::max_context(self)
+    }
+    fn default_max_tokens(&self, prompt_len: usize) -> usize {
+        Engine::default_max_tokens(self, prompt_len)
+    }
+    async fn generate(&self, req: GenerateRequest) -> Result<Routed> {
+        Ok(Routed {
+            events: Engine::generate(self, req).await?,
+            worker: None,
+        })
+    }
+    fn render_metrics(&self) -> String {
+        let mut text = self.metrics().render();
+        text.push_str(&tierkv_kvstore::metrics::render_store(self.store()));
+        text
+    }
+}

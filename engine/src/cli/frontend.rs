@@ -1,0 +1,120 @@
+//! `tierkv frontend`: the OpenAI API in front of prefill, decode and aggregated
+//! workers, routing each request (round-robin or by KV overlap).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+use tierkv_engine::discovery::{Discovery, EtcdClient, EtcdDiscovery, StaticDiscovery};
+use tierkv_engine::frontend::routing::Policy;
+use tierkv_engine::frontend::{Frontend, FrontendConfig};
+use tokio::sync::watch;
+
+#[derive(clap::Args, Debug)]
+pub struct FrontendArgs {
+    /// The model the workers serve (its tokenizer and chat template are used here).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// HTTP address of the OpenAI API (`127.0.0.1:0` picks a free port; printed).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Configuration file with a `[frontend]` table (router, workers, etcd).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Routing policy (overrides `frontend.router`): round-robin or kv-aware.
+    #[arg(long)]
+    pub router: Option<Policy>,
+    /// Watch workers registered in etcd at these client URLs (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Key prefix the workers register under in etcd.
+    #[arg(long, default_value = "/tierkv/workers/")]
+    pub etcd_prefix: String,
+    /// Name the API serves the model under; must match the workers'. Default: the
+    /// file or directory name.
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FrontendFile {
+    #[serde(default)]
+    frontend: FrontendConfig,
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FrontendConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: FrontendFile =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(f.frontend)
+}
+
+/// Builds a frontend from `config` (plus etcd endpoints, if any) for the model at
+/// `model`.
+pub async fn start(
+    model: &Path,
+    served_model_name: Option<String>,
+    mut config: FrontendConfig,
+) -> anyhow::Result<Frontend> {
+    let path = model.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || tierkv_engine::model::load(&path))
+        .await?
+        .with_context(|| format!("loading {}", model.display()))?;
+    let id = served_model_name.unwrap_or(loaded.id);
+    let model_config = loaded.model.config().clone();
+    let mut discovery: Vec<Box<dyn Discovery>> = vec![Box::new(StaticDiscovery::new(
+        std::mem::take(&mut config.workers),
+    ))];
+    if let Some(etcd) = &config.etcd {
+        let client = EtcdClient::connect(&etcd.endpoints).await?;
+        discovery.push(Box::new(EtcdDiscovery::new(client, etcd.prefix.clone())));
+    }
+    Ok(Frontend::start(
+        loaded.codec,
+        model_config,
+        id,
+        &config,
+        discovery,
+    )?)
+}
+
+pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(p) => read_file(p)?,
+        None => FrontendConfig::default(),
+    };
+    if let Some(r) = args.router {
+        config.router = r;
+    }
+    if !args.etcd.is_empty() {
+        let mut etcd = config.etcd.take().unwrap_or_default();
+        etcd.endpoints = args.etcd.clone();
+        etcd.prefix = args.etcd_prefix.clone();
+        config.etcd = Some(etcd);
+    }
+    let frontend = start(&args.model, args.served_model_name.clone(), config).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!(
+        "tierkv frontend: model {} on http://{}/v1",
+        tierkv_engine::api::Backend::model_id(&frontend),
+        listener.local_addr()?
+    );
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    tierkv_engine::api::serve_router(
+        listener,
+        tierkv_engine::frontend::router(frontend),
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! [`FrontendConfig`]: the `[frontend]` table of `tierkv frontend --config`.
+
+use serde::{Deserialize, Serialize};
+
+use super::routing::Policy;
+use crate::discovery::{EtcdConfig, WorkerSpec};
+use crate::{EngineError, Result};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrontendConfig {
+    /// `round-robin` or `kv-aware`. Default `kv-aware`.
+    pub router: Policy,
+    /// kv-aware: how many requests in a worker's queue one block it would have to
+    /// prefill is worth. Default 1.0.
+    pub overlap_weight: f64,
+    /// How often each worker's queue is read, in milliseconds. Default 200.
+    pub load_poll_ms: u64,
+    /// How long a joining worker may take to answer `/internal/info`, in seconds.
+    /// Default 60.
+    pub worker_start_timeout_s: u64,
+    /// Workers known from the start. Default none.
+    pub workers: Vec<WorkerSpec>,
+    /// Discover workers in etcd as well. Default: no etcd.
+    pub etcd: Option<EtcdConfig>,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        FrontendConfig {
+            router: Policy::KvAware,
+            overlap_weight: 1.0,
+            load_poll_ms: 200,
+            worker_start_timeout_s: 60,
+            workers: Vec::new(),
+            etcd: None,
+        }
+    }
+}
+
+impl FrontendConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.overlap_weight.is_finite() && self.overlap_weight >= 0.0) {
+            return Err(EngineError::Config(
+                "frontend.overlap_weight must be a non-negative number".into(),
+            ));
+        }
+        if self.load_poll_ms == 0 {
+            return Err(EngineError::Config(
+                "frontend.load_poll_ms must be positive".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for w in &self.workers {
+            if !names.insert(&w.name) {
+                return Err(EngineError::Config(format!(
+                    "frontend.workers: the name {:?} is used twice",
+                    w.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct File {
+        frontend: FrontendConfig,
+    }
+
+    #[test]
+    fn the_example_file_lists_the_defaults() {
+        let text = include_str!("../../../deploy/frontend.example.toml");
+        let file: File = toml::from_str(text).expect("deploy/frontend.example.toml parses");
+        assert_eq!(file.frontend, FrontendConfig::default());
+        assert!(toml::from_str::<File>("[frontend]\nrouter = \"random\"\n").is_err());
+        let twice = "[frontend]\n[[frontend.workers]]\nname = \"a\"\nrole = \"decode\"\nhttp = \"http://x\"\n[[frontend.workers]]\nname = \"a\"\nrole = \"prefill\"\nhttp = \"http://y\"\n";
+        let file: File = toml::from_str(twice).expect("parses");
+        assert!(file.frontend.validate().is_err(), "duplicate names refused");
+    }
+}

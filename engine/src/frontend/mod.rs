@@ -1,0 +1,200 @@
+//! `tierkv frontend`: the OpenAI API in front of a cluster. It tokenizes, hashes the
+//! prompt's blocks exactly as the workers do, picks a decode (or aggregated) worker
+//! with its [`routing`] policy, tells it which prefill workers hold how much of the
+//! prompt and how busy they are, and streams the worker's tokens back as text.
+
+mod config;
+mod registry;
+pub mod routing;
+mod worker_client;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tierkv_kvstore::hash_blocks;
+
+pub use config::FrontendConfig;
+pub use registry::Registry;
+
+use self::routing::{Candidate, KvAware, Policy, RoundRobin, RoutingPolicy};
+use self::worker_client::StartError;
+use crate::api::{Backend, Routed};
+use crate::discovery::Discovery;
+use crate::metrics::FrontendMetrics;
+use crate::model::{ModelConfig, TextCodec};
+use crate::pd::{PrefillCandidate, Role, WireRequest};
+use crate::{EngineError, GenerateRequest, Result};
+
+/// The frontend; cheap to clone.
+#[derive(Clone)]
+pub struct Frontend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    codec: Arc<TextCodec>,
+    model_config: ModelConfig,
+    model_id: String,
+    registry: Arc<Registry>,
+    policy: Box<dyn RoutingPolicy>,
+    http: reqwest::Client,
+    metrics: Arc<FrontendMetrics>,
+}
+
+impl Frontend {
+    /// A frontend for the model `model_id` (tokenized by `codec`) that learns its
+    /// workers from `discovery`. Must be called inside a tokio runtime.
+    pub fn start(
+        codec: TextCodec,
+        model_config: ModelConfig,
+        model_id: String,
+        config: &FrontendConfig,
+        discovery: Vec<Box<dyn Discovery>>,
+    ) -> Result<Frontend> {
+        config.validate()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| EngineError::Config(format!("HTTP client: {e}")))?;
+        let metrics = Arc::new(FrontendMetrics::new());
+        let registry = Registry::new(
+            model_id.clone(),
+            http.clone(),
+            Arc::clone(&metrics),
+            Duration::from_millis(config.load_poll_ms),
+            Duration::from_secs(config.worker_start_timeout_s),
+        );
+        for d in discovery {
+            registry.follow(d.watch());
+        }
+        let policy: Box<dyn RoutingPolicy> = match config.router {
+            Policy::RoundRobin => Box::new(RoundRobin::default()),
+            Policy::KvAware => Box::new(KvAware::new(config.overlap_weight)),
+        };
+        Ok(Frontend {
+            inner: Arc::new(Inner {
+                codec: Arc::new(codec),
+                model_config,
+                model_id,
+                registry,
+                policy,
+                http,
+                metrics,
+            }),
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    async fn route(&self, req: GenerateRequest) -> Result<Routed> {
+        let i = &self.inner;
+        i.metrics.requests.inc();
+        let ns = i.registry.namespace().ok_or_else(|| {
+            EngineError::Unavailable("no worker has joined the cluster yet".into())
+        })?;
+        let ns = match &req.cache_salt {
+            Some(salt) => ns.salted(salt.clone())?,
+            None => ns,
+        };
+        let hashes = hash_blocks(&ns, &req.prompt);
+        let decoders = i.registry.workers(&[Role::Decode, Role::Aggregated]);
+        if decoders.is_empty() {
+            return Err(EngineError::Unavailable(
+                "no decode worker is available".into(),
+            ));
+        }
+        let candidates: Vec<Candidate> = decoders
+            .iter()
+            .map(|w| Candidate {
+                name: w.spec.name.clone(),
+                overlap_blocks: w.overlap(&hashes),
+                active: w.active(),
+            })
+            .collect();
+        let mut prefill: Vec<PrefillCandidate> = i
+            .registry
+            .workers(&[Role::Prefill])
+            .iter()
+            .filter(|w| w.reachable())
+            .filter_map(|w| {
+                let l = w.load();
+                Some(PrefillCandidate {
+                    name: w.spec.name.clone(),
+                    http: w.spec.http.clone(),
+                    blocks: w.spec.blocks.clone()?,
+                    overlap_blocks: w.overlap(&hashes),
+                    queue: l.running + l.waiting + l.prefilling,
+                })
+            })
+            .collect();
+        prefill.sort_by_key(|c| (std::cmp::Reverse(c.overlap_blocks), c.queue));
+        let wire = WireRequest::from_request(&req, prefill);
+        let mut failures = Vec::new();
+        for idx in i.policy.rank(hashes.len(), &candidates) {
+            let (w, c) = (&decoders[idx], &candidates[idx]);
+            match worker_client::start(&i.http, Arc::clone(w), &wire, Arc::clone(&i.metrics)).await
+            {
+                Ok(events) => {
+                    i.metrics
+                        .routed
+                        .with_label_values(&[&c.name, i.policy.name()])
+                        .inc();
+                    i.metrics.overlap_blocks.observe(c.overlap_blocks as f64);
+                    tracing::debug!(worker = %c.name, overlap = c.overlap_blocks, active = c.active, "routed");
+                    return Ok(Routed {
+                        events,
+                        worker: Some(c.name.clone()),
+                    });
+                }
+                Err(StartError::Rejected(e)) => return Err(e),
+                Err(StartError::Failed(e)) => {
+                    tracing::warn!(worker = %c.name, error = %e, "worker refused a request; trying the next");
+                    i.metrics
+                        .worker_failures
+                        .with_label_values(&[&c.name])
+                        .inc();
+                    failures.push(format!("{}: {e}", c.name));
+                }
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "every decode worker failed: {}",
+            failures.join("; ")
+        )))
+    }
+}
+
+impl Backend for Frontend {
+    fn codec(&self) -> &Arc<TextCodec> {
+        &self.inner.codec
+    }
+    fn model_id(&self) -> &str {
+        &self.inner.model_id
+    }
+    fn model_config(&self) -> &ModelConfig {
+        &self.inner.model_config
+    }
+    fn max_context(&self) -> usize {
+        self.inner
+            .registry
+            .max_context()
+            .unwrap_or(self.inner.model_config.max_context)
+    }
+    fn default_max_tokens(&self, prompt_len: usize) -> usize {
+        self.max_context().saturating_sub(prompt_len)
+    }
+    async fn generate(&self, req: GenerateRequest) -> Result<Routed> {
+        self.route(req).await
+    }
+    fn render_metrics(&self) -> String {
+        self.inner.metrics.render()
+    }
+}
+
+/// The frontend's HTTP routes: the OpenAI API.
+pub fn router(frontend: Frontend) -> axum::Router {
+    crate::api::openai_routes::<Frontend>().with_state(frontend)
+}

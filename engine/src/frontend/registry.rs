@@ -1,0 +1,335 @@
+//! The workers the frontend knows: for each, what it said about itself, an index of
+//! the blocks its store holds (built from its block service's `WatchEvents` stream,
+//! every tier included) and its queue (polled from `/internal/load`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tierkv_kvstore::service::{BlockClient, BlockClientConfig};
+use tierkv_kvstore::{BlockHash, Namespace};
+use tierkv_proto::v1::kv_event;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::discovery::{Change, WorkerSpec};
+use crate::metrics::FrontendMetrics;
+use crate::pd::{Role, WorkerInfo, WorkerLoad};
+
+pub struct Worker {
+    pub spec: WorkerSpec,
+    pub info: WorkerInfo,
+    /// Block hash -> number of its tiers holding it.
+    index: Mutex<HashMap<u128, u32>>,
+    load: Mutex<WorkerLoad>,
+    /// Requests this frontend has routed to it and not yet seen finish.
+    pub in_flight: AtomicUsize,
+    /// Whether its last `/internal/load` answered.
+    reachable: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Worker {
+    /// Leading blocks of `hashes` this worker holds.
+    pub fn overlap(&self, hashes: &[BlockHash]) -> usize {
+        let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        hashes
+            .iter()
+            .take_while(|h| index.contains_key(&h.0))
+            .count()
+    }
+
+    pub fn load(&self) -> WorkerLoad {
+        *self.load.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests queued or running there, as far as the frontend knows.
+    pub fn active(&self) -> usize {
+        let l = self.load();
+        self.in_flight
+            .load(Ordering::Relaxed)
+            .max(l.running + l.waiting)
+    }
+
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    fn indexed(&self) -> usize {
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn apply(&self, kind: i32, hashes: &[bytes::Bytes]) {
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        for h in hashes {
+            let Ok(raw) = <[u8; 16]>::try_from(h.as_ref()) else {
+                continue;
+            };
+            let key = u128::from_be_bytes(raw);
+            if kind == kv_event::Kind::Stored as i32 {
+                *index.entry(key).or_insert(0) += 1;
+            } else if kind == kv_event::Kind::Removed as i32
+                && let Some(n) = index.get_mut(&key)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    index.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
+
+pub struct Registry {
+    workers: RwLock<BTreeMap<String, Arc<Worker>>>,
+    /// The namespace every worker must share (model id + KV layout), from the first.
+    namespace: RwLock<Option<Namespace>>,
+    model_id: String,
+    http: reqwest::Client,
+    metrics: Arc<FrontendMetrics>,
+    load_poll: Duration,
+    start_timeout: Duration,
+}
+
+impl Registry {
+    pub fn new(
+        model_id: String,
+        http: reqwest::Client,
+        metrics: Arc<FrontendMetrics>,
+        load_poll: Duration,
+        start_timeout: Duration,
+    ) -> Arc<Registry> {
+        Arc::new(Registry {
+            workers: RwLock::new(BTreeMap::new()),
+            namespace: RwLock::new(None),
+            model_id,
+            http,
+            metrics,
+            load_poll,
+            start_timeout,
+        })
+    }
+
+    pub fn namespace(&self) -> Option<Namespace> {
+        self.namespace
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Workers in a role.
+    pub fn workers(&self, roles: &[Role]) -> Vec<Arc<Worker>> {
+        self.workers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|w| roles.contains(&w.info.role))
+            .cloned()
+            .collect()
+    }
+
+    /// The smallest context length among the workers.
+    pub fn max_context(&self) -> Option<usize> {
+        self.workers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|w| w.info.max_context)
+            .min()
+    }
+
+    /// Applies discovery's changes until its channel closes.
+    pub fn follow(self: &Arc<Self>, mut changes: mpsc::Receiver<Change>) -> JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                match change {
+                    Change::Up(spec) => {
+                        let me = Arc::clone(&me);
+                        tokio::spawn(async move { me.add(spec).await });
+                    }
+                    Change::Down(name) => me.remove(&name),
+                }
+            }
+        })
+    }
+
+    fn remove(&self, name: &str) {
+        let gone = self
+            .workers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if gone.is_some() {
+            tracing::info!(worker = name, "worker left");
+            self.metrics.index_blocks.with_label_values(&[name]).set(0);
+            self.update_gauges();
+        }
+    }
+
+    fn update_gauges(&self) {
+        let workers = self.workers.read().unwrap_or_else(|p| p.into_inner());
+        for role in [Role::Aggregated, Role::Prefill, Role::Decode] {
+            let n = workers.values().filter(|w| w.info.role == role).count();
+            self.metrics
+                .workers
+                .with_label_values(&[role.as_str()])
+                .set(n as i64);
+        }
+    }
+
+    /// Asks a joining worker who it is (waiting for it to start), checks that it
+    /// serves this model with the same KV layout as the others, and starts following
+    /// its blocks and its queue.
+    async fn add(self: Arc<Self>, spec: WorkerSpec) {
+        let info = match self.info(&spec).await {
+            Some(i) => i,
+            None => {
+                tracing::warn!(worker = %spec.name, http = %spec.http, "worker never answered /internal/info; ignored");
+                return;
+            }
+        };
+        if info.model_id != self.model_id {
+            tracing::warn!(worker = %spec.name, model = %info.model_id, expected = %self.model_id, "worker serves another model; ignored");
+            return;
+        }
+        let ns = match Namespace::new(info.model_id.clone(), info.layout) {
+            Ok(ns) => ns,
+            Err(e) => {
+                tracing::warn!(worker = %spec.name, error = %e, "worker's KV layout is invalid; ignored");
+                return;
+            }
+        };
+        {
+            let mut current = self.namespace.write().unwrap_or_else(|p| p.into_inner());
+            match &*current {
+                Some(c) if c.name() != ns.name() => {
+                    tracing::warn!(worker = %spec.name, layout = %ns.name(), expected = %c.name(), "worker's KV layout differs from the cluster's; ignored");
+                    return;
+                }
+                Some(_) => {}
+                None => *current = Some(ns),
+            }
+        }
+        let worker = Arc::new(Worker {
+            spec: spec.clone(),
+            info,
+            index: Mutex::new(HashMap::new()),
+            load: Mutex::new(WorkerLoad::default()),
+            in_flight: AtomicUsize::new(0),
+            reachable: AtomicBool::new(true),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let mut tasks = vec![self.poll_load(Arc::downgrade(&worker))];
+        if let Some(addr) = spec.blocks.clone() {
+            tasks.push(self.watch_blocks(Arc::downgrade(&worker), addr));
+        }
+        *worker.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        tracing::info!(worker = %spec.name, role = %worker.info.role, http = %spec.http, "worker joined");
+        self.workers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.name.clone(), worker);
+        self.update_gauges();
+    }
+
+    async fn info(&self, spec: &WorkerSpec) -> Option<WorkerInfo> {
+        let deadline = Instant::now() + self.start_timeout;
+        while Instant::now() < deadline {
+            let got = self
+                .http
+                .get(format!("{}/internal/info", spec.http))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if let Ok(r) = got
+                && r.status().is_success()
+                && let Ok(b) = r.bytes().await
+            {
+                match serde_json::from_slice::<WorkerInfo>(&b) {
+                    Ok(i) => return Some(i),
+                    Err(e) => {
+                        tracing::warn!(worker = %spec.name, error = %e, "bad /internal/info");
+                        return None;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
+    fn poll_load(&self, worker: std::sync::Weak<Worker>) -> JoinHandle<()> {
+        let (http, period) = (self.http.clone(), self.load_poll);
+        tokio::spawn(async move {
+            loop {
+                let Some(w) = worker.upgrade() else { return };
+                let url = format!("{}/internal/load", w.spec.http);
+                drop(w);
+                let got = http.get(url).timeout(period * 5).send().await;
+                let load = match got {
+                    Ok(r) => r
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<WorkerLoad>(&b).ok()),
+                    Err(_) => None,
+                };
+                let Some(w) = worker.upgrade() else { return };
+                w.reachable.store(load.is_some(), Ordering::Relaxed);
+                if let Some(load) = load {
+                    *w.load.lock().unwrap_or_else(|p| p.into_inner()) = load;
+                }
+                tokio::time::sleep(period).await;
+            }
+        })
+    }
+
+    fn watch_blocks(&self, worker: std::sync::Weak<Worker>, addr: String) -> JoinHandle<()> {
+        let metrics = Arc::clone(&self.metrics);
+        tokio::spawn(async move {
+            let client = match BlockClient::new(BlockClientConfig::new(addr.clone())) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(addr, error = %e, "cannot watch a worker's blocks");
+                    return;
+                }
+            };
+            loop {
+                match client.watch(&[]).await {
+                    Ok(mut events) => {
+                        while let Some(ev) = events.next().await {
+                            let Ok(ev) = ev else { break };
+                            let Some(w) = worker.upgrade() else { return };
+                            w.apply(ev.kind, &ev.hashes);
+                            metrics
+                                .index_blocks
+                                .with_label_values(&[&w.spec.name])
+                                .set(w.indexed() as i64);
+                        }
+                    }
+                    Err(e) => tracing::debug!(addr, error = %e, "block watch failed; retrying"),
+                }
+                if worker.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! Prefill/decode disaggregation: worker roles, the decode side's choice between local
+//! and remote prefill, and the internal HTTP API that the frontend and the workers use
+//! among themselves (token ids in, token events out, as newline-delimited JSON).
+//!
+//! A request's path in a disaggregated cluster: the frontend tokenizes it and picks a
+//! decode worker (`/internal/generate`), attaching the prefill workers it knows with
+//! their KV overlap and queue length. The decode worker looks up what it already holds;
+//! if the uncached part is long enough and a prefill worker's queue is short enough it
+//! asks that worker (`/internal/prefill`) to compute the prompt. The prefill worker
+//! computes it, publishes every full block to its store and answers with the first
+//! token and how many blocks it published. The decode worker fetches the blocks it
+//! lacks from the prefill worker's block service, computes the rest (the last partial
+//! block) and goes on decoding. Any failure on that path falls back to computing
+//! locally: the tokens are the same either way.
+
+mod config;
+pub mod internal_api;
+mod remote_prefill;
+
+use serde::{Deserialize, Serialize};
+
+pub use config::{DisaggConfig, Role};
+pub(crate) use remote_prefill::RemotePrefill;
+
+use crate::{FinishReason, GenEvent, GenerateRequest, SamplingParams, Usage};
+
+/// A prefill worker the decode worker may use, as the frontend sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PrefillCandidate {
+    pub name: String,
+    /// Base URL of its HTTP API, e.g. `http://127.0.0.1:8001`.
+    pub http: String,
+    /// Address of its block service, e.g. `127.0.0.1:9001`.
+    pub blocks: String,
+    /// Leading blocks of the prompt it already holds.
+    pub overlap_blocks: usize,
+    /// Requests it is computing or queueing.
+    pub queue: usize,
+}
+
+/// A generation request between frontend and workers (token ids).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop_token_ids: Vec<u32>,
+    #[serde(default)]
+    pub ignore_eos: bool,
+    #[serde(default)]
+    pub cache_salt: Option<String>,
+    /// Prefill workers, best first (decode role only).
+    #[serde(default)]
+    pub prefill_candidates: Vec<PrefillCandidate>,
+}
+
+impl WireRequest {
+    pub fn from_request(r: &GenerateRequest, candidates: Vec<PrefillCandidate>) -> WireRequest {
+        WireRequest {
+            prompt: r.prompt.clone(),
+            max_tokens: r.max_tokens,
+            temperature: r.sampling.temperature,
+            top_p: r.sampling.top_p,
+            seed: r.sampling.seed,
+            stop_token_ids: r.stop_token_ids.clone(),
+            ignore_eos: r.ignore_eos,
+            cache_salt: r.cache_salt.clone(),
+            prefill_candidates: candidates,
+        }
+    }
+
+    pub fn into_request(self) -> GenerateRequest {
+        GenerateRequest {
+            prompt: self.prompt,
+            max_tokens: self.max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: self.seed,
+            },
+            stop_token_ids: self.stop_token_ids,
+            ignore_eos: self.ignore_eos,
+            cache_salt: self.cache_salt,
+            prefill_candidates: self.prefill_candidates,
+            await_publish: false,
+        }
+    }
+}
+
+/// One line of a `/internal/generate` response.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WireEvent {
+    Admitted { usage: Usage },
+    Token { id: u32 },
+    Finished { reason: String, usage: Usage },
+    Error { message: String },
+}
+
+impl WireEvent {
+    /// The wire form of an engine event (`None` for events that stay inside a worker).
+    pub fn from_event(e: &GenEvent) -> Option<WireEvent> {
+        Some(match e {
+            GenEvent::Admitted(u) => WireEvent::Admitted { usage: u.clone() },
+            GenEvent::Token(t) => WireEvent::Token { id: *t },
+            GenEvent::Finished { reason, usage } => WireEvent::Finished {
+                reason: reason.as_str().to_string(),
+                usage: usage.clone(),
+            },
+            GenEvent::Error(m) => WireEvent::Error { message: m.clone() },
+            GenEvent::Published(_) => return None,
+        })
+    }
+
+    pub fn into_event(self) -> GenEvent {
+        match self {
+            WireEvent::Admitted { usage } => GenEvent::Admitted(usage),
+            WireEvent::Token { id } => GenEvent::Token(id),
+            WireEvent::Finished { reason, usage } => GenEvent::Finished {
+                reason: if reason == "stop" {
+                    FinishReason::Stop
+                } else {
+                    FinishReason::Length
+                },
+                usage,
+            },
+            WireEvent::Error { message } => GenEvent::Error(message),
+        }
+    }
+}
+
+/// A prefill worker's answer to `/internal/prefill`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PrefillReply {
+    /// The first generated token (sampled with the request's parameters).
+    pub first_token: u32,
+    /// Leading full blocks of the prompt now in the worker's store.
+    pub blocks: usize,
+    pub usage: Usage,
+}
+
+/// What `/internal/info` says about a worker: enough for a frontend to hash prompts
+/// exactly as the worker does, and to reach its block service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub role: Role,
+    pub model_id: String,
+    pub layout: tierkv_kvstore::KvLayout,
+    pub max_context: usize,
+    /// Address of its block service, if it serves one.
+    pub blocks: Option<String>,
+}
+
+/// What `/internal/load` says: the worker's queue.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerLoad {
+    pub running: usize,
+    pub waiting: usize,
+    /// Remote prefills this worker is serving right now.
+    pub prefilling: usize,
+}
