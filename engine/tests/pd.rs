@@ -257,3 +257,66 @@ fn a_worker_registered_in_etcd_joins_and_leaves_while_serving() {
     }
     drop(a);
 }
+
+#[test]
+fn tierkv_up_starts_a_cluster_that_serves_and_stops_it_all_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_worker_config(dir.path());
+    let mut up = Proc::spawn(
+        "tierkv up",
+        Command::new(env!("CARGO_BIN_EXE_tierkv"))
+            .args([
+                "up",
+                "--prefill",
+                "1",
+                "--decode",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--remote-prefill-min-tokens", MIN_REMOTE])
+            .arg("--config")
+            .arg(&config)
+            .arg("--model")
+            .arg(common::model_path())
+            .arg("--data-dir")
+            .arg(dir.path().join("cluster")),
+    );
+    let mut workers = Vec::new();
+    for name in ["prefill-0", "decode-0"] {
+        let line = up.wait_line(&format!("tierkv up: {name} "));
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .expect("address")
+            .to_string();
+        workers.push(addr);
+    }
+    let line = up.wait_line("tierkv up: frontend");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("url")
+        .trim_end_matches("/v1")
+        .to_string();
+    let p = &prompts()[2];
+    let got = complete(&url, p, 4);
+    assert_eq!(got.worker.as_deref(), Some("decode-0"));
+    assert_eq!(
+        metric(
+            &format!("http://{}", workers[1]),
+            "tierkv_engine_prefill_decisions_total",
+            "decision=\"remote\""
+        ),
+        1.0,
+        "the decode worker used the prefill worker"
+    );
+    up.terminate();
+    for w in &workers {
+        assert!(
+            std::net::TcpStream::connect(w).is_err(),
+            "worker {w} still listens after tierkv up stopped"
+        );
+    }
+}

@@ -51,6 +51,9 @@ pub struct BlockServer {
     pub(super) metrics: Arc<Metrics>,
     pub(super) tier_names: Arc<Vec<String>>,
     pub(super) crcs: Arc<CrcCache>,
+    /// Set when the server shuts down: ends open watch streams, which would otherwise
+    /// keep a graceful shutdown waiting on their clients forever.
+    pub(super) closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl BlockServer {
@@ -80,8 +83,14 @@ impl BlockServer {
             metrics,
             tier_names: Arc::new(tier_names),
             crcs: Arc::new(CrcCache::new(1 << 20)),
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
             store,
         })
+    }
+
+    /// Ends every open watch stream (what a shutdown does first).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Largest chunk a client may send (the fetch chunk size plus headroom).
@@ -289,6 +298,7 @@ impl BlockService for BlockServer {
         })();
         let (slot, filter) = self.finish("watch_events", start, prepared)?;
         let mut events = self.store.subscribe();
+        let mut closing = self.closing.subscribe();
         let (tx, rx) = mpsc::channel(256);
         let (names, tier_names, metrics) = (
             Arc::clone(&self.names),
@@ -299,7 +309,11 @@ impl BlockService for BlockServer {
         tokio::spawn(async move {
             let _slot = slot;
             loop {
-                let ev = match events.recv().await {
+                let got = tokio::select! {
+                    got = events.recv() => got,
+                    _ = closing.wait_for(|c| *c) => break,
+                };
+                let ev = match got {
                     Ok(ev) => ev,
                     // The watcher fell behind: the gap in `seq` tells it to resynchronise.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
@@ -376,6 +390,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let server = BlockServer::new(store, config, metrics)?;
+    let closing = Arc::clone(&server.closing);
+    let shutdown = async move {
+        shutdown.await;
+        closing.send_replace(true);
+    };
     let max_message = server.max_message_bytes();
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
