@@ -297,6 +297,18 @@ async fn tiny_qwen3_matches_reference_and_reuses_kv() {
         .expect("template");
     let prompt = e.codec().encode(&chat).expect("encode");
     assert_eq!(prompt.len(), 12, "{chat:?} -> {prompt:?}");
+    // What a frontend reads (no weights) tokenizes and templates the same way.
+    let text = tierkv_engine::model::load_text(&model_dir).expect("load_text");
+    assert_eq!(&text.config, e.model_config());
+    assert_eq!(text.id, "tiny-qwen3");
+    let chat2 = text
+        .codec
+        .apply_chat_template(&[ChatMessage {
+            role: "user".into(),
+            content: "w1 w2 w3 w4 w5 w6 w7".into(),
+        }])
+        .expect("template");
+    assert_eq!(text.codec.encode(&chat2).expect("encode"), prompt);
     assert_eq!(prompt[0], 1, "<|im_start|> is one special token");
 
     const GEN: usize = 10;

@@ -254,7 +254,7 @@ pub async fn run(args: PdArgs) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[engine]\nkv_pool = \"512MiB\"\nthreads = {}\nmax_running = {}\n[disagg]\nremote_prefill_min_tokens = {}\nmax_prefill_queue = {}\n[store]\n[[store.tier]]\nkind = \"host\"\ncapacity = \"1GiB\"\nprefault = false\n",
+            "[engine]\nkv_pool = \"1GiB\"\nthreads = {}\nmax_running = {}\n[disagg]\nremote_prefill_min_tokens = {}\nmax_prefill_queue = {}\n[store]\n[[store.tier]]\nkind = \"host\"\ncapacity = \"2GiB\"\nprefault = false\n",
             args.threads_per_worker,
             args.concurrency.max(1),
             args.remote_prefill_min_tokens,

@@ -59,11 +59,11 @@ pub async fn start(
     mut config: FrontendConfig,
 ) -> anyhow::Result<Frontend> {
     let path = model.to_path_buf();
-    let loaded = tokio::task::spawn_blocking(move || tierkv_engine::model::load(&path))
+    // Tokenizer, template and shape only: the frontend never runs the model.
+    let text = tokio::task::spawn_blocking(move || tierkv_engine::model::load_text(&path))
         .await?
         .with_context(|| format!("loading {}", model.display()))?;
-    let id = served_model_name.unwrap_or(loaded.id);
-    let model_config = loaded.model.config().clone();
+    let id = served_model_name.unwrap_or(text.id);
     let mut discovery: Vec<Box<dyn Discovery>> = vec![Box::new(StaticDiscovery::new(
         std::mem::take(&mut config.workers),
     ))];
@@ -72,8 +72,8 @@ pub async fn start(
         discovery.push(Box::new(EtcdDiscovery::new(client, etcd.prefix.clone())));
     }
     Ok(Frontend::start(
-        loaded.codec,
-        model_config,
+        text.codec,
+        text.config,
         id,
         &config,
         discovery,

@@ -22,7 +22,7 @@ pub enum RopeStyle {
     HalfSplit,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub architecture: Architecture,
     pub hidden_size: usize,

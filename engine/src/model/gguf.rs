@@ -17,7 +17,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use super::config::{Architecture, ModelConfig};
 use super::quant::{Q4_1, Q8_0, QuantMatrix};
 use super::tokenizer::TextCodec;
-use super::{Layer, Linear, LoadedModel, Model};
+use super::{Layer, Linear, LoadedModel, Model, ModelText};
 use crate::{EngineError, Result};
 
 struct Reader<'a> {
@@ -73,7 +73,56 @@ fn meta_u32(c: &Content, key: &str) -> Option<u32> {
     c.metadata.get(key).and_then(|v| v.to_u32().ok())
 }
 
+/// The GGUF's metadata, tokenizer and chat template: what a frontend needs, without
+/// reading the weights.
+pub fn load_text(path: &Path) -> Result<ModelText> {
+    let (content, _file, config) = read_header(path)?;
+    text(&content, path, config)
+}
+
 pub fn load_file(path: &Path) -> Result<LoadedModel> {
+    let (content, file, config) = read_header(path)?;
+    let mut r = Reader {
+        content: &content,
+        file,
+        path,
+    };
+    let embed_q = r.tensor("token_embd.weight")?;
+    let embed = embed_q
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let lm_head = if content.tensor_infos.contains_key("output.weight") {
+        r.matmul("output.weight")?
+    } else {
+        linear(embed_q)?
+    };
+    let mut layers = Vec::with_capacity(config.num_layers);
+    for i in 0..config.num_layers {
+        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        layers.push(Layer {
+            attn_norm: r.vector(&n("attn_norm"))?,
+            wq: r.matmul(&n("attn_q"))?,
+            wk: r.matmul(&n("attn_k"))?,
+            wv: r.matmul(&n("attn_v"))?,
+            wo: r.matmul(&n("attn_output"))?,
+            q_norm: None,
+            k_norm: None,
+            ffn_norm: r.vector(&n("ffn_norm"))?,
+            gate: r.matmul(&n("ffn_gate"))?,
+            up: r.matmul(&n("ffn_up"))?,
+            down: r.matmul(&n("ffn_down"))?,
+        });
+    }
+    let final_norm = r.vector("output_norm.weight")?;
+    let ModelText { codec, config, id } = text(&content, path, config)?;
+    let model = Model::new(config, embed, layers, final_norm, lm_head)?;
+    Ok(LoadedModel { model, codec, id })
+}
+
+type Header = (Content, BufReader<File>, ModelConfig);
+
+fn read_header(path: &Path) -> Result<Header> {
     let open = || {
         File::open(path)
             .map(BufReader::new)
@@ -123,43 +172,11 @@ pub fn load_file(path: &Path) -> Result<LoadedModel> {
             .unwrap_or(false),
     };
     config.validate()?;
+    Ok((content, file, config))
+}
 
-    let mut r = Reader {
-        content: &content,
-        file,
-        path,
-    };
-    let embed_q = r.tensor("token_embd.weight")?;
-    let embed = embed_q
-        .dequantize(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let lm_head = if content.tensor_infos.contains_key("output.weight") {
-        r.matmul("output.weight")?
-    } else {
-        linear(embed_q)?
-    };
-    let mut layers = Vec::with_capacity(config.num_layers);
-    for i in 0..config.num_layers {
-        let n = |s: &str| format!("blk.{i}.{s}.weight");
-        layers.push(Layer {
-            attn_norm: r.vector(&n("attn_norm"))?,
-            wq: r.matmul(&n("attn_q"))?,
-            wk: r.matmul(&n("attn_k"))?,
-            wv: r.matmul(&n("attn_v"))?,
-            wo: r.matmul(&n("attn_output"))?,
-            q_norm: None,
-            k_norm: None,
-            ffn_norm: r.vector(&n("ffn_norm"))?,
-            gate: r.matmul(&n("ffn_gate"))?,
-            up: r.matmul(&n("ffn_up"))?,
-            down: r.matmul(&n("ffn_down"))?,
-        });
-    }
-    let final_norm = r.vector("output_norm.weight")?;
-    let model = Model::new(config, embed, layers, final_norm, lm_head)?;
-
-    let mut tokenizer = Tokenizer::from_gguf(&content)
+fn text(content: &Content, path: &Path, config: ModelConfig) -> Result<ModelText> {
+    let mut tokenizer = Tokenizer::from_gguf(content)
         .map_err(|e| EngineError::Tokenizer(format!("tokenizer from GGUF metadata: {e}")))?;
     let pre = content
         .metadata
@@ -179,7 +196,7 @@ pub fn load_file(path: &Path) -> Result<LoadedModel> {
         ])));
     }
     let token = |key: &str| {
-        meta_u32(&content, key)
+        meta_u32(content, key)
             .and_then(|id| tokenizer.id_to_token(id))
             .unwrap_or_default()
     };
@@ -197,5 +214,5 @@ pub fn load_file(path: &Path) -> Result<LoadedModel> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    Ok(LoadedModel { model, codec, id })
+    Ok(ModelText { codec, config, id })
 }

@@ -31,6 +31,29 @@ pub struct LoadedModel {
     pub id: String,
 }
 
+/// A model's tokenizer, chat template and shape, without its weights.
+pub struct ModelText {
+    pub codec: TextCodec,
+    pub config: ModelConfig,
+    /// The name the API serves it under (the file or directory name).
+    pub id: String,
+}
+
+/// Reads only what a frontend needs from a `.gguf` file or a Hugging Face Qwen3
+/// directory: tokenizer, chat template, shape (no weights).
+pub fn load_text(path: &Path) -> Result<ModelText> {
+    if path.is_dir() {
+        safetensors::load_text(path)
+    } else if path.is_file() {
+        gguf::load_text(path)
+    } else {
+        Err(EngineError::model(format!(
+            "{} is neither a .gguf file nor a model directory",
+            path.display()
+        )))
+    }
+}
+
 /// Loads a `.gguf` file (Llama family) or a Hugging Face Qwen3 directory.
 pub fn load(path: &Path) -> Result<LoadedModel> {
     if path.is_dir() {

@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 
 use super::config::HfQwen3Config;
 use super::tokenizer::TextCodec;
-use super::{Layer, Linear, LoadedModel, Model};
+use super::{Layer, Linear, LoadedModel, Model, ModelConfig, ModelText};
 use crate::{EngineError, Result};
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -37,6 +37,12 @@ fn token_text(v: &Option<serde_json::Value>) -> String {
             .to_string(),
         _ => String::new(),
     }
+}
+
+/// config.json and the tokenizer files: what a frontend needs, without the weights.
+pub fn load_text(dir: &Path) -> Result<ModelText> {
+    let hf: HfQwen3Config = read_json(&dir.join("config.json"))?;
+    text(dir, hf.to_model_config()?)
 }
 
 pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
@@ -97,6 +103,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
         take("lm_head.weight")?
     };
     let embed = embed_t.flatten_all()?.to_vec1::<f32>()?;
+    let ModelText { codec, config, id } = text(dir, config)?;
     let model = Model::new(
         config,
         embed,
@@ -104,7 +111,10 @@ pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
         final_norm,
         Linear::Candle(QMatMul::Tensor(lm_head)),
     )?;
+    Ok(LoadedModel { model, codec, id })
+}
 
+fn text(dir: &Path, config: ModelConfig) -> Result<ModelText> {
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)
         .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
@@ -124,5 +134,5 @@ pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    Ok(LoadedModel { model, codec, id })
+    Ok(ModelText { codec, config, id })
 }
