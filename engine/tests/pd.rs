@@ -158,6 +158,24 @@ fn kv_aware_routing_sends_a_repeated_prompt_to_the_worker_holding_its_blocks() {
             assert_eq!(got.worker.as_ref(), Some(w), "prompt of {} tokens", p.len());
         }
     }
+    // A burst of new prompts arriving together spreads over both workers (the router
+    // counts each choice at once instead of waiting for the workers' next report).
+    let burst: Vec<_> = (0..4u32)
+        .map(|i| {
+            let (url, p): (String, Vec<u32>) =
+                (url.clone(), (0..64).map(|k| 5000 + i * 97 + k).collect());
+            std::thread::spawn(move || complete(&url, &p, 8).worker.expect("worker"))
+        })
+        .collect();
+    let served: Vec<String> = burst
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    assert_eq!(
+        served.iter().filter(|w| *w == "decode-a").count(),
+        2,
+        "{served:?}"
+    );
     drop(fe);
 }
 

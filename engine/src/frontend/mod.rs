@@ -37,6 +37,9 @@ struct Inner {
     model_id: String,
     registry: Arc<Registry>,
     policy: Box<dyn RoutingPolicy>,
+    /// Held while scoring workers and reserving the choice, so that concurrent
+    /// requests see each other's choices instead of all picking the same idle worker.
+    deciding: std::sync::Mutex<()>,
     http: reqwest::Client,
     metrics: Arc<FrontendMetrics>,
 }
@@ -79,6 +82,7 @@ impl Frontend {
                 model_id,
                 registry,
                 policy,
+                deciding: std::sync::Mutex::new(()),
                 http,
                 metrics,
             }),
@@ -106,57 +110,97 @@ impl Frontend {
                 "no decode worker is available".into(),
             ));
         }
-        let candidates: Vec<Candidate> = decoders
-            .iter()
-            .map(|w| Candidate {
-                name: w.spec.name.clone(),
-                overlap_blocks: w.overlap(&hashes),
-                active: w.active(),
-            })
-            .collect();
-        let mut prefill: Vec<PrefillCandidate> = i
+        let prefill_workers: Vec<_> = i
             .registry
             .workers(&[Role::Prefill])
-            .iter()
-            .filter(|w| w.reachable())
-            .filter_map(|w| {
-                let l = w.load();
-                Some(PrefillCandidate {
-                    name: w.spec.name.clone(),
-                    http: w.spec.http.clone(),
-                    blocks: w.spec.blocks.clone()?,
-                    overlap_blocks: w.overlap(&hashes),
-                    queue: l.running + l.waiting + l.prefilling,
-                })
-            })
+            .into_iter()
+            .filter(|w| w.reachable() && w.spec.blocks.is_some())
             .collect();
-        prefill.sort_by_key(|c| (std::cmp::Reverse(c.overlap_blocks), c.queue));
-        let wire = WireRequest::from_request(&req, prefill);
+        let (wire, prefill_reservation) = {
+            // Most overlap first, then the shortest queue; the first is counted as
+            // busy until this request's first token, so a burst spreads over them.
+            let _deciding = i.deciding.lock().unwrap_or_else(|p| p.into_inner());
+            let mut order: Vec<(PrefillCandidate, usize)> = prefill_workers
+                .iter()
+                .enumerate()
+                .map(|(k, w)| {
+                    let c = PrefillCandidate {
+                        name: w.spec.name.clone(),
+                        http: w.spec.http.clone(),
+                        blocks: w.spec.blocks.clone().unwrap_or_default(),
+                        overlap_blocks: w.overlap(&hashes),
+                        queue: w.prefill_queue(),
+                    };
+                    (c, k)
+                })
+                .collect();
+            order.sort_by_key(|(c, _)| (std::cmp::Reverse(c.overlap_blocks), c.queue));
+            let reservation = order
+                .first()
+                .map(|(_, k)| prefill_workers[*k].reserve_prefill());
+            let candidates = order.into_iter().map(|(c, _)| c).collect();
+            (WireRequest::from_request(&req, candidates), reservation)
+        };
+        let mut prefill_reservation = prefill_reservation;
+        let overlaps: Vec<usize> = decoders.iter().map(|w| w.overlap(&hashes)).collect();
         let mut failures = Vec::new();
-        for idx in i.policy.rank(hashes.len(), &candidates) {
-            let (w, c) = (&decoders[idx], &candidates[idx]);
-            match worker_client::start(&i.http, Arc::clone(w), &wire, Arc::clone(&i.metrics)).await
+        let mut tried = vec![false; decoders.len()];
+        loop {
+            // Score and reserve under one lock: requests arriving together spread.
+            let (idx, reservation, candidate) = {
+                let _deciding = i.deciding.lock().unwrap_or_else(|p| p.into_inner());
+                let candidates: Vec<Candidate> = decoders
+                    .iter()
+                    .zip(&overlaps)
+                    .map(|(w, &o)| Candidate {
+                        name: w.spec.name.clone(),
+                        overlap_blocks: o,
+                        active: w.active(),
+                    })
+                    .collect();
+                let Some(idx) = i
+                    .policy
+                    .rank(hashes.len(), &candidates)
+                    .into_iter()
+                    .find(|&k| !tried[k])
+                else {
+                    break;
+                };
+                let reservation = decoders[idx].reserve(&i.metrics);
+                (idx, reservation, candidates[idx].clone())
+            };
+            tried[idx] = true;
+            match worker_client::start(
+                &i.http,
+                reservation,
+                prefill_reservation.take(),
+                &wire,
+                Arc::clone(&i.metrics),
+            )
+            .await
             {
                 Ok(events) => {
                     i.metrics
                         .routed
-                        .with_label_values(&[&c.name, i.policy.name()])
+                        .with_label_values(&[&candidate.name, i.policy.name()])
                         .inc();
-                    i.metrics.overlap_blocks.observe(c.overlap_blocks as f64);
-                    tracing::debug!(worker = %c.name, overlap = c.overlap_blocks, active = c.active, "routed");
+                    i.metrics
+                        .overlap_blocks
+                        .observe(candidate.overlap_blocks as f64);
+                    tracing::debug!(worker = %candidate.name, overlap = candidate.overlap_blocks, active = candidate.active, "routed");
                     return Ok(Routed {
                         events,
-                        worker: Some(c.name.clone()),
+                        worker: Some(candidate.name),
                     });
                 }
                 Err(StartError::Rejected(e)) => return Err(e),
                 Err(StartError::Failed(e)) => {
-                    tracing::warn!(worker = %c.name, error = %e, "worker refused a request; trying the next");
+                    tracing::warn!(worker = %candidate.name, error = %e, "worker refused a request; trying the next");
                     i.metrics
                         .worker_failures
-                        .with_label_values(&[&c.name])
+                        .with_label_values(&[&candidate.name])
                         .inc();
-                    failures.push(format!("{}: {e}", c.name));
+                    failures.push(format!("{}: {e}", candidate.name));
                 }
             }
         }

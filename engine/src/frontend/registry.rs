@@ -28,6 +28,9 @@ pub struct Worker {
     pub in_flight: AtomicUsize,
     /// Whether its last `/internal/load` answered.
     reachable: AtomicBool,
+    /// Prefill workers: requests this frontend pointed here whose first token has not
+    /// come back yet.
+    prefill_pending: AtomicUsize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -51,6 +54,30 @@ impl Worker {
         self.in_flight
             .load(Ordering::Relaxed)
             .max(l.running + l.waiting)
+    }
+
+    /// Counts a request against this worker until the reservation drops: taken when
+    /// the router decides, so that requests routed at the same moment see each other.
+    pub fn reserve(self: &Arc<Self>, metrics: &Arc<FrontendMetrics>) -> Reservation {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        metrics.in_flight.inc();
+        Reservation {
+            worker: Arc::clone(self),
+            metrics: Arc::clone(metrics),
+        }
+    }
+
+    /// A prefill worker's queue: what it last reported, or what this frontend has
+    /// sent its way since, whichever is longer.
+    pub fn prefill_queue(&self) -> usize {
+        let l = self.load();
+        (l.running + l.waiting + l.prefilling).max(self.prefill_pending.load(Ordering::Relaxed))
+    }
+
+    /// Counts a prompt pointed at this prefill worker until the guard drops.
+    pub fn reserve_prefill(self: &Arc<Self>) -> PrefillReservation {
+        self.prefill_pending.fetch_add(1, Ordering::Relaxed);
+        PrefillReservation(Arc::clone(self))
     }
 
     pub fn reachable(&self) -> bool {
@@ -79,6 +106,28 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// A request counted against a worker (see [`Worker::reserve`]).
+pub struct Reservation {
+    pub worker: Arc<Worker>,
+    metrics: Arc<FrontendMetrics>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.dec();
+    }
+}
+
+/// A prompt pointed at a prefill worker (see [`Worker::reserve_prefill`]).
+pub struct PrefillReservation(Arc<Worker>);
+
+impl Drop for PrefillReservation {
+    fn drop(&mut self) {
+        self.0.prefill_pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -233,6 +282,7 @@ impl Registry {
             load: Mutex::new(WorkerLoad::default()),
             in_flight: AtomicUsize::new(0),
             reachable: AtomicBool::new(true),
+            prefill_pending: AtomicUsize::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = vec![self.poll_load(Arc::downgrade(&worker))];

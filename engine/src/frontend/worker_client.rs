@@ -2,12 +2,11 @@
 //! its newline-delimited events back into engine events.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::registry::Worker;
+use super::registry::{PrefillReservation, Reservation};
 use crate::metrics::FrontendMetrics;
 use crate::pd::{WireEvent, WireRequest};
 use crate::{EngineError, GenEvent};
@@ -21,14 +20,17 @@ pub enum StartError {
     Failed(String),
 }
 
-/// Sends `req` to `worker`; once it accepted, its events arrive on the receiver. A
-/// worker that fails mid-stream yields a [`GenEvent::Error`], never silence.
+/// Sends `req` to the reserved worker; once it accepted, its events arrive on the
+/// receiver (the reservation lasts until the stream ends). A worker that fails
+/// mid-stream yields a [`GenEvent::Error`], never silence.
 pub async fn start(
     http: &reqwest::Client,
-    worker: Arc<Worker>,
+    reservation: Reservation,
+    prefill: Option<PrefillReservation>,
     req: &WireRequest,
     metrics: Arc<FrontendMetrics>,
 ) -> Result<mpsc::UnboundedReceiver<GenEvent>, StartError> {
+    let worker = Arc::clone(&reservation.worker);
     let body = serde_json::to_vec(req)
         .map_err(|e| StartError::Rejected(EngineError::InvalidRequest(e.to_string())))?;
     let resp = http
@@ -52,9 +54,10 @@ pub async fn start(
         });
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    worker.in_flight.fetch_add(1, Ordering::Relaxed);
-    metrics.in_flight.inc();
     tokio::spawn(async move {
+        let _reservation = reservation;
+        // Released at the first token: the prompt is prefilled by then.
+        let mut prefill = prefill;
         let name = worker.spec.name.clone();
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
@@ -71,6 +74,9 @@ pub async fn start(
                         };
                         if matches!(ev, WireEvent::Finished { .. } | WireEvent::Error { .. }) {
                             ended = true;
+                        }
+                        if !matches!(ev, WireEvent::Admitted { .. }) {
+                            drop(prefill.take());
                         }
                         if tx.send(ev.into_event()).is_err() {
                             // The client went away: dropping the body cancels the
@@ -91,8 +97,6 @@ pub async fn start(
                 "worker {name} failed while streaming: {e}"
             )));
         }
-        worker.in_flight.fetch_sub(1, Ordering::Relaxed);
-        metrics.in_flight.dec();
     });
     Ok(rx)
 }

@@ -69,12 +69,11 @@ impl RemotePrefill {
             self.decided("local_short");
             return None;
         }
-        // Most overlap first, then the shortest queue.
+        // The frontend lists them best first (most overlap, then shortest queue).
         let Some(target) = req
             .prefill_candidates
             .iter()
-            .filter(|c| c.queue <= self.config.max_prefill_queue)
-            .max_by_key(|c| (c.overlap_blocks, std::cmp::Reverse(c.queue)))
+            .find(|c| c.queue <= self.config.max_prefill_queue)
             .cloned()
         else {
             self.decided("local_busy");
