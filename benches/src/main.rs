@@ -3,6 +3,8 @@
 mod drive;
 mod e2e;
 mod fio;
+#[cfg(feature = "cuda")]
+mod gpu;
 mod pd;
 mod plot;
 mod report;
@@ -40,6 +42,10 @@ enum Command {
     /// Prefill/decode disaggregation (xPyD) vs aggregated clusters: TTFT, ITL,
     /// throughput under a concurrent workload.
     Pd(pd::PdArgs),
+    /// GPU offload/onboard through the transfer engine beside contiguous pinned copies,
+    /// pinned allocation, HBM <-> disk (built with `--features cuda`).
+    #[cfg(feature = "cuda")]
+    Gpu(gpu::GpuArgs),
 }
 
 #[tokio::main]
@@ -75,6 +81,8 @@ async fn run() -> anyhow::Result<()> {
         Command::Tune(args) => trace::tune::run(args).await?,
         Command::E2e(args) => e2e::run(args).await?,
         Command::Pd(args) => pd::run(args).await?,
+        #[cfg(feature = "cuda")]
+        Command::Gpu(args) => gpu::run(args).await?,
     }
     Ok(())
 }

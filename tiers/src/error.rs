@@ -49,6 +49,9 @@ pub enum TierError {
     /// A put into a read-only tier.
     #[error("tier `{0}` is read-only")]
     ReadOnly(String),
+    /// A CUDA call failed, or there is no GPU (feature `cuda`).
+    #[error("GPU: {0}")]
+    Gpu(String),
     /// The tier's I/O threads are gone.
     #[error("tier `{0}` is shut down")]
     Closed(String),

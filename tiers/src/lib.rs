@@ -8,9 +8,13 @@
 //! - [`DiskTier`]: a preallocated file of slots written and read with io_uring and
 //!   O_DIRECT on dedicated threads, indexed by RocksDB so it survives restarts.
 //! - [`ObjectTier`]: `object_store` (local directory, S3, OSS/MinIO through an S3 endpoint).
+//! - `gpu` (feature `cuda`): the HBM block pool and the HBM <-> host <-> disk transfer
+//!   path.
 
 pub mod checksum;
 mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod header;
 pub mod io;
 mod key;

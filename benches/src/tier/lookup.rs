@@ -25,6 +25,7 @@ pub async fn bench(rounds: usize) -> anyhow::Result<Row> {
         capacity_bytes: (CHAIN * 4096) as u64,
         slot_bytes: 64,
         prefault: false,
+        pin: false,
     })?);
     let store =
         TieredStore::from_tiers(vec![(host, TierPolicy::default())], StoreOptions::default())

@@ -252,6 +252,7 @@ impl StoreConfig {
             capacity_bytes: s.capacity.0,
             slot_bytes: self.slot_bytes.0 as usize,
             prefault: s.prefault,
+            ..HostTierConfig::default()
         }
     }
 

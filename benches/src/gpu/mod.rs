@@ -1,0 +1,364 @@
+//! `tierkv-bench gpu` (feature `cuda`): offload (HBM -> pinned host) and onboard (pinned
+//! host -> HBM) of scattered KV blocks through the transfer engine, for Qwen3-32B- and
+//! Llama-3-8B-shaped KV, block sizes 16 and 128, batches of 1, 16 and 256 blocks, both
+//! GPU layouts — beside the ceiling measured in the same run: one contiguous pinned copy
+//! of the same bytes. Also the pinned allocation rate of `cuMemHostAlloc` vs mmap +
+//! parallel first touch + `cuMemHostRegister`, and HBM -> disk -> HBM through pinned
+//! bounce buffers beside a plain O_DIRECT write and read of the same bytes.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tierkv_tiers::gpu::{
+    BlockGeometry, GpuLayout, HbmPool, PinMethod, PinnedBuffer, TransferConfig, TransferEngine,
+    disk_path, require_context,
+};
+use tierkv_tiers::{BlockKey, DiskTier, DiskTierConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct GpuArgs {
+    /// KV shapes: qwen3-32b (64 layers), llama3-8b (32 layers); 8 KV heads, head dim
+    /// 128, bf16.
+    #[arg(long, value_delimiter = ',', default_value = "qwen3-32b,llama3-8b")]
+    pub shapes: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "16,128")]
+    pub block_sizes: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    pub batches: Vec<usize>,
+    /// Timed repetitions per row (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    pub repeats: usize,
+    /// GiB pinned by each allocation method.
+    #[arg(long, default_value_t = 32)]
+    pub pin_gib: usize,
+    /// Blocks (Llama-3-8B shape, block size 16) in the disk round trip; 0 skips it.
+    #[arg(long, default_value_t = 256)]
+    pub disk_blocks: usize,
+    /// Directory of the disk tier and the O_DIRECT baseline file.
+    #[arg(long, default_value = "target/bench/gpu")]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct TransferRow {
+    pub shape: String,
+    pub block_size: usize,
+    pub layout: String,
+    pub batch: usize,
+    pub block_bytes: usize,
+    pub offload_gbps: f64,
+    pub offload_ms: f64,
+    pub onboard_gbps: f64,
+    pub onboard_ms: f64,
+    /// One contiguous pinned copy of the same bytes, device to host / host to device.
+    pub ceiling_d2h_gbps: f64,
+    pub ceiling_h2d_gbps: f64,
+    pub offload_ratio: f64,
+    pub onboard_ratio: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct PinRow {
+    pub method: String,
+    pub gib: usize,
+    pub seconds: f64,
+    pub gib_per_s: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct DiskRow {
+    pub blocks: usize,
+    pub bytes: usize,
+    pub hbm_to_disk_gbps: f64,
+    pub disk_to_hbm_gbps: f64,
+    pub o_direct_write_gbps: f64,
+    pub o_direct_read_gbps: f64,
+    pub write_ratio: f64,
+    pub read_ratio: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub device: String,
+    pub transfers: Vec<TransferRow>,
+    pub pinning: Vec<PinRow>,
+    pub disk: Option<DiskRow>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn layers_of(shape: &str) -> anyhow::Result<usize> {
+    match shape {
+        "qwen3-32b" => Ok(64),
+        "llama3-8b" => Ok(32),
+        o => anyhow::bail!("shape {o:?}: expected qwen3-32b or llama3-8b"),
+    }
+}
+
+fn gbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+/// Distinct pseudo-random block ids (scattered, as an engine's would be).
+fn scattered(n: usize, of: usize, seed: u64) -> Vec<u32> {
+    let mut ids: Vec<u32> = (0..of as u32).collect();
+    let mut x = seed | 1;
+    for i in (1..ids.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        ids.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    ids.truncate(n);
+    ids
+}
+
+pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
+    let ctx = require_context()?;
+    let device = cudarc::driver::result::device::get(0)
+        .and_then(cudarc::driver::result::device::get_name)
+        .unwrap_or_else(|_| "GPU 0".into());
+    let engine = TransferEngine::new(&ctx, TransferConfig::default())?;
+    let mut transfers = Vec::new();
+    let max_batch = args.batches.iter().copied().max().unwrap_or(1);
+    for shape in &args.shapes {
+        let layers = layers_of(shape)?;
+        for &bs in &args.block_sizes {
+            let g = BlockGeometry::new(layers, bs, 8, 128, 2);
+            let bb = g.block_bytes();
+            let mut host = PinnedBuffer::new(&ctx, max_batch * bb, PinMethod::HostAlloc)
+                .context("pinned host buffer")?;
+            host.as_mut_slice().fill(0x3c);
+            // The ceiling's device side: one contiguous buffer of the largest batch.
+            let contiguous = HbmPool::new(&ctx, GpuLayout::BlockContiguous, g, max_batch)?;
+            for layout in [GpuLayout::LayerSeparate, GpuLayout::BlockContiguous] {
+                let n_pool = 2 * max_batch;
+                let pool = HbmPool::new(&ctx, layout, g, n_pool)?;
+                for b in 0..n_pool as u32 {
+                    pool.fill_block(b, (b as u8) | 1)?;
+                }
+                for &batch in &args.batches {
+                    let bytes = batch * bb;
+                    let (mut off, mut on, mut d2h, mut h2d) = (vec![], vec![], vec![], vec![]);
+                    for rep in 0..args.repeats + 1 {
+                        let ids = scattered(batch, n_pool, 0x9e37 + rep as u64);
+                        let s = {
+                            let mut dst: Vec<&mut [u8]> =
+                                host.as_mut_slice()[..bytes].chunks_exact_mut(bb).collect();
+                            engine.offload(&pool, &ids, &mut dst).await?
+                        };
+                        let t = {
+                            let src: Vec<&[u8]> =
+                                host.as_slice()[..bytes].chunks_exact(bb).collect();
+                            engine.onboard(&pool, &ids, &src).await?
+                        };
+                        let dev = contiguous.block_ptr(0)?;
+                        // SAFETY: `dev` starts `max_batch` blocks of device memory and
+                        // `host` holds as many; nothing else uses either meanwhile.
+                        let (c1, c2) = unsafe {
+                            (
+                                engine
+                                    .contiguous_copy(dev, host.as_mut_ptr(), bytes, true)
+                                    .await?,
+                                engine
+                                    .contiguous_copy(dev, host.as_mut_ptr(), bytes, false)
+                                    .await?,
+                            )
+                        };
+                        if rep > 0 {
+                            // The first repetition warms up (module load, page mapping).
+                            off.push(s.elapsed.as_secs_f64());
+                            on.push(t.elapsed.as_secs_f64());
+                            d2h.push(c1.as_secs_f64());
+                            h2d.push(c2.as_secs_f64());
+                        }
+                    }
+                    let (off, on, d2h, h2d) = (median(off), median(on), median(d2h), median(h2d));
+                    let row = TransferRow {
+                        shape: shape.clone(),
+                        block_size: bs,
+                        layout: layout.as_str().into(),
+                        batch,
+                        block_bytes: bb,
+                        offload_gbps: bytes as f64 / off / 1e9,
+                        offload_ms: off * 1e3,
+                        onboard_gbps: bytes as f64 / on / 1e9,
+                        onboard_ms: on * 1e3,
+                        ceiling_d2h_gbps: bytes as f64 / d2h / 1e9,
+                        ceiling_h2d_gbps: bytes as f64 / h2d / 1e9,
+                        offload_ratio: d2h / off,
+                        onboard_ratio: h2d / on,
+                    };
+                    eprintln!("{row:?}");
+                    transfers.push(row);
+                }
+            }
+        }
+    }
+
+    let mut pinning = Vec::new();
+    let threads = std::thread::available_parallelism().map_or(8, |n| n.get());
+    for method in [
+        PinMethod::HostAlloc,
+        PinMethod::MmapTouchRegister { threads },
+    ] {
+        let buf = PinnedBuffer::new(&ctx, args.pin_gib << 30, method)
+            .with_context(|| format!("pinning {} GiB with {}", args.pin_gib, method.label()))?;
+        let s = buf.took.as_secs_f64();
+        drop(buf);
+        pinning.push(PinRow {
+            method: method.label(),
+            gib: args.pin_gib,
+            seconds: s,
+            gib_per_s: args.pin_gib as f64 / s,
+        });
+    }
+
+    let disk = if args.disk_blocks > 0 {
+        Some(disk_round_trip(&args, &ctx, &engine).await?)
+    } else {
+        None
+    };
+    let report = Report {
+        device,
+        transfers,
+        pinning,
+        disk,
+    };
+    print_report(&report);
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+async fn disk_round_trip(
+    args: &GpuArgs,
+    ctx: &std::sync::Arc<tierkv_tiers::gpu::CudaContext>,
+    engine: &TransferEngine,
+) -> anyhow::Result<DiskRow> {
+    let g = BlockGeometry::new(32, 16, 8, 128, 2);
+    let (n, bb) = (args.disk_blocks, g.block_bytes());
+    let bytes = n * bb;
+    let pool = HbmPool::new(ctx, GpuLayout::LayerSeparate, g, n)?;
+    for b in 0..n as u32 {
+        pool.fill_block(b, (b as u8) | 1)?;
+    }
+    let dir = args.dir.join("disk-tier");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let disk = DiskTier::open(DiskTierConfig {
+        path: dir.clone(),
+        capacity_bytes: (bytes * 2) as u64,
+        slot_bytes: bb,
+        ..DiskTierConfig::default()
+    })?;
+    let round = (64 << 20) / bb * bb;
+    let mut bounce = [
+        PinnedBuffer::new(ctx, round.max(bb), PinMethod::HostAlloc)?,
+        PinnedBuffer::new(ctx, round.max(bb), PinMethod::HostAlloc)?,
+    ];
+    let blocks = scattered(n, n, 7);
+    let keys: Vec<BlockKey> = blocks
+        .iter()
+        .map(|&b| BlockKey {
+            namespace: 7,
+            hash: 1 + b as u128,
+        })
+        .collect();
+    let w = disk_path::hbm_to_disk(engine, &pool, &blocks, &keys, &disk, &mut bounce).await?;
+    let r = disk_path::disk_to_hbm(engine, &pool, &blocks, &keys, &disk, &mut bounce).await?;
+
+    // Baseline: the same bytes written and read with O_DIRECT in 16 MiB requests.
+    let path = args.dir.join("o_direct.dat");
+    let mut buf = PinnedBuffer::new(ctx, 16 << 20, PinMethod::HostAlloc)?;
+    buf.as_mut_slice().fill(0x77);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)?;
+    let started = Instant::now();
+    let chunks = bytes.div_ceil(16 << 20);
+    for i in 0..chunks {
+        std::os::unix::fs::FileExt::write_all_at(&f, buf.as_slice(), (i * (16 << 20)) as u64)?;
+    }
+    f.sync_all()?;
+    let o_write = started.elapsed();
+    let started = Instant::now();
+    for i in 0..chunks {
+        std::os::unix::fs::FileExt::read_exact_at(&f, buf.as_mut_slice(), (i * (16 << 20)) as u64)?;
+    }
+    let o_read = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    let (ow, or) = (
+        gbps(chunks * (16 << 20), o_write),
+        gbps(chunks * (16 << 20), o_read),
+    );
+    Ok(DiskRow {
+        blocks: n,
+        bytes,
+        hbm_to_disk_gbps: w.gb_per_s(),
+        disk_to_hbm_gbps: r.gb_per_s(),
+        o_direct_write_gbps: ow,
+        o_direct_read_gbps: or,
+        write_ratio: w.gb_per_s() / ow,
+        read_ratio: r.gb_per_s() / or,
+    })
+}
+
+fn print_report(r: &Report) {
+    println!("tierkv-bench gpu on {}", r.device);
+    println!(
+        "| shape | block | layout | batch | offload GB/s | ms | ceiling D2H GB/s | ratio | onboard GB/s | ms | ceiling H2D GB/s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for x in &r.transfers {
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {:.3} | {:.1} | {:.2}x | {:.1} | {:.3} | {:.1} | {:.2}x |",
+            x.shape,
+            x.block_size,
+            x.layout,
+            x.batch,
+            x.offload_gbps,
+            x.offload_ms,
+            x.ceiling_d2h_gbps,
+            x.offload_ratio,
+            x.onboard_gbps,
+            x.onboard_ms,
+            x.ceiling_h2d_gbps,
+            x.onboard_ratio
+        );
+    }
+    println!("| pinning method | GiB | s | GiB/s |");
+    println!("|---|---|---|---|");
+    for p in &r.pinning {
+        println!(
+            "| {} | {} | {:.2} | {:.1} |",
+            p.method, p.gib, p.seconds, p.gib_per_s
+        );
+    }
+    if let Some(d) = &r.disk {
+        println!("| disk path | bytes | GB/s | O_DIRECT GB/s | ratio |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| HBM -> disk | {} | {:.2} | {:.2} (write) | {:.2}x |",
+            d.bytes, d.hbm_to_disk_gbps, d.o_direct_write_gbps, d.write_ratio
+        );
+        println!(
+            "| disk -> HBM | {} | {:.2} | {:.2} (read) | {:.2}x |",
+            d.bytes, d.disk_to_hbm_gbps, d.o_direct_read_gbps, d.read_ratio
+        );
+    }
+}

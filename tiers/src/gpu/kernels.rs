@@ -1,0 +1,71 @@
+//! The gather and scatter kernels, compiled at run time with NVRTC.
+//!
+//! A transfer is a list of *pieces* (one layer of one block, `piece_bytes` long) at
+//! arbitrary device addresses, and a contiguous staging buffer in which the pieces lie
+//! one after another in list order — the store's block layout when the list is
+//! (block 0 layer 0, block 0 layer 1, ..., block 1 layer 0, ...). `gather` copies pieces
+//! into staging, `scatter` back out. Grid: x = piece, y = 64 KiB chunk of the piece;
+//! each thread moves 16 bytes at a time.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction};
+
+use super::gpu_err;
+use crate::{Result, TierError};
+
+const SOURCE: &str = r#"
+typedef unsigned long long u64;
+
+extern "C" __global__ void gather_pieces(const u64* __restrict__ pieces, u64 staging,
+                                         u64 piece_bytes, u64 chunk_bytes) {
+    const u64 piece = blockIdx.x;
+    const u64 begin = (u64)blockIdx.y * chunk_bytes;
+    u64 end = begin + chunk_bytes;
+    if (end > piece_bytes) end = piece_bytes;
+    const uint4* src = (const uint4*)(pieces[piece] + begin);
+    uint4* dst = (uint4*)(staging + piece * piece_bytes + begin);
+    const u64 n = (end - begin) / 16;
+    for (u64 i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+}
+
+extern "C" __global__ void scatter_pieces(const u64* __restrict__ pieces, u64 staging,
+                                          u64 piece_bytes, u64 chunk_bytes) {
+    const u64 piece = blockIdx.x;
+    const u64 begin = (u64)blockIdx.y * chunk_bytes;
+    u64 end = begin + chunk_bytes;
+    if (end > piece_bytes) end = piece_bytes;
+    const uint4* src = (const uint4*)(staging + piece * piece_bytes + begin);
+    uint4* dst = (uint4*)(pieces[piece] + begin);
+    const u64 n = (end - begin) / 16;
+    for (u64 i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+}
+"#;
+
+/// Bytes of a piece one thread block copies.
+pub const CHUNK_BYTES: u64 = 64 << 10;
+/// Threads per thread block.
+pub const THREADS: u32 = 256;
+
+pub struct Kernels {
+    pub gather: CudaFunction,
+    pub scatter: CudaFunction,
+}
+
+impl Kernels {
+    pub fn compile(ctx: &Arc<CudaContext>) -> Result<Kernels> {
+        let ptx = cudarc::nvrtc::compile_ptx(SOURCE)
+            .map_err(|e| TierError::Gpu(format!("NVRTC compiling the transfer kernels: {e}")))?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(gpu_err("loading the transfer kernels"))?;
+        Ok(Kernels {
+            gather: module
+                .load_function("gather_pieces")
+                .map_err(gpu_err("gather_pieces"))?,
+            scatter: module
+                .load_function("scatter_pieces")
+                .map_err(gpu_err("scatter_pieces"))?,
+        })
+    }
+}

@@ -1,0 +1,251 @@
+//! GPU tier tests (feature `cuda`; they need a GPU, so CI builds them and the GPU
+//! machine runs them). Random KV in both layouts, a random subset of blocks from several
+//! interleaved sequences offloaded to pinned host memory, the device copies scribbled
+//! over, the blocks onboarded back: everything must match bit for bit — for block sizes
+//! 16 and 128 and 2-byte dtypes (bf16, fp16). Also the disk round trip and the pinned
+//! host tier.
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use tierkv_tiers::gpu::{
+    BlockGeometry, CudaContext, GpuLayout, HbmPool, PinMethod, PinnedBuffer, TransferConfig,
+    TransferEngine, disk_path, require_context,
+};
+use tierkv_tiers::{BlockKey, DiskTier, DiskTierConfig, HostTier, HostTierConfig, Tier};
+
+/// xorshift: reproducible random bytes without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn ctx() -> Arc<CudaContext> {
+    require_context().expect("these tests need a GPU (run them on the GPU machine)")
+}
+
+/// A pool filled with random blocks; returns it and each block's bytes (store layout).
+fn random_pool(
+    ctx: &Arc<CudaContext>,
+    layout: GpuLayout,
+    g: BlockGeometry,
+    n: usize,
+    rng: &mut Rng,
+) -> (HbmPool, Vec<Vec<u8>>) {
+    let pool = HbmPool::new(ctx, layout, g, n).expect("pool");
+    let mut blocks = Vec::with_capacity(n);
+    for b in 0..n {
+        let mut data = vec![0u8; g.block_bytes()];
+        rng.fill(&mut data);
+        pool.write_block(b as u32, &data).expect("write");
+        blocks.push(data);
+    }
+    (pool, blocks)
+}
+
+/// Blocks of three "sequences" interleaved (a request batch as an engine would offload
+/// it): distinct, in no particular order.
+fn interleaved_subset(n: usize, rng: &mut Rng) -> Vec<u32> {
+    let mut free: Vec<u32> = (0..n as u32).collect();
+    let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); 3];
+    for s in seqs.iter_mut() {
+        for _ in 0..(n / 6).max(1) {
+            let i = rng.below(free.len());
+            s.push(free.swap_remove(i));
+        }
+    }
+    let mut out = Vec::new();
+    for k in 0..seqs[0].len() {
+        for s in &seqs {
+            if let Some(&b) = s.get(k) {
+                out.push(b);
+            }
+        }
+    }
+    out
+}
+
+async fn round_trip(layout: GpuLayout, block_size: usize, staging_bytes: usize, seed: u64) {
+    let ctx = ctx();
+    let mut rng = Rng(seed);
+    // 2-byte elements: the same bytes whether they are bf16 or fp16.
+    let g = BlockGeometry::new(4, block_size, 8, 128, 2);
+    let n = 48;
+    let (pool, truth) = random_pool(&ctx, layout, g, n, &mut rng);
+    let engine = TransferEngine::new(&ctx, TransferConfig { staging_bytes }).expect("engine");
+    let subset = interleaved_subset(n, &mut rng);
+    let bb = g.block_bytes();
+    let mut host =
+        PinnedBuffer::new(&ctx, subset.len() * bb, PinMethod::HostAlloc).expect("pinned");
+    host.as_mut_slice().fill(0x5a);
+    {
+        let mut dst: Vec<&mut [u8]> = host.as_mut_slice().chunks_exact_mut(bb).collect();
+        let s = engine
+            .offload(&pool, &subset, &mut dst)
+            .await
+            .expect("offload");
+        assert_eq!(s.blocks, subset.len());
+    }
+    for (i, &b) in subset.iter().enumerate() {
+        assert!(
+            host.as_slice()[i * bb..(i + 1) * bb] == truth[b as usize][..],
+            "{layout:?} bs {block_size}: offloaded block {b} differs"
+        );
+    }
+    for &b in &subset {
+        pool.fill_block(b, 0xab).expect("scribble");
+    }
+    assert_ne!(
+        pool.read_block(subset[0]).expect("read"),
+        truth[subset[0] as usize]
+    );
+    let src: Vec<&[u8]> = host.as_slice().chunks_exact(bb).collect();
+    engine.onboard(&pool, &subset, &src).await.expect("onboard");
+    for (b, want) in truth.iter().enumerate() {
+        assert!(
+            pool.read_block(b as u32).expect("read") == *want,
+            "{layout:?} bs {block_size}: block {b} differs after the round trip"
+        );
+    }
+}
+
+#[tokio::test]
+async fn layer_separate_round_trip_block_16() {
+    round_trip(GpuLayout::LayerSeparate, 16, 256 << 20, 1).await;
+}
+
+#[tokio::test]
+async fn layer_separate_round_trip_block_128() {
+    round_trip(GpuLayout::LayerSeparate, 128, 256 << 20, 2).await;
+}
+
+#[tokio::test]
+async fn layer_separate_round_trip_in_several_staging_rounds() {
+    // Staging of 3 blocks: the 24 blocks go through in 8 rounds.
+    let g = BlockGeometry::new(4, 16, 8, 128, 2);
+    round_trip(GpuLayout::LayerSeparate, 16, 3 * g.block_bytes(), 3).await;
+}
+
+#[tokio::test]
+async fn block_contiguous_round_trip_block_16() {
+    round_trip(GpuLayout::BlockContiguous, 16, 256 << 20, 4).await;
+}
+
+#[tokio::test]
+async fn block_contiguous_round_trip_block_128() {
+    round_trip(GpuLayout::BlockContiguous, 128, 256 << 20, 5).await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_errors_not_crashes() {
+    let ctx = ctx();
+    let g = BlockGeometry::new(2, 16, 8, 128, 2);
+    let pool = HbmPool::new(&ctx, GpuLayout::LayerSeparate, g, 4).expect("pool");
+    let engine = TransferEngine::new(&ctx, TransferConfig::default()).expect("engine");
+    let mut small = vec![0u8; 10];
+    let mut dst: Vec<&mut [u8]> = vec![&mut small];
+    assert!(
+        engine.offload(&pool, &[0], &mut dst).await.is_err(),
+        "wrong size"
+    );
+    let mut ok = vec![0u8; g.block_bytes()];
+    let mut dst: Vec<&mut [u8]> = vec![&mut ok];
+    assert!(
+        engine.offload(&pool, &[9], &mut dst).await.is_err(),
+        "block out of range"
+    );
+    assert!(
+        BlockGeometry {
+            num_layers: 2,
+            layer_bytes: 10
+        }
+        .validate()
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn hbm_to_disk_and_back() {
+    let ctx = ctx();
+    let mut rng = Rng(7);
+    let g = BlockGeometry::new(4, 16, 8, 128, 2);
+    let n = 20;
+    let (pool, truth) = random_pool(&ctx, GpuLayout::LayerSeparate, g, n, &mut rng);
+    let engine = TransferEngine::new(&ctx, TransferConfig::default()).expect("engine");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = DiskTier::open(DiskTierConfig {
+        path: dir.path().to_path_buf(),
+        capacity_bytes: 64 << 20,
+        slot_bytes: g.block_bytes(),
+        ..DiskTierConfig::default()
+    })
+    .expect("disk tier");
+    let bb = g.block_bytes();
+    let mut bounce = [
+        PinnedBuffer::new(&ctx, 3 * bb, PinMethod::HostAlloc).expect("bounce"),
+        PinnedBuffer::new(&ctx, 3 * bb, PinMethod::MmapTouchRegister { threads: 4 })
+            .expect("bounce"),
+    ];
+    let blocks: Vec<u32> = (0..n as u32).rev().collect();
+    let keys: Vec<BlockKey> = blocks
+        .iter()
+        .map(|&b| BlockKey {
+            namespace: 1,
+            hash: 1000 + b as u128,
+        })
+        .collect();
+    disk_path::hbm_to_disk(&engine, &pool, &blocks, &keys, &disk, &mut bounce)
+        .await
+        .expect("to disk");
+    for (&b, &k) in blocks.iter().zip(&keys) {
+        let got = disk.get(k).await.expect("get").expect("stored");
+        assert!(
+            got[..] == truth[b as usize][..],
+            "block {b} on disk differs"
+        );
+        pool.fill_block(b, 0).expect("scribble");
+    }
+    disk_path::disk_to_hbm(&engine, &pool, &blocks, &keys, &disk, &mut bounce)
+        .await
+        .expect("from disk");
+    for (b, want) in truth.iter().enumerate() {
+        assert!(
+            pool.read_block(b as u32).expect("read") == *want,
+            "block {b} after disk"
+        );
+    }
+}
+
+#[test]
+fn host_tier_is_pinned_with_a_gpu() {
+    let _ = ctx();
+    let tier = HostTier::new(HostTierConfig {
+        capacity_bytes: 64 << 20,
+        ..HostTierConfig::default()
+    })
+    .expect("host tier");
+    assert!(tier.is_pinned(), "the slab should be registered with CUDA");
+    let unpinned = HostTier::new(HostTierConfig {
+        capacity_bytes: 8 << 20,
+        pin: false,
+        ..HostTierConfig::default()
+    })
+    .expect("host tier");
+    assert!(!unpinned.is_pinned());
+    assert_eq!(tier.capacity_blocks(), 32);
+}
