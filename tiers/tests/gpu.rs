@@ -249,3 +249,41 @@ fn host_tier_is_pinned_with_a_gpu() {
     assert!(!unpinned.is_pinned());
     assert_eq!(tier.capacity_blocks(), 32);
 }
+
+#[tokio::test]
+async fn consecutive_blocks_round_trip_through_merged_copies() {
+    // Consecutive block ids into a contiguous host buffer: both sides of the copies
+    // continue each other, so the engine merges them into one copy per run.
+    let ctx = ctx();
+    let mut rng = Rng(11);
+    let g = BlockGeometry::new(3, 16, 8, 128, 2);
+    for layout in [GpuLayout::BlockContiguous, GpuLayout::LayerSeparate] {
+        let (pool, truth) = random_pool(&ctx, layout, g, 24, &mut rng);
+        let engine = TransferEngine::new(&ctx, TransferConfig::default()).expect("engine");
+        let ids: Vec<u32> = (5..17).chain([2, 3]).collect();
+        let bb = g.block_bytes();
+        let mut host = vec![0u8; ids.len() * bb];
+        {
+            let mut dst: Vec<&mut [u8]> = host.chunks_exact_mut(bb).collect();
+            engine
+                .offload(&pool, &ids, &mut dst)
+                .await
+                .expect("offload");
+        }
+        for (i, &b) in ids.iter().enumerate() {
+            assert!(
+                host[i * bb..(i + 1) * bb] == truth[b as usize][..],
+                "{layout:?} block {b}"
+            );
+            pool.fill_block(b, 0).expect("scribble");
+        }
+        let src: Vec<&[u8]> = host.chunks_exact(bb).collect();
+        engine.onboard(&pool, &ids, &src).await.expect("onboard");
+        for (b, want) in truth.iter().enumerate() {
+            assert!(
+                pool.read_block(b as u32).expect("read") == *want,
+                "{layout:?} block {b}"
+            );
+        }
+    }
+}

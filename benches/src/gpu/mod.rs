@@ -67,7 +67,21 @@ pub struct PinRow {
     pub method: String,
     pub gib: usize,
     pub seconds: f64,
+    /// Of which touching the pages (mmap method).
+    pub touch_seconds: f64,
     pub gib_per_s: f64,
+}
+
+/// The naive baseline: one copy per 64 KiB piece.
+#[derive(Serialize, Debug)]
+pub struct NaiveRow {
+    pub shape: String,
+    pub block_size: usize,
+    pub batch: usize,
+    pub piece_bytes: usize,
+    pub per_piece_gbps: f64,
+    pub engine_gbps: f64,
+    pub speedup: f64,
 }
 
 #[derive(Serialize, Debug)]
@@ -87,6 +101,7 @@ pub struct Report {
     pub device: String,
     pub transfers: Vec<TransferRow>,
     pub pinning: Vec<PinRow>,
+    pub naive: Vec<NaiveRow>,
     pub disk: Option<DiskRow>,
 }
 
@@ -213,15 +228,18 @@ pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
         let buf = PinnedBuffer::new(&ctx, args.pin_gib << 30, method)
             .with_context(|| format!("pinning {} GiB with {}", args.pin_gib, method.label()))?;
         let s = buf.took.as_secs_f64();
+        let touch_seconds = buf.touch.as_secs_f64();
         drop(buf);
         pinning.push(PinRow {
             method: method.label(),
             gib: args.pin_gib,
             seconds: s,
+            touch_seconds,
             gib_per_s: args.pin_gib as f64 / s,
         });
     }
 
+    let naive = naive_rows(&args, &ctx, &engine).await?;
     let disk = if args.disk_blocks > 0 {
         Some(disk_round_trip(&args, &ctx, &engine).await?)
     } else {
@@ -231,6 +249,7 @@ pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
         device,
         transfers,
         pinning,
+        naive,
         disk,
     };
     print_report(&report);
@@ -239,6 +258,46 @@ pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// Per-piece copies vs the transfer engine, layer-separate, 64 KiB pieces (block size 16).
+async fn naive_rows(
+    args: &GpuArgs,
+    ctx: &std::sync::Arc<tierkv_tiers::gpu::CudaContext>,
+    engine: &TransferEngine,
+) -> anyhow::Result<Vec<NaiveRow>> {
+    let mut rows = Vec::new();
+    for shape in &args.shapes {
+        let g = BlockGeometry::new(layers_of(shape)?, 16, 8, 128, 2);
+        let (batch, bb) = (16usize, g.block_bytes());
+        let pool = HbmPool::new(ctx, GpuLayout::LayerSeparate, g, 4 * batch)?;
+        for b in 0..(4 * batch) as u32 {
+            pool.fill_block(b, (b as u8) | 1)?;
+        }
+        let mut host = PinnedBuffer::new(ctx, batch * bb, PinMethod::HostAlloc)?;
+        let (mut naive, mut fast) = (Vec::new(), Vec::new());
+        for rep in 0..args.repeats + 1 {
+            let ids = scattered(batch, 4 * batch, 31 + rep as u64);
+            let mut dst: Vec<&mut [u8]> = host.as_mut_slice().chunks_exact_mut(bb).collect();
+            let n = engine.offload_per_piece(&pool, &ids, &mut dst).await?;
+            let f = engine.offload(&pool, &ids, &mut dst).await?;
+            if rep > 0 {
+                naive.push(n.elapsed.as_secs_f64());
+                fast.push(f.elapsed.as_secs_f64());
+            }
+        }
+        let (n, f) = (median(naive), median(fast));
+        rows.push(NaiveRow {
+            shape: shape.clone(),
+            block_size: 16,
+            batch,
+            piece_bytes: g.layer_bytes,
+            per_piece_gbps: (batch * bb) as f64 / n / 1e9,
+            engine_gbps: (batch * bb) as f64 / f / 1e9,
+            speedup: n / f,
+        });
+    }
+    Ok(rows)
 }
 
 async fn disk_round_trip(

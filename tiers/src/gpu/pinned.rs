@@ -77,6 +77,8 @@ pub struct PinnedBuffer {
     method: PinMethod,
     /// How long allocating and pinning took.
     pub took: Duration,
+    /// Of which touching the pages (mmap method only).
+    pub touch: Duration,
 }
 
 // SAFETY: plain host memory owned by this value; `&mut self` guards writes.
@@ -92,6 +94,7 @@ impl PinnedBuffer {
         ctx.bind_to_thread()
             .map_err(|e| TierError::Gpu(format!("binding the context: {e}")))?;
         let started = Instant::now();
+        let mut touch = Duration::ZERO;
         let ptr = match method {
             PinMethod::HostAlloc => {
                 let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
@@ -120,7 +123,12 @@ impl PinnedBuffer {
                         std::io::Error::last_os_error()
                     )));
                 }
+                // Transparent huge pages where the kernel allows: 512x fewer faults.
+                // SAFETY: advice on the mapping just created; failure is harmless.
+                unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+                let t = Instant::now();
                 touch_pages(p.cast(), len, threads.max(1));
+                touch = t.elapsed();
                 // SAFETY: the mapping was just created and lives until Drop unregisters
                 // it and unmaps it.
                 if let Err(e) = unsafe { register_host(ctx, p.cast(), len) } {
@@ -139,6 +147,7 @@ impl PinnedBuffer {
             len,
             method,
             took: started.elapsed(),
+            touch,
         })
     }
 

@@ -212,27 +212,15 @@ impl TransferEngine {
         let guard = FinishOnDrop(Some(&stream));
         match pool.layout() {
             GpuLayout::BlockContiguous => {
+                let mut pairs = Vec::with_capacity(blocks.len());
                 for (&b, &h) in blocks.iter().zip(host) {
-                    let dev = pool.block_ptr(b)?;
-                    // SAFETY: `dev` addresses one block inside the pool; `h` is a host
-                    // buffer of exactly one block that the caller keeps borrowed until
-                    // this function returns, which is after the stream completed (or
-                    // `guard` synchronised it).
-                    let r = unsafe {
-                        match dir {
-                            Direction::Offload => {
-                                sys::cuMemcpyDtoHAsync_v2(h as *mut _, dev, block_bytes, cu_stream)
-                            }
-                            Direction::Onboard => sys::cuMemcpyHtoDAsync_v2(
-                                dev,
-                                h as *const _,
-                                block_bytes,
-                                cu_stream,
-                            ),
-                        }
-                    };
-                    check(r, "block copy")?;
+                    pairs.push((h, pool.block_ptr(b)?));
                 }
+                // SAFETY: every device address is one block inside the pool; every host
+                // address is a buffer of exactly one block that the caller keeps
+                // borrowed until this function returns, which is after the stream
+                // completed (or `guard` synchronised it).
+                unsafe { copy_runs(&dir, &pairs, block_bytes, cu_stream) }?;
             }
             GpuLayout::LayerSeparate => {
                 let per_round = (self.config.staging_bytes / block_bytes).max(1);
@@ -267,22 +255,15 @@ impl TransferEngine {
                         shared_mem_bytes: 0,
                     };
                     let (piece_bytes, chunk_bytes) = (g.layer_bytes as u64, CHUNK_BYTES);
+                    let pairs: Vec<(usize, CUdeviceptr)> = host[first..first + chunk.len()]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &h)| (h, staging + (i * block_bytes) as u64))
+                        .collect();
                     if let Direction::Onboard = dir {
-                        for (i, &h) in host[first..first + chunk.len()].iter().enumerate() {
-                            // SAFETY: staging holds `per_round` blocks; `h` is one
-                            // borrowed host block (see the contiguous case).
-                            check(
-                                unsafe {
-                                    sys::cuMemcpyHtoDAsync_v2(
-                                        staging + (i * block_bytes) as u64,
-                                        h as *const _,
-                                        block_bytes,
-                                        cu_stream,
-                                    )
-                                },
-                                "host to staging",
-                            )?;
-                        }
+                        // SAFETY: staging holds `per_round` blocks; each host address is
+                        // one borrowed block (see the contiguous case).
+                        unsafe { copy_runs(&dir, &pairs, block_bytes, cu_stream) }?;
                     }
                     let f = match dir {
                         Direction::Offload => &self.kernels.gather,
@@ -301,20 +282,8 @@ impl TransferEngine {
                     unsafe { launch.launch(cfg) }
                         .map_err(gpu_err("launching a transfer kernel"))?;
                     if let Direction::Offload = dir {
-                        for (i, &h) in host[first..first + chunk.len()].iter().enumerate() {
-                            // SAFETY: as for the onboard copies.
-                            check(
-                                unsafe {
-                                    sys::cuMemcpyDtoHAsync_v2(
-                                        h as *mut _,
-                                        staging + (i * block_bytes) as u64,
-                                        block_bytes,
-                                        cu_stream,
-                                    )
-                                },
-                                "staging to host",
-                            )?;
-                        }
+                        // SAFETY: as for the onboard copies.
+                        unsafe { copy_runs(&dir, &pairs, block_bytes, cu_stream) }?;
                     }
                 }
             }
@@ -365,6 +334,49 @@ impl TransferEngine {
         Ok(started.elapsed())
     }
 
+    /// The naive way, for comparison only: one asynchronous copy per piece (layer of a
+    /// block) straight from the pool into `dst`. Small pieces make this slow.
+    pub async fn offload_per_piece(
+        &self,
+        pool: &HbmPool,
+        blocks: &[u32],
+        dst: &mut [&mut [u8]],
+    ) -> Result<TransferStats> {
+        let g = pool.geometry();
+        if dst.len() != blocks.len() || dst.iter().any(|d| d.len() != g.block_bytes()) {
+            return Err(TierError::Gpu("one host block per block is needed".into()));
+        }
+        let lane = self.offload.lock().await;
+        self.ctx
+            .bind_to_thread()
+            .map_err(gpu_err("binding the context"))?;
+        let started = Instant::now();
+        let guard = FinishOnDrop(Some(&lane.stream));
+        for (&b, d) in blocks.iter().zip(dst.iter_mut()) {
+            for (layer, piece) in d.chunks_exact_mut(g.layer_bytes).enumerate() {
+                let src = pool.piece_ptr(b, layer)?;
+                // SAFETY: `src` is one piece inside the pool and `piece` is exactly as
+                // long, borrowed until the stream completed (or `guard` synchronised).
+                let r = unsafe {
+                    sys::cuMemcpyDtoHAsync_v2(
+                        piece.as_mut_ptr().cast(),
+                        src,
+                        g.layer_bytes,
+                        lane.stream.cu_stream(),
+                    )
+                };
+                check(r, "per-piece copy")?;
+            }
+        }
+        self.completion(&lane.stream).await?;
+        std::mem::forget(guard);
+        Ok(TransferStats {
+            blocks: blocks.len(),
+            bytes: blocks.len() * g.block_bytes(),
+            elapsed: started.elapsed(),
+        })
+    }
+
     /// Resolves when the work queued on `stream` so far has completed: a CUDA event,
     /// waited for on a blocking thread so that no runtime worker stalls.
     async fn completion(&self, stream: &CudaStream) -> Result<()> {
@@ -380,6 +392,43 @@ impl TransferEngine {
         .map_err(|e| TierError::Gpu(format!("waiting for a transfer: {e}")))?
         .map_err(gpu_err("transfer"))
     }
+}
+
+/// Copies `len` bytes between each `(host, device)` pair in `dir`'s direction, merging
+/// pairs whose host and device ranges both continue the previous one into one copy
+/// (large copies are what reach full PCIe speed).
+///
+/// # Safety
+/// Every pair must address `len` bytes of host and device memory that stay valid, and
+/// untouched by anything else, until the stream has executed the copies.
+unsafe fn copy_runs(
+    dir: &Direction,
+    pairs: &[(usize, CUdeviceptr)],
+    len: usize,
+    stream: sys::CUstream,
+) -> Result<()> {
+    let mut i = 0;
+    while i < pairs.len() {
+        let (h, d) = pairs[i];
+        let mut n = 1;
+        while i + n < pairs.len()
+            && pairs[i + n].0 == h + n * len
+            && pairs[i + n].1 == d + (n * len) as u64
+        {
+            n += 1;
+        }
+        // SAFETY: the caller guarantees both ranges; a merged run is the union of
+        // adjacent valid ranges.
+        let r = unsafe {
+            match dir {
+                Direction::Offload => sys::cuMemcpyDtoHAsync_v2(h as *mut _, d, n * len, stream),
+                Direction::Onboard => sys::cuMemcpyHtoDAsync_v2(d, h as *const _, n * len, stream),
+            }
+        };
+        check(r, "copy between HBM and host")?;
+        i += n;
+    }
+    Ok(())
 }
 
 fn check(r: sys::CUresult, what: &str) -> Result<()> {
