@@ -400,12 +400,28 @@ fn print_report(r: &Report) {
             x.onboard_ratio
         );
     }
-    println!("| pinning method | GiB | s | GiB/s |");
-    println!("|---|---|---|---|");
+    println!("| pinning method | GiB | s | of which touch s | GiB/s |");
+    println!("|---|---|---|---|---|");
     for p in &r.pinning {
         println!(
-            "| {} | {} | {:.2} | {:.1} |",
-            p.method, p.gib, p.seconds, p.gib_per_s
+            "| {} | {} | {:.2} | {:.2} | {:.1} |",
+            p.method, p.gib, p.seconds, p.touch_seconds, p.gib_per_s
+        );
+    }
+    println!(
+        "| shape | batch | piece bytes | one copy per piece GB/s | transfer engine GB/s | speed-up |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for n in &r.naive {
+        println!(
+            "| {} bs{} | {} | {} | {:.1} | {:.1} | {:.1}x |",
+            n.shape,
+            n.block_size,
+            n.batch,
+            n.piece_bytes,
+            n.per_piece_gbps,
+            n.engine_gbps,
+            n.speedup
         );
     }
     if let Some(d) = &r.disk {
