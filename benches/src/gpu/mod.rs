@@ -37,6 +37,9 @@ pub struct GpuArgs {
     /// Blocks (Llama-3-8B shape, block size 16) in the disk round trip; 0 skips it.
     #[arg(long, default_value_t = 256)]
     pub disk_blocks: usize,
+    /// io_uring threads of the disk tier in the disk round trip.
+    #[arg(long, default_value_t = 1)]
+    pub disk_io_threads: usize,
     /// Directory of the disk tier and the O_DIRECT baseline file.
     #[arg(long, default_value = "target/bench/gpu")]
     pub dir: PathBuf,
@@ -319,6 +322,7 @@ async fn disk_round_trip(
         path: dir.clone(),
         capacity_bytes: (bytes * 2) as u64,
         slot_bytes: bb,
+        io_threads: args.disk_io_threads.max(1),
         ..DiskTierConfig::default()
     })?;
     let round = (64 << 20) / bb * bb;

@@ -16,6 +16,8 @@ use tierkv_kvstore::hash_blocks;
 pub use config::FrontendConfig;
 pub use registry::Registry;
 
+use self::registry::PrefillReservation;
+
 use self::routing::{Candidate, KvAware, Policy, RoundRobin, RoutingPolicy};
 use self::worker_client::StartError;
 use crate::api::{Backend, Routed};
@@ -93,6 +95,41 @@ impl Frontend {
         &self.inner.registry
     }
 
+    /// The reachable prefill workers for a prompt, best first (most overlap, then
+    /// shortest queue), and the first one reserved until the request's first token, so
+    /// that a burst spreads over them.
+    fn prefill_candidates(
+        &self,
+        hashes: &[tierkv_kvstore::BlockHash],
+    ) -> (Vec<PrefillCandidate>, Option<PrefillReservation>) {
+        let i = &self.inner;
+        let workers: Vec<_> = i
+            .registry
+            .workers(&[Role::Prefill])
+            .into_iter()
+            .filter(|w| w.reachable())
+            .filter_map(|w| w.spec.blocks.clone().map(|b| (w, b)))
+            .collect();
+        let _deciding = i.deciding.lock().unwrap_or_else(|p| p.into_inner());
+        let mut order: Vec<(PrefillCandidate, usize)> = workers
+            .iter()
+            .enumerate()
+            .map(|(k, (w, blocks))| {
+                let c = PrefillCandidate {
+                    name: w.spec.name.clone(),
+                    http: w.spec.http.clone(),
+                    blocks: blocks.clone(),
+                    overlap_blocks: w.overlap(hashes),
+                    queue: w.prefill_queue(),
+                };
+                (c, k)
+            })
+            .collect();
+        order.sort_by_key(|(c, _)| (std::cmp::Reverse(c.overlap_blocks), c.queue));
+        let reservation = order.first().map(|(_, k)| workers[*k].0.reserve_prefill());
+        (order.into_iter().map(|(c, _)| c).collect(), reservation)
+    }
+
     async fn route(&self, req: GenerateRequest) -> Result<Routed> {
         let i = &self.inner;
         i.metrics.requests.inc();
@@ -110,38 +147,8 @@ impl Frontend {
                 "no decode worker is available".into(),
             ));
         }
-        let prefill_workers: Vec<_> = i
-            .registry
-            .workers(&[Role::Prefill])
-            .into_iter()
-            .filter(|w| w.reachable() && w.spec.blocks.is_some())
-            .collect();
-        let (wire, prefill_reservation) = {
-            // Most overlap first, then the shortest queue; the first is counted as
-            // busy until this request's first token, so a burst spreads over them.
-            let _deciding = i.deciding.lock().unwrap_or_else(|p| p.into_inner());
-            let mut order: Vec<(PrefillCandidate, usize)> = prefill_workers
-                .iter()
-                .enumerate()
-                .map(|(k, w)| {
-                    let c = PrefillCandidate {
-                        name: w.spec.name.clone(),
-                        http: w.spec.http.clone(),
-                        blocks: w.spec.blocks.clone().unwrap_or_default(),
-                        overlap_blocks: w.overlap(&hashes),
-                        queue: w.prefill_queue(),
-                    };
-                    (c, k)
-                })
-                .collect();
-            order.sort_by_key(|(c, _)| (std::cmp::Reverse(c.overlap_blocks), c.queue));
-            let reservation = order
-                .first()
-                .map(|(_, k)| prefill_workers[*k].reserve_prefill());
-            let candidates = order.into_iter().map(|(c, _)| c).collect();
-            (WireRequest::from_request(&req, candidates), reservation)
-        };
-        let mut prefill_reservation = prefill_reservation;
+        let (candidates, mut prefill_reservation) = self.prefill_candidates(&hashes);
+        let wire = WireRequest::from_request(&req, candidates);
         let overlaps: Vec<usize> = decoders.iter().map(|w| w.overlap(&hashes)).collect();
         let mut failures = Vec::new();
         let mut tried = vec![false; decoders.len()];
@@ -195,6 +202,9 @@ impl Frontend {
                 }
                 Err(StartError::Rejected(e)) => return Err(e),
                 Err(StartError::Failed(e)) => {
+                    // The prompt was not prefilled: count it against its prefill worker
+                    // again for the next attempt.
+                    prefill_reservation = self.prefill_candidates(&hashes).1;
                     tracing::warn!(worker = %candidate.name, error = %e, "worker refused a request; trying the next");
                     i.metrics
                         .worker_failures
