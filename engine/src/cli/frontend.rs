@@ -8,7 +8,6 @@ use serde::Deserialize;
 use tierkv_engine::discovery::{Discovery, EtcdClient, EtcdDiscovery, StaticDiscovery};
 use tierkv_engine::frontend::routing::Policy;
 use tierkv_engine::frontend::{Frontend, FrontendConfig};
-use tokio::sync::watch;
 
 #[derive(clap::Args, Debug)]
 pub struct FrontendArgs {
@@ -103,17 +102,15 @@ pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {
         tierkv_engine::api::Backend::model_id(&frontend),
         listener.local_addr()?
     );
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        super::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    serve(frontend, listener).await
+}
+
+/// Serves `frontend`'s API on `listener` until SIGINT or SIGTERM.
+pub async fn serve(frontend: Frontend, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     tierkv_engine::api::serve_router(
         listener,
         tierkv_engine::frontend::router(frontend),
-        async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        },
+        super::shutdown_signal(),
     )
     .await?;
     Ok(())

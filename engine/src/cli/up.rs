@@ -13,7 +13,6 @@ use tierkv_engine::frontend::routing::Policy;
 use tierkv_engine::pd::Role;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -199,20 +198,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             },
             listener.local_addr()?
         );
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            super::shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        });
-        tierkv_engine::api::serve_router(
-            listener,
-            tierkv_engine::frontend::router(frontend),
-            async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            },
-        )
-        .await?;
-        Ok::<_, anyhow::Error>(())
+        super::frontend::serve(frontend, listener).await
     }
     .await;
     println!("tierkv up: stopping {} workers", workers.len());
