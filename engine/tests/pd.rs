@@ -311,13 +311,7 @@ fn tierkv_up_starts_a_cluster_that_serves_and_stops_it_all_on_sigterm() {
             .to_string();
         workers.push(addr);
     }
-    let line = up.wait_line("tierkv up: frontend");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("url")
-        .trim_end_matches("/v1")
-        .to_string();
+    let url = base_url(&up.wait_line("tierkv up: frontend"));
     let p = &prompts()[2];
     let got = complete(&url, p, 4);
     assert_eq!(got.worker.as_deref(), Some("decode-0"));

@@ -63,6 +63,8 @@ pub async fn start(
         .await?
         .with_context(|| format!("loading {}", model.display()))?;
     let id = served_model_name.unwrap_or(text.id);
+    let static_workers = config.workers.len();
+    let wait = std::time::Duration::from_secs(config.worker_start_timeout_s);
     let mut discovery: Vec<Box<dyn Discovery>> = vec![Box::new(StaticDiscovery::new(
         std::mem::take(&mut config.workers),
     ))];
@@ -70,13 +72,21 @@ pub async fn start(
         let client = EtcdClient::connect(&etcd.endpoints).await?;
         discovery.push(Box::new(EtcdDiscovery::new(client, etcd.prefix.clone())));
     }
-    Ok(Frontend::start(
-        text.codec,
-        text.config,
-        id,
-        &config,
-        discovery,
-    )?)
+    let frontend = Frontend::start(text.codec, text.config, id, &config, discovery)?;
+    // Answer only once the listed workers joined: a request routed before would find
+    // no worker.
+    let deadline = std::time::Instant::now() + wait;
+    while frontend.registry().count() < static_workers && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if frontend.registry().count() < static_workers {
+        tracing::warn!(
+            joined = frontend.registry().count(),
+            listed = static_workers,
+            "not every listed worker joined; serving with those that did"
+        );
+    }
+    Ok(frontend)
 }
 
 pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {

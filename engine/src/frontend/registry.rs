@@ -181,6 +181,11 @@ impl Registry {
             .clone()
     }
 
+    /// Workers that joined.
+    pub fn count(&self) -> usize {
+        self.workers.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Workers in a role.
     pub fn workers(&self, roles: &[Role]) -> Vec<Arc<Worker>> {
         self.workers

@@ -173,14 +173,17 @@ pub fn frontend(
             .arg(model_path())
             .args(extra),
     );
-    let line = proc.wait_line(" on http://");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("url")
-        .trim_end_matches("/v1")
-        .to_string();
+    let url = base_url(&proc.wait_line(" on http://"));
     (proc, url)
+}
+
+/// `http://host:port` from a banner line such as "... on http://host:port/v1 ...".
+pub fn base_url(line: &str) -> String {
+    line.split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .trim_end_matches("/v1")
+        .to_string()
 }
 
 pub fn model_id() -> String {

@@ -10,6 +10,23 @@ use futures::future::try_join_all;
 use super::{HbmPool, PinnedBuffer, TransferEngine, TransferStats};
 use crate::{BlockKey, DiskTier, Result, Tier, TierError};
 
+/// The block size and the rounds (blocks with their keys) that fit a bounce buffer.
+type Rounds<'a> = Vec<(&'a [u32], &'a [BlockKey])>;
+
+fn plan<'a>(
+    pool: &HbmPool,
+    blocks: &'a [u32],
+    keys: &'a [BlockKey],
+    bounce: &[PinnedBuffer; 2],
+) -> Result<(usize, Rounds<'a>)> {
+    let bb = pool.geometry().block_bytes();
+    let per = rounds(bounce, bb)?;
+    if keys.len() != blocks.len() {
+        return Err(TierError::Gpu("one key per block is needed".into()));
+    }
+    Ok((bb, blocks.chunks(per).zip(keys.chunks(per)).collect()))
+}
+
 fn rounds(bounce: &[PinnedBuffer; 2], block_bytes: usize) -> Result<usize> {
     let per = bounce[0].len().min(bounce[1].len()) / block_bytes;
     if per == 0 {
@@ -36,13 +53,8 @@ pub async fn hbm_to_disk(
     disk: &DiskTier,
     bounce: &mut [PinnedBuffer; 2],
 ) -> Result<TransferStats> {
-    let bb = pool.geometry().block_bytes();
-    let per = rounds(bounce, bb)?;
-    if keys.len() != blocks.len() {
-        return Err(TierError::Gpu("one key per block is needed".into()));
-    }
+    let (bb, chunks) = plan(pool, blocks, keys, bounce)?;
     let started = Instant::now();
-    let chunks: Vec<(&[u32], &[BlockKey])> = blocks.chunks(per).zip(keys.chunks(per)).collect();
     let [a, b] = bounce;
     let mut bufs = [a, b];
     let mut pending: Option<(usize, usize)> = None; // (buffer, round) written to disk next
@@ -95,13 +107,8 @@ pub async fn disk_to_hbm(
     disk: &DiskTier,
     bounce: &mut [PinnedBuffer; 2],
 ) -> Result<TransferStats> {
-    let bb = pool.geometry().block_bytes();
-    let per = rounds(bounce, bb)?;
-    if keys.len() != blocks.len() {
-        return Err(TierError::Gpu("one key per block is needed".into()));
-    }
+    let (bb, chunks) = plan(pool, blocks, keys, bounce)?;
     let started = Instant::now();
-    let chunks: Vec<(&[u32], &[BlockKey])> = blocks.chunks(per).zip(keys.chunks(per)).collect();
     let [a, b] = bounce;
     let mut bufs = [a, b];
     if let Some((_, ks)) = chunks.first() {
