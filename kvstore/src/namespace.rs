@@ -17,6 +17,9 @@ pub struct Namespace {
     tp_rank: u32,
     tp_size: u32,
     cache_salt: Option<String>,
+    /// For an outside engine: its attention backend and in-block packing (e.g.
+    /// `CPU_ATTN/vec`), since its block bytes are opaque to tierkv.
+    engine_layout: Option<String>,
     name: String,
     id: u64,
     seed: u128,
@@ -35,14 +38,33 @@ impl Namespace {
         tp_size: u32,
         cache_salt: Option<String>,
     ) -> Result<Namespace> {
+        Self::build(model_id.into(), layout, tp_rank, tp_size, None, cache_salt)
+    }
+
+    fn build(
+        model_id: String,
+        layout: KvLayout,
+        tp_rank: u32,
+        tp_size: u32,
+        engine_layout: Option<String>,
+        cache_salt: Option<String>,
+    ) -> Result<Namespace> {
         layout.validate()?;
-        let model_id = model_id.into();
         if tp_size == 0 || tp_rank >= tp_size {
             return Err(crate::KvStoreError::Layout(format!(
                 "tensor-parallel rank {tp_rank} of {tp_size}"
             )));
         }
         let mut name = format!("{model_id}@{layout}@tp{tp_rank}of{tp_size}");
+        if let Some(engine) = &engine_layout {
+            if engine.is_empty() || engine.contains('@') {
+                return Err(crate::KvStoreError::Layout(format!(
+                    "engine layout {engine:?} must be non-empty and without '@'"
+                )));
+            }
+            name.push('@');
+            name.push_str(engine);
+        }
         if let Some(salt) = &cache_salt {
             // The salt itself stays private: only its digest appears in the name.
             name.push_str(&format!(
@@ -58,6 +80,7 @@ impl Namespace {
             tp_rank,
             tp_size,
             cache_salt,
+            engine_layout,
             name,
             id,
             seed,
@@ -66,13 +89,33 @@ impl Namespace {
 
     /// The same namespace with a tenant salt.
     pub fn salted(&self, salt: impl Into<String>) -> Result<Namespace> {
-        Self::with_parts(
+        Self::build(
             self.model_id.clone(),
             self.layout,
             self.tp_rank,
             self.tp_size,
+            self.engine_layout.clone(),
             Some(salt.into()),
         )
+    }
+
+    /// The same namespace for an outside engine whose blocks are packed as
+    /// `engine_layout` says (attention backend and in-block packing, e.g. `CPU_ATTN/vec`):
+    /// two packings never share a block.
+    pub fn with_engine_layout(&self, engine_layout: impl Into<String>) -> Result<Namespace> {
+        Self::build(
+            self.model_id.clone(),
+            self.layout,
+            self.tp_rank,
+            self.tp_size,
+            Some(engine_layout.into()),
+            self.cache_salt.clone(),
+        )
+    }
+
+    /// The outside engine's block packing, if any.
+    pub fn engine_layout(&self) -> Option<&str> {
+        self.engine_layout.as_deref()
     }
 
     pub fn model_id(&self) -> &str {
@@ -122,12 +165,18 @@ mod tests {
             .unwrap(),
             Namespace::with_parts("m", l, 1, 2, None).unwrap(),
             base.salted("tenant-a").unwrap(),
+            base.with_engine_layout("CPU_ATTN/vec").unwrap(),
+            base.with_engine_layout("CPU_ATTN/amx").unwrap(),
         ];
         for o in &others {
             assert_ne!(o.id(), base.id(), "{}", o.name());
             assert_ne!(o.seed(), base.seed());
         }
         assert!(!others[3].name().contains("tenant-a"), "salt is not leaked");
+        assert_ne!(others[4].id(), others[5].id(), "packings never share");
+        let salted = others[4].salted("t").unwrap();
+        assert_eq!(salted.engine_layout(), Some("CPU_ATTN/vec"));
+        assert!(base.with_engine_layout("a@b").is_err());
         assert!(Namespace::with_parts("m", l, 2, 2, None).is_err());
     }
 }

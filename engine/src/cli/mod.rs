@@ -27,24 +27,7 @@ pub fn load_config(
     if let Some(dir) = data_dir {
         c.data_dir = dir;
     }
-    for tier in &mut c.tiers {
-        match tier {
-            TierConfig::Object(o) => {
-                if let Some(s3) = &mut o.s3 {
-                    if s3.access_key_id.is_none() {
-                        s3.access_key_id = std::env::var("AWS_ACCESS_KEY_ID").ok();
-                    }
-                    if s3.secret_access_key.is_none() {
-                        s3.secret_access_key = std::env::var("AWS_SECRET_ACCESS_KEY").ok();
-                    }
-                }
-            }
-            TierConfig::Remote(r) if r.token.is_none() => {
-                r.token = std::env::var("TIERKV_TOKEN").ok();
-            }
-            _ => {}
-        }
-    }
+    c.fill_secrets(|name| std::env::var(name).ok());
     c.validate()?;
     Ok(c)
 }

@@ -123,6 +123,31 @@ impl StoreConfig {
         ]
     }
 
+    /// Fills secrets the file left out from `lookup` (the binaries pass their
+    /// environment): S3 `access_key_id` / `secret_access_key` from `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY`, a remote tier's `token` from `TIERKV_TOKEN`. The library
+    /// itself never reads the environment.
+    pub fn fill_secrets(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        for tier in &mut self.tiers {
+            match tier {
+                TierConfig::Object(o) => {
+                    if let Some(s3) = &mut o.s3 {
+                        if s3.access_key_id.is_none() {
+                            s3.access_key_id = lookup("AWS_ACCESS_KEY_ID");
+                        }
+                        if s3.secret_access_key.is_none() {
+                            s3.secret_access_key = lookup("AWS_SECRET_ACCESS_KEY");
+                        }
+                    }
+                }
+                TierConfig::Remote(r) if r.token.is_none() => {
+                    r.token = lookup("TIERKV_TOKEN");
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<StoreConfig> {
         let config: StoreConfig =

@@ -1,0 +1,221 @@
+"""The worker side of TierkvConnector (in each vLLM worker process): learns the KV
+layout from ``register_kv_caches``, opens the store (embedded, serving its lookups to the
+scheduler) or connects to the sidecar, loads planned blocks whole before the forward
+pass, and saves completed blocks without stalling it (their bytes are copied out at
+the end of the step and stored in the background)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import tierkv
+
+from . import rendezvous
+from .config import ConnectorConfig
+from .layout import BlockMap, block_map
+from .metadata import TierkvMetadata
+
+logger = logging.getLogger("tierkv.vllm")
+
+_IO_KEYS = (
+    "saved_blocks",
+    "saved_bytes",
+    "save_skipped",
+    "save_failed",
+    "save_seconds",
+    "loaded_blocks",
+    "loaded_bytes",
+    "load_failed",
+    "load_seconds",
+)
+
+
+class WorkerSide:
+    def __init__(self, cfg: ConnectorConfig, vllm_config: Any, engine_id: str, tp_rank: int):
+        self.cfg = cfg
+        self.vllm_config = vllm_config
+        self.engine_id = engine_id
+        self.tp_rank = tp_rank
+        self.store: tierkv.Store | None = None
+        self.namespace: tierkv.Namespace | None = None
+        self.blocks: BlockMap | None = None
+        self._salted: dict[str, tierkv.Namespace] = {}
+        self._regions: list[int] = []
+        self._invalid: set[int] = set()
+        self._reported: dict[str, Any] = {}
+        self._rendezvous_file: str | None = None
+
+    # -- set-up ----------------------------------------------------------------------
+
+    def register_kv_caches(self, kv_caches: dict[str, Any], num_blocks: int) -> None:
+        vc = self.vllm_config
+        model, cache, parallel = vc.model_config, vc.cache_config, vc.parallel_config
+        self.blocks = block_map(kv_caches, num_blocks)
+        first = next(iter(kv_caches.values()))
+        engine_layout = f"{_backend_name(vc, next(iter(kv_caches)))}/{_packing(first, cache, model)}/{self.blocks.signature}"
+        info = dict(
+            model_id=self.cfg.model_id or model.model,
+            num_layers=len(kv_caches),
+            num_kv_heads=model.get_num_kv_heads(parallel),
+            head_dim=model.get_head_size(),
+            dtype=str(first.dtype).removeprefix("torch."),
+            block_size=cache.block_size,
+            tp_rank=self.tp_rank,
+            tp_size=parallel.tensor_parallel_size,
+            engine_layout=engine_layout,
+        )
+        self.namespace = tierkv.Namespace(**info)
+        if self.namespace.block_bytes != self.blocks.block_bytes:
+            raise ValueError(
+                f"TierkvConnector: a block of {self.namespace.name} has "
+                f"{self.namespace.block_bytes} bytes, but the KV cache tensors hold "
+                f"{self.blocks.block_bytes} per block (layout {self.blocks.signature})"
+            )
+        seen = set()
+        for t in kv_caches.values():
+            storage = t.untyped_storage()
+            if storage.data_ptr() in seen:
+                continue
+            seen.add(storage.data_ptr())
+            if first.device.type != "cpu":
+                raise ValueError(
+                    "TierkvConnector copies between the store and CPU KV caches; "
+                    f"this KV cache is on {first.device}"
+                )
+            tierkv.register_memory(storage.data_ptr(), storage.nbytes())
+            self._regions.append(storage.data_ptr())
+        if self.cfg.sidecar:
+            self.store = tierkv.connect(
+                self.cfg.sidecar,
+                token=self.cfg.token,
+                timeout_s=self.cfg.timeout_s,
+                save_queue_bytes=self.cfg.save_queue_bytes,
+            )
+            addr = self.cfg.sidecar
+        else:
+            self.store = tierkv.open_store(
+                self.cfg.config,
+                min_slot_bytes=self.blocks.block_bytes,
+                save_queue_bytes=self.cfg.save_queue_bytes,
+            )
+            # The scheduler (another process) asks this store's block service.
+            addr = self.store.serve("127.0.0.1:0")
+        self._rendezvous_file = rendezvous.path(self.cfg.rendezvous_dir, self.engine_id, self.tp_rank)
+        rendezvous.publish(self._rendezvous_file, {"namespace": info, "addr": addr, "pid": os.getpid()})
+        self._reported = self._snapshot()
+        logger.info(
+            "TierkvConnector worker: %s store, namespace %s, %d blocks of %d bytes, lookups at %s",
+            self.store.kind,
+            self.namespace.name,
+            num_blocks,
+            self.blocks.block_bytes,
+            addr,
+        )
+
+    def _ns(self, salt: str | None) -> tierkv.Namespace:
+        assert self.namespace is not None
+        if salt is None:
+            return self.namespace
+        ns = self._salted.get(salt)
+        if ns is None:
+            ns = self._salted[salt] = self.namespace.salted(salt)
+        return ns
+
+    # -- per step --------------------------------------------------------------------
+
+    def start_load_kv(self, meta: TierkvMetadata) -> None:
+        if self.store is None or self.blocks is None:
+            return
+        for t in meta.loads:
+            hashes = t.hashes[self.tp_rank]
+            blocks = [(h, self.blocks.ranges(b)) for h, b in zip(hashes, t.block_ids)]
+            try:
+                loaded = self.store.load(self._ns(t.cache_salt), blocks)
+            except tierkv.TierkvError as e:
+                logger.warning("TierkvConnector: load of %s failed: %s", t.req_id, e)
+                loaded = 0
+            if loaded < len(blocks):
+                # vLLM recomputes from the first block that could not be loaded.
+                self._invalid.update(t.block_ids[loaded:])
+                logger.warning(
+                    "TierkvConnector: %s: loaded %d of %d blocks; the rest is recomputed",
+                    t.req_id,
+                    loaded,
+                    len(blocks),
+                )
+
+    def wait_for_save(self, meta: TierkvMetadata) -> None:
+        if self.store is None or self.blocks is None:
+            return
+        for t in meta.saves:
+            hashes = t.hashes[self.tp_rank]
+            blocks = [(h, self.blocks.ranges(b)) for h, b in zip(hashes, t.block_ids)]
+            try:
+                # Copies the bytes out now; the store writes them in the background.
+                self.store.save(self._ns(t.cache_salt), blocks)
+            except tierkv.TierkvError as e:
+                logger.warning("TierkvConnector: save of %s failed: %s", t.req_id, e)
+
+    def take_invalid_blocks(self) -> set[int]:
+        invalid, self._invalid = self._invalid, set()
+        return invalid
+
+    # -- statistics ------------------------------------------------------------------
+
+    def _snapshot(self) -> dict[str, Any]:
+        if self.store is None:
+            return {}
+        s = self.store.stats()
+        snap: dict[str, Any] = {k: s["io"][k] for k in _IO_KEYS}
+        snap["tier_hits"] = {t["name"]: t["hits"] for t in s["tiers"]}
+        return snap
+
+    def stats_delta(self) -> dict[str, Any] | None:
+        """What moved since the last call, or ``None`` if nothing did."""
+        if self.store is None:
+            return None
+        now = self._snapshot()
+        prev, self._reported = self._reported, now
+        delta: dict[str, Any] = {k: now[k] - prev.get(k, 0) for k in _IO_KEYS}
+        hits = {
+            tier: n - prev.get("tier_hits", {}).get(tier, 0) for tier, n in now["tier_hits"].items()
+        }
+        delta["tier_hits"] = {t: n for t, n in hits.items() if n}
+        if not any(delta[k] for k in _IO_KEYS) and not delta["tier_hits"]:
+            return None
+        return delta
+
+    def shutdown(self) -> None:
+        if self.store is not None:
+            try:
+                self.store.flush(timeout_s=30.0)
+                self.store.close()
+            except tierkv.TierkvError as e:
+                logger.warning("TierkvConnector: shutdown: %s", e)
+        if self._rendezvous_file:
+            rendezvous.remove(self._rendezvous_file)
+        for addr in self._regions:
+            tierkv.unregister_memory(addr)
+        self._regions.clear()
+
+
+def _backend_name(vllm_config: Any, layer_name: str) -> str:
+    try:
+        layer = vllm_config.compilation_config.static_forward_context[layer_name]
+        return layer.get_attn_backend().get_name()
+    except (KeyError, AttributeError):
+        return "unknown"
+
+
+def _packing(tensor: Any, cache: Any, model: Any) -> str:
+    """The CPU backend packs K and V inside a block per instruction set."""
+    if tensor.device.type != "cpu":
+        return tensor.device.type
+    try:
+        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+        return _get_attn_isa(tensor.dtype, cache.block_size, model.get_head_size(), cache.cache_dtype)
+    except (ImportError, TypeError):
+        return "cpu"

@@ -1,0 +1,36 @@
+//! `tierkv._tierkv`: the native half of the `tierkv` Python package.
+//!
+//! - [`namespace::PyNamespace`]: `Namespace` and the block-hash chain, exactly as the Rust
+//!   side computes them.
+//! - [`store::PyStore`]: a `TieredStore` opened in this process (`Store.open`) or a
+//!   `tierkv serve` sidecar (`Store.connect`), with the same methods: put / get /
+//!   contains / lookup / stats, whole-block copies to and from caller memory, and
+//!   background saves.
+//! - [`memory`]: caller memory regions (e.g. a KV cache tensor) registered once, so that
+//!   every copy to or from an address is bounds-checked instead of trusted.
+//!
+//! Every call that does I/O releases the GIL; errors are `tierkv.TierkvError` with the
+//! Rust message.
+
+mod backend;
+mod counters;
+mod error;
+mod memory;
+mod namespace;
+mod runtime;
+mod saver;
+mod store;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _tierkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("TierkvError", m.py().get_type::<error::TierkvError>())?;
+    m.add_class::<namespace::PyNamespace>()?;
+    m.add_class::<store::PyStore>()?;
+    m.add_function(wrap_pyfunction!(memory::register_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(memory::unregister_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(namespace::namespace_id, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Background saves: the caller's bytes are copied out at once, stored by one task in
+//! the order given; a full queue skips (and counts) instead of blocking the caller.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tierkv_kvstore::Namespace;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::Backend;
+use crate::counters::IoCounters;
+
+enum Job {
+    Save {
+        ns: Namespace,
+        blocks: Vec<(u128, Bytes)>,
+        bytes: usize,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// The queue of blocks waiting to be stored.
+#[derive(Debug)]
+pub struct Saver {
+    tx: mpsc::UnboundedSender<Job>,
+    pending_bytes: Arc<AtomicUsize>,
+    limit_bytes: usize,
+    counters: Arc<IoCounters>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Save { blocks, bytes, .. } => write!(f, "Save({} blocks, {bytes} B)", blocks.len()),
+            Job::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+impl Saver {
+    /// Starts the saving task on `runtime`; at most `limit_bytes` wait at once.
+    pub fn start(
+        runtime: &tokio::runtime::Runtime,
+        backend: Arc<Backend>,
+        counters: Arc<IoCounters>,
+        limit_bytes: usize,
+    ) -> Saver {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let pending_bytes = Arc::new(AtomicUsize::new(0));
+        let pending = Arc::clone(&pending_bytes);
+        let task_counters = Arc::clone(&counters);
+        runtime.spawn(async move {
+            while let Some(job) = rx.recv().await {
+                match job {
+                    Job::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                    Job::Save { ns, blocks, bytes } => {
+                        let n = blocks.len() as u64;
+                        let t0 = Instant::now();
+                        match backend.put_many(&ns, blocks).await {
+                            Ok(_) => {
+                                task_counters.saved_blocks.fetch_add(n, Relaxed);
+                                task_counters.saved_bytes.fetch_add(bytes as u64, Relaxed);
+                            }
+                            Err(e) => {
+                                task_counters.save_failed.fetch_add(n, Relaxed);
+                                tracing::warn!(namespace = %ns.name(), blocks = n, error = %e, "background save failed");
+                            }
+                        }
+                        IoCounters::add_time(&task_counters.save_nanos, t0.elapsed());
+                        pending.fetch_sub(bytes, Relaxed);
+                    }
+                }
+            }
+        });
+        Saver {
+            tx,
+            pending_bytes,
+            limit_bytes,
+            counters,
+        }
+    }
+
+    /// Queues blocks (already copied); returns false (and counts them skipped) when the
+    /// queue holds too many bytes or the task is gone.
+    pub fn enqueue(&self, ns: Namespace, blocks: Vec<(u128, Bytes)>) -> bool {
+        let bytes: usize = blocks.iter().map(|(_, d)| d.len()).sum();
+        let n = blocks.len() as u64;
+        let admitted = self
+            .pending_bytes
+            .fetch_update(Relaxed, Relaxed, |p| {
+                (p + bytes <= self.limit_bytes || p == 0).then_some(p + bytes)
+            })
+            .is_ok();
+        if !admitted {
+            self.counters.save_skipped.fetch_add(n, Relaxed);
+            return false;
+        }
+        if self.tx.send(Job::Save { ns, blocks, bytes }).is_err() {
+            self.pending_bytes.fetch_sub(bytes, Relaxed);
+            self.counters.save_skipped.fetch_add(n, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Bytes waiting to be stored.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes.load(Relaxed)
+    }
+
+    /// Resolves once every block queued before the call has been stored (or failed).
+    pub fn flush(&self) -> oneshot::Receiver<()> {
+        let (done, wait) = oneshot::channel();
+        let _ = self.tx.send(Job::Flush(done));
+        wait
+    }
+}
