@@ -11,6 +11,7 @@ mod report;
 mod service;
 mod tier;
 mod trace;
+mod vllm;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +47,9 @@ enum Command {
     /// pinned allocation, HBM <-> disk (built with `--features cuda`).
     #[cfg(feature = "cuda")]
     Gpu(gpu::GpuArgs),
+    /// vLLM with TierkvConnector beside vLLM without it, its prefix cache and its
+    /// ExampleConnector (TTFT, throughput, hits per tier); block loads beside memcpy.
+    Vllm(vllm::VllmArgs),
 }
 
 #[tokio::main]
@@ -83,6 +87,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Pd(args) => pd::run(args).await?,
         #[cfg(feature = "cuda")]
         Command::Gpu(args) => gpu::run(args).await?,
+        Command::Vllm(args) => vllm::run(args)?,
     }
     Ok(())
 }

@@ -116,6 +116,11 @@ class TierkvConnector(KVConnectorBase_V1):
         assert self._scheduler is not None
         return self._scheduler.build_connector_meta(scheduler_output)
 
+    def update_connector_output(self, connector_output: Any) -> None:
+        super().update_connector_output(connector_output)
+        if self._scheduler is not None:
+            self._scheduler.blocks_failed(set(connector_output.invalid_block_ids or ()))
+
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         assert self._scheduler is not None
         # Saves copy their bytes out during the step that computed them, so the blocks

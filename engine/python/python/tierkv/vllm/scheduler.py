@@ -211,6 +211,17 @@ class SchedulerSide:
             )
         )
 
+    def blocks_failed(self, invalid_block_ids: set[int]) -> None:
+        """Blocks a worker could not load: the store no longer holds a usable copy, so
+        they are saved again once vLLM has recomputed them."""
+        if not invalid_block_ids:
+            return
+        for state in self.requests.values():
+            for i, block_id in enumerate(state.block_ids[: state.stored]):
+                if block_id in invalid_block_ids:
+                    state.stored = i
+                    break
+
     def take_events(self) -> list[Any]:
         events, self._events = self._events, []
         return events
