@@ -24,7 +24,13 @@ fn venv_python() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(stdout.lines().last().expect("vllm-env prints the python path").trim())
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("vllm-env prints the python path")
+            .trim(),
+    )
 }
 
 fn pytest(file: &str) {
@@ -35,7 +41,10 @@ fn pytest(file: &str) {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .status()
         .expect("run pytest");
-    assert!(status.success(), "pytest {file} failed (its output is above)");
+    assert!(
+        status.success(),
+        "pytest {file} failed (its output is above)"
+    );
 }
 
 #[test]

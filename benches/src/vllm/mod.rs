@@ -93,7 +93,9 @@ pub fn run(args: VllmArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("tierkv")))
         .filter(|p| p.exists())
-        .context("the `tierkv` binary next to tierkv-bench (cargo build --release -p tierkv-engine)")?;
+        .context(
+            "the `tierkv` binary next to tierkv-bench (cargo build --release -p tierkv-engine)",
+        )?;
     std::fs::create_dir_all(&args.work)?;
     let work = std::fs::canonicalize(&args.work)?;
     let spec = serde_json::json!({
@@ -108,7 +110,10 @@ pub fn run(args: VllmArgs) -> anyhow::Result<()> {
         .output()
         .with_context(|| format!("running {}", python.display()))?;
     if !out.status.success() {
-        bail!("benches/py/vllm_bench.py failed (logs in {})", work.display());
+        bail!(
+            "benches/py/vllm_bench.py failed (logs in {})",
+            work.display()
+        );
     }
     let results: Output =
         serde_json::from_slice(&out.stdout).context("reading the benchmark's JSON")?;
@@ -119,7 +124,12 @@ pub fn run(args: VllmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn find<'a>(rows: &'a [SetupRow], setup: &str, workload: &str, phase: &str) -> Option<&'a SetupRow> {
+fn find<'a>(
+    rows: &'a [SetupRow],
+    setup: &str,
+    workload: &str,
+    phase: &str,
+) -> Option<&'a SetupRow> {
     rows.iter()
         .find(|r| r.setup == setup && r.workload == workload && r.phase == phase)
 }
@@ -149,7 +159,11 @@ fn print_report(r: &Output) {
             row.ttft_p99_ms,
             row.tokens_per_s,
             100.0 * row.cached_share,
-            if hits.is_empty() { "-".into() } else { hits.join(", ") },
+            if hits.is_empty() {
+                "-".into()
+            } else {
+                hits.join(", ")
+            },
             ratio(|r| r.ttft_p50_ms),
             ratio(|r| r.tokens_per_s),
         );
@@ -174,7 +188,10 @@ fn print_report(r: &Output) {
         find(&r.setups, "vllm, no prefix cache", "docqa", "cold"),
     ) {
         let x = warm.ttft_p50_ms / cold.ttft_p50_ms;
-        println!("warm (host) ~1k-token TTFT / cold: {x:.3}x (target <= 0.2x: {})", met(x <= 0.2));
+        println!(
+            "warm (host) ~1k-token TTFT / cold: {x:.3}x (target <= 0.2x: {})",
+            met(x <= 0.2)
+        );
     }
     if let (Some(t), Some(v)) = (
         find(&r.setups, "tierkv embedded", "unique", "cold"),
@@ -188,7 +205,10 @@ fn print_report(r: &Output) {
         );
     }
     if let Some(worst) = r.block_loads.iter().map(|l| l.ratio).reduce(f64::min) {
-        println!("block loads vs memcpy: {worst:.2}x at worst (target >= 0.8x: {})", met(worst >= 0.8));
+        println!(
+            "block loads vs memcpy: {worst:.2}x at worst (target >= 0.8x: {})",
+            met(worst >= 0.8)
+        );
     }
 }
 

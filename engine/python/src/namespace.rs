@@ -57,9 +57,7 @@ impl PyNamespace {
         let mut ns = Namespace::with_parts(model_id, layout, tp_rank, tp_size, cache_salt)
             .map_err(PyTierkvError::from)?;
         if let Some(engine) = engine_layout {
-            ns = ns
-                .with_engine_layout(engine)
-                .map_err(PyTierkvError::from)?;
+            ns = ns.with_engine_layout(engine).map_err(PyTierkvError::from)?;
         }
         Ok(PyNamespace { ns })
     }

@@ -33,7 +33,9 @@ pub struct Saver {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Job::Save { blocks, bytes, .. } => write!(f, "Save({} blocks, {bytes} B)", blocks.len()),
+            Job::Save { blocks, bytes, .. } => {
+                write!(f, "Save({} blocks, {bytes} B)", blocks.len())
+            }
             Job::Flush(_) => f.write_str("Flush"),
         }
     }

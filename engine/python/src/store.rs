@@ -183,11 +183,19 @@ impl PyStore {
 
     /// Stores one block (`bytes` or `bytearray`-like data of exactly the namespace's
     /// block size); returns whether it was new.
-    fn put(&self, py: Python<'_>, ns: &PyNamespace, hash: u128, data: PyBackedBytes) -> PyResult<bool> {
+    fn put(
+        &self,
+        py: Python<'_>,
+        ns: &PyNamespace,
+        hash: u128,
+        data: PyBackedBytes,
+    ) -> PyResult<bool> {
         let data = Bytes::from_owner(data);
         let ns = ns.ns.clone();
         let backend = Arc::clone(&self.backend);
-        block_on(py, async move { Ok(backend.put_many(&ns, vec![(hash, data)]).await? == 1) })
+        block_on(py, async move {
+            Ok(backend.put_many(&ns, vec![(hash, data)]).await? == 1)
+        })
     }
 
     /// Stores many blocks `[(hash, data)]` concurrently; returns how many were new.
@@ -282,7 +290,11 @@ impl PyStore {
             return Ok(0);
         }
         let gathered = py.detach(|| PyStore::gather(ns, &blocks))?;
-        Ok(if self.saver.enqueue(ns.ns.clone(), gathered) { n } else { 0 })
+        Ok(if self.saver.enqueue(ns.ns.clone(), gathered) {
+            n
+        } else {
+            0
+        })
     }
 
     /// Loads blocks `[(hash, ranges)]` into caller memory, in order, and returns how many
@@ -350,9 +362,13 @@ impl PyStore {
     #[pyo3(signature = (listen = "127.0.0.1:0"))]
     fn serve(&self, py: Python<'_>, listen: &str) -> PyResult<String> {
         let Backend::Embedded { store, served } = &*self.backend else {
-            return Err(PyTierkvError::Unsupported("serve: only an embedded store can serve").into());
+            return Err(
+                PyTierkvError::Unsupported("serve: only an embedded store can serve").into(),
+            );
         };
-        let mut served = served.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut served = served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(s) = &*served {
             return Ok(s.addr.clone());
         }
@@ -374,7 +390,9 @@ impl PyStore {
                 let _ = stopped.wait_for(|s| *s).await;
             };
             let metrics = Arc::new(Metrics::new());
-            if let Err(e) = service::serve(store, &service_config, listener, metrics, shutdown).await {
+            if let Err(e) =
+                service::serve(store, &service_config, listener, metrics, shutdown).await
+            {
                 tracing::error!(error = %e, "block service stopped");
             }
         });

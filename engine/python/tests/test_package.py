@@ -27,7 +27,7 @@ def store_config(root, disk=True, object_dir=True, host="1MiB") -> dict:
     if disk:
         tier.append({"kind": "disk", "capacity": "1MiB", "write_through": True})
     if object_dir:
-        tier.append({"kind": "object", "capacity": "4MiB", "write_through": True})
+        tier.append({"kind": "object", "capacity": "4MiB", "local_dir": "object", "write_through": True})
     return {"data_dir": str(root), "slot_bytes": "4KiB", "tier": tier}
 
 
@@ -135,7 +135,7 @@ def test_copies_to_and_from_registered_memory(tmp_path):
         # Loads go into memory in chain order and stop at the first missing block.
         dst = [(base + (4 + i) * BLOCK_BYTES, BLOCK_BYTES) for i in range(3)]
         missing = n.hash_next(h[2], list(range(4)))
-        loaded = store.load(n, [(h[1], dst[0]), (missing, dst[1]), (h[2], dst[2])])
+        loaded = store.load(n, [(h[1], [dst[0]]), (missing, [dst[1]]), (h[2], [dst[2]])])
         assert loaded == 1
         assert bytes(arena[4 * BLOCK_BYTES : 5 * BLOCK_BYTES]) == saved[:BLOCK_BYTES]
         assert bytes(arena[6 * BLOCK_BYTES : 7 * BLOCK_BYTES]) == bytes(BLOCK_BYTES), "nothing after the miss"

@@ -9,7 +9,7 @@ pub mod up;
 
 use std::path::PathBuf;
 
-use tierkv_kvstore::{StoreConfig, TierConfig};
+use tierkv_kvstore::StoreConfig;
 
 /// Loads the configuration (the built-in default without a file), applies a data
 /// directory override, and fills credentials the file leaves out from the
