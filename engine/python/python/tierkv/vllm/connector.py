@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from vllm.forward_context import ForwardContext
     from vllm.v1.request import Request
 
-logger = logging.getLogger("tierkv.vllm")
+# A child of vLLM's logger: its handler, format and level (VLLM_LOGGING_LEVEL).
+logger = logging.getLogger("vllm.tierkv")
 
 
 def _tp_rank() -> int:

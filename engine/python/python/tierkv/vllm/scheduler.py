@@ -14,7 +14,8 @@ from . import rendezvous
 from .config import ConnectorConfig
 from .metadata import BlockTransfer, TierkvMetadata
 
-logger = logging.getLogger("tierkv.vllm")
+# A child of vLLM's logger: its handler, format and level (VLLM_LOGGING_LEVEL).
+logger = logging.getLogger("vllm.tierkv")
 
 
 @dataclass

@@ -17,7 +17,8 @@ from .config import ConnectorConfig
 from .layout import BlockMap, block_map
 from .metadata import TierkvMetadata
 
-logger = logging.getLogger("tierkv.vllm")
+# A child of vLLM's logger: its handler, format and level (VLLM_LOGGING_LEVEL).
+logger = logging.getLogger("vllm.tierkv")
 
 _IO_KEYS = (
     "saved_blocks",
