@@ -62,7 +62,8 @@ class Server:
             args.append("--no-enable-prefix-caching")
         if transfer is not None:
             args += ["--kv-transfer-config", json.dumps(transfer)]
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
+        # VLLM_SERVER_DEV_MODE: serves POST /reset_prefix_cache.
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1", "VLLM_SERVER_DEV_MODE": "1"}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_http(f"http://127.0.0.1:{self.port}/health", self.proc)
         from openai import OpenAI

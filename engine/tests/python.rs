@@ -33,10 +33,11 @@ fn venv_python() -> PathBuf {
     )
 }
 
-fn pytest(file: &str) {
+fn pytest(files: &[&str]) {
     let tests = repo().join("engine/python/tests");
     let status = Command::new(venv_python())
-        .args(["-m", "pytest", "-v", "-s", "-p", "no:cacheprovider", file])
+        .args(["-m", "pytest", "-v", "-s", "-p", "no:cacheprovider"])
+        .args(files)
         .current_dir(&tests)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .status()
@@ -49,10 +50,10 @@ fn pytest(file: &str) {
 
 #[test]
 fn python_package() {
-    pytest("test_package.py");
+    pytest(&["test_package.py", "test_layout.py"]);
 }
 
 #[test]
 fn vllm_connector() {
-    pytest("test_vllm.py");
+    pytest(&["test_vllm.py"]);
 }

@@ -57,6 +57,7 @@ fn load_config(
     path: Option<String>,
     json: Option<String>,
     min_slot_bytes: u64,
+    data_subdir: Option<String>,
 ) -> Result<StoreConfig> {
     let mut config = match (path, json) {
         (Some(_), Some(_)) => {
@@ -69,6 +70,9 @@ fn load_config(
             .map_err(|e| PyTierkvError::Argument(format!("store config: {e}")))?,
         (None, None) => StoreConfig::default(),
     };
+    if let Some(sub) = data_subdir {
+        config.data_dir = config.data_dir.join(sub);
+    }
     if config.slot_bytes.0 < min_slot_bytes {
         tracing::info!(
             from = config.slot_bytes.0,
@@ -127,17 +131,20 @@ impl PyStore {
     /// Opens a tiered store in this process. `config`: a TOML file path (the format of
     /// `tierkv serve --config`); `config_json`: the same as JSON; neither: the default
     /// (host 512 MiB -> disk 4 GiB -> object dir 16 GiB under `./tierkv-data`).
-    /// `min_slot_bytes` raises `slot_bytes` to hold one block of the caller's model.
+    /// `min_slot_bytes` raises `slot_bytes` to hold one block of the caller's model;
+    /// `data_subdir` puts the tiers under `data_dir/data_subdir` (one store per
+    /// tensor-parallel rank).
     #[staticmethod]
-    #[pyo3(signature = (config = None, config_json = None, min_slot_bytes = 0, save_queue_bytes = DEFAULT_SAVE_QUEUE_BYTES))]
+    #[pyo3(signature = (config = None, config_json = None, min_slot_bytes = 0, save_queue_bytes = DEFAULT_SAVE_QUEUE_BYTES, data_subdir = None))]
     fn open(
         py: Python<'_>,
         config: Option<String>,
         config_json: Option<String>,
         min_slot_bytes: u64,
         save_queue_bytes: usize,
+        data_subdir: Option<String>,
     ) -> PyResult<PyStore> {
-        let config = load_config(config, config_json, min_slot_bytes)?;
+        let config = load_config(config, config_json, min_slot_bytes, data_subdir)?;
         let store = block_on(py, async move { Ok(TieredStore::open(&config).await?) })?;
         Self::new(
             Backend::Embedded {
@@ -358,9 +365,10 @@ impl PyStore {
 
     /// Serves the block service on this embedded store (`listen` `host:port`; port 0
     /// picks a free one) and returns the address it listens on; the same store then
-    /// answers other processes (a scheduler's lookups, a peer's fetches).
-    #[pyo3(signature = (listen = "127.0.0.1:0"))]
-    fn serve(&self, py: Python<'_>, listen: &str) -> PyResult<String> {
+    /// answers other processes (a scheduler's lookups, a peer's fetches). With `token`,
+    /// only callers presenting it (as a bearer token) are served.
+    #[pyo3(signature = (listen = "127.0.0.1:0", token = None))]
+    fn serve(&self, py: Python<'_>, listen: &str, token: Option<String>) -> PyResult<String> {
         let Backend::Embedded { store, served } = &*self.backend else {
             return Err(
                 PyTierkvError::Unsupported("serve: only an embedded store can serve").into(),
@@ -384,7 +392,18 @@ impl PyStore {
             .to_string();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let store = store.clone();
-        let service_config = tierkv_kvstore::service::ServiceConfig::default();
+        let mut service_config = tierkv_kvstore::service::ServiceConfig::default();
+        if let Some(token) = token {
+            service_config
+                .tokens
+                .push(tierkv_kvstore::service::TokenConfig {
+                    token,
+                    namespaces: vec!["*".into()],
+                });
+        }
+        service_config
+            .validate()
+            .map_err(|e| PyTierkvError::Argument(format!("block service: {e}")))?;
         rt.spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;

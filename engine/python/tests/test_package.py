@@ -208,8 +208,12 @@ def test_an_embedded_store_serves_other_processes(tmp_path):
     n = ns()
     h = n.hash_blocks(list(range(BLOCK)))[0]
     store.put(n, h, payload(7))
-    addr = store.serve("127.0.0.1:0")
-    client = tierkv.connect(addr)
+    with pytest.raises(tierkv.TierkvError, match="at least 8 characters"):
+        store.serve("127.0.0.1:0", token="short")
+    addr = store.serve("127.0.0.1:0", token="s3cret-token")
+    with pytest.raises(tierkv.TierkvError, match="Unauthenticated|PermissionDenied|token"):
+        tierkv.connect(addr, token="wrong", retries=0).lookup(n, [h])
+    client = tierkv.connect(addr, token="s3cret-token")
     assert client.lookup(n, [h]) == 1
     assert client.get(n, h) == payload(7)
     store.close()

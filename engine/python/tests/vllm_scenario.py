@@ -74,7 +74,8 @@ def main() -> None:
                 rendezvous.path(spec["extra"].get("rendezvous_dir", rendezvous_default()), spec["engine_id"], 0),
                 5,
             )
-            out[step["label"]] = {"stats": tierkv.connect(info["addr"]).stats(), "namespace": info["namespace"]}
+            store = tierkv.connect(info["addr"], token=info.get("token"))
+            out[step["label"]] = {"stats": store.stats(), "namespace": info["namespace"]}
         else:
             raise SystemExit(f"unknown step {step}")
     with open(sys.argv[2], "w") as f:

@@ -86,7 +86,8 @@ impl ServiceConfig {
         ByteSize(4 << 20)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    /// Checks the limits and tokens (a server refuses to start otherwise).
+    pub fn validate(&self) -> Result<(), String> {
         if self.max_blocks_per_request == 0 || self.max_concurrent_streams == 0 {
             return Err("service limits must be > 0".into());
         }

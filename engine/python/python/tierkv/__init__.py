@@ -50,13 +50,15 @@ def open_store(
     *,
     min_slot_bytes: int = 0,
     save_queue_bytes: int = DEFAULT_SAVE_QUEUE_BYTES,
+    data_subdir: str | None = None,
 ) -> Store:
     """Opens a tiered store in this process.
 
     ``config``: a TOML file (the format of ``tierkv serve --config``), the same as a
     dict, or ``None`` for the default (host 512 MiB -> disk 4 GiB -> object directory
     16 GiB under ``./tierkv-data``). ``min_slot_bytes`` raises ``slot_bytes`` to hold one
-    block of the caller's model. S3 credentials the config leaves out come from
+    block of the caller's model; ``data_subdir`` puts the tiers under
+    ``data_dir/data_subdir``. S3 credentials the config leaves out come from
     ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``.
     """
     if isinstance(config, dict):
@@ -64,10 +66,14 @@ def open_store(
             config_json=json.dumps(config),
             min_slot_bytes=min_slot_bytes,
             save_queue_bytes=save_queue_bytes,
+            data_subdir=data_subdir,
         )
     path = None if config is None else os.fspath(config)
     return Store.open(
-        config=path, min_slot_bytes=min_slot_bytes, save_queue_bytes=save_queue_bytes
+        config=path,
+        min_slot_bytes=min_slot_bytes,
+        save_queue_bytes=save_queue_bytes,
+        data_subdir=data_subdir,
     )
 
 

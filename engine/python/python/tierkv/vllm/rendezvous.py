@@ -15,9 +15,11 @@ def path(directory: str, engine_id: str, tp_rank: int) -> str:
 
 
 def publish(file: str, info: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(file), exist_ok=True)
+    os.makedirs(os.path.dirname(file), mode=0o700, exist_ok=True)
     tmp = f"{file}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    # Only this user may read it: it carries the store's access token.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
         json.dump(info, f)
     os.replace(tmp, file)
 

@@ -60,9 +60,7 @@ class SchedulerSide:
                 self.cfg.rendezvous_timeout_s,
             )
             namespaces.append(tierkv.Namespace(**info["namespace"]))
-            lookups.append(
-                tierkv.connect(info["addr"], token=self.cfg.token, timeout_s=self.cfg.timeout_s)
-            )
+            lookups.append(tierkv.connect(info["addr"], token=info.get("token"), timeout_s=self.cfg.timeout_s))
         self._namespaces, self._lookups = namespaces, lookups
         logger.info(
             "TierkvConnector scheduler: %s mode, namespace %s",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from typing import Any
 
 import tierkv
@@ -94,17 +95,24 @@ class WorkerSide:
                 timeout_s=self.cfg.timeout_s,
                 save_queue_bytes=self.cfg.save_queue_bytes,
             )
-            addr = self.cfg.sidecar
+            addr, token = self.cfg.sidecar, self.cfg.token
         else:
+            tp_size = parallel.tensor_parallel_size
             self.store = tierkv.open_store(
                 self.cfg.config,
                 min_slot_bytes=self.blocks.block_bytes,
                 save_queue_bytes=self.cfg.save_queue_bytes,
+                # Each rank keeps its own store (its own slice of every block).
+                data_subdir=f"tp{self.tp_rank}" if tp_size > 1 else None,
             )
-            # The scheduler (another process) asks this store's block service.
-            addr = self.store.serve("127.0.0.1:0")
+            # The scheduler (another process) asks this store's block service, with a
+            # token only the rendezvous file (mode 0600) carries.
+            token = secrets.token_hex(16)
+            addr = self.store.serve("127.0.0.1:0", token=token)
         self._rendezvous_file = rendezvous.path(self.cfg.rendezvous_dir, self.engine_id, self.tp_rank)
-        rendezvous.publish(self._rendezvous_file, {"namespace": info, "addr": addr, "pid": os.getpid()})
+        rendezvous.publish(
+            self._rendezvous_file, {"namespace": info, "addr": addr, "token": token, "pid": os.getpid()}
+        )
         self._reported = self._snapshot()
         logger.info(
             "TierkvConnector worker: %s store, namespace %s, %d blocks of %d bytes, lookups at %s",
@@ -126,12 +134,16 @@ class WorkerSide:
 
     # -- per step --------------------------------------------------------------------
 
+    def _blocks(self, t: Any) -> list[tuple[int, list[tuple[int, int]]]]:
+        """``(hash, ranges)`` of a transfer's blocks in this rank's namespace."""
+        assert self.blocks is not None
+        return [(h, self.blocks.ranges(b)) for h, b in zip(t.hashes[self.tp_rank], t.block_ids)]
+
     def start_load_kv(self, meta: TierkvMetadata) -> None:
         if self.store is None or self.blocks is None:
             return
         for t in meta.loads:
-            hashes = t.hashes[self.tp_rank]
-            blocks = [(h, self.blocks.ranges(b)) for h, b in zip(hashes, t.block_ids)]
+            blocks = self._blocks(t)
             try:
                 loaded = self.store.load(self._ns(t.cache_salt), blocks)
             except tierkv.TierkvError as e:
@@ -151,11 +163,9 @@ class WorkerSide:
         if self.store is None or self.blocks is None:
             return
         for t in meta.saves:
-            hashes = t.hashes[self.tp_rank]
-            blocks = [(h, self.blocks.ranges(b)) for h, b in zip(hashes, t.block_ids)]
             try:
                 # Copies the bytes out now; the store writes them in the background.
-                self.store.save(self._ns(t.cache_salt), blocks)
+                self.store.save(self._ns(t.cache_salt), self._blocks(t))
             except tierkv.TierkvError as e:
                 logger.warning("TierkvConnector: save of %s failed: %s", t.req_id, e)
 
