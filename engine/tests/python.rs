@@ -44,7 +44,7 @@ fn pytest(files: &[&str]) {
         .expect("run pytest");
     assert!(
         status.success(),
-        "pytest {file} failed (its output is above)"
+        "pytest {files:?} failed (its output is above)"
     );
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from typing import Any
 
 import tierkv
@@ -47,6 +48,9 @@ class WorkerSide:
         self._regions: list[int] = []
         self._invalid: set[int] = set()
         self._reported: dict[str, Any] = {}
+        self._reported_at = 0.0
+        #: A load or save ran since the last report.
+        self._active = False
         self._rendezvous_file: str | None = None
 
     # -- set-up ----------------------------------------------------------------------
@@ -143,6 +147,7 @@ class WorkerSide:
         if self.store is None or self.blocks is None:
             return
         for t in meta.loads:
+            self._active = True
             blocks = self._blocks(t)
             try:
                 loaded = self.store.load(self._ns(t.cache_salt), blocks)
@@ -163,6 +168,7 @@ class WorkerSide:
         if self.store is None or self.blocks is None:
             return
         for t in meta.saves:
+            self._active = True
             try:
                 # Copies the bytes out now; the store writes them in the background.
                 self.store.save(self._ns(t.cache_salt), self._blocks(t))
@@ -183,10 +189,18 @@ class WorkerSide:
         snap["tier_hits"] = {t["name"]: t["hits"] for t in s["tiers"]}
         return snap
 
+    #: Seconds between two reads of the store's figures in steps without loads or saves
+    #: (vLLM asks every step; background saves finish after their step).
+    STATS_INTERVAL_S = 1.0
+
     def stats_delta(self) -> dict[str, Any] | None:
-        """What moved since the last call, or ``None`` if nothing did."""
+        """What moved since the last report, or ``None`` if nothing did."""
         if self.store is None:
             return None
+        if not self._active and time.monotonic() - self._reported_at < self.STATS_INTERVAL_S:
+            return None
+        self._active = False
+        self._reported_at = time.monotonic()
         now = self._snapshot()
         prev, self._reported = self._reported, now
         delta: dict[str, Any] = {k: now[k] - prev.get(k, 0) for k in _IO_KEYS}
