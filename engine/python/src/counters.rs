@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Monotonic counters of one `Store` handle (read by `Store.stats()["io"]`).
 #[derive(Debug, Default)]
 pub struct IoCounters {
-    /// Blocks handed to `save` and stored (new or already present).
+    /// Blocks `save` accepted (copied out and queued; failures are in `save_failed`).
     pub saved_blocks: AtomicU64,
     pub saved_bytes: AtomicU64,
     /// Blocks `save` skipped because the queue was full.

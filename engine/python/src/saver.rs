@@ -63,10 +63,7 @@ impl Saver {
                         let n = blocks.len() as u64;
                         let t0 = Instant::now();
                         match backend.put_many(&ns, blocks).await {
-                            Ok(_) => {
-                                task_counters.saved_blocks.fetch_add(n, Relaxed);
-                                task_counters.saved_bytes.fetch_add(bytes as u64, Relaxed);
-                            }
+                            Ok(_) => {}
                             Err(e) => {
                                 task_counters.save_failed.fetch_add(n, Relaxed);
                                 tracing::warn!(namespace = %ns.name(), blocks = n, error = %e, "background save failed");
@@ -106,6 +103,10 @@ impl Saver {
             self.counters.save_skipped.fetch_add(n, Relaxed);
             return false;
         }
+        // Counted when accepted, so the caller's next report includes them; a store
+        // that fails later is counted in `save_failed`.
+        self.counters.saved_blocks.fetch_add(n, Relaxed);
+        self.counters.saved_bytes.fetch_add(bytes as u64, Relaxed);
         true
     }
 

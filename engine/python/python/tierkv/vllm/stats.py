@@ -19,7 +19,7 @@ PROM_COUNTERS = {
     "tierkv_vllm_loaded_bytes_total": ("loaded_bytes", "KV bytes loaded into vLLM from tierkv"),
     "tierkv_vllm_load_seconds_total": ("load_seconds", "Time spent loading KV blocks"),
     "tierkv_vllm_load_failures_total": ("load_failed", "KV blocks that could not be loaded (recomputed)"),
-    "tierkv_vllm_saved_blocks_total": ("saved_blocks", "KV blocks saved from vLLM to tierkv"),
+    "tierkv_vllm_saved_blocks_total": ("saved_blocks", "KV blocks copied out of vLLM and queued for tierkv (failures: save_failures)"),
     "tierkv_vllm_saved_bytes_total": ("saved_bytes", "KV bytes saved from vLLM to tierkv"),
     "tierkv_vllm_save_seconds_total": ("save_seconds", "Background time spent storing KV blocks"),
     "tierkv_vllm_save_skipped_total": ("save_skipped", "KV blocks not saved because the queue was full"),
