@@ -198,10 +198,16 @@ fn print_report(r: &Output) {
         find(&r.setups, "vllm prefix cache", "unique", "cold"),
     ) {
         let overhead = 1.0 - t.tokens_per_s / v.tokens_per_s;
-        println!(
-            "connector overhead on a workload without reuse: {:.1}% of throughput (target <= 3%: {})",
-            100.0 * overhead,
+        // A connector cannot make vLLM faster without reuse: a gain beyond the target is
+        // noise between the two passes, and then the run cannot tell.
+        let verdict = if overhead < -0.03 {
+            "not resolved: the passes differ by more than the target the other way (noise)"
+        } else {
             met(overhead <= 0.03)
+        };
+        println!(
+            "connector overhead on a workload without reuse: {:.1}% of throughput (target <= 3%: {verdict})",
+            100.0 * overhead,
         );
     }
     if let Some(worst) = r.block_loads.iter().map(|l| l.ratio).reduce(f64::min) {
