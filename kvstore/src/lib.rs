@@ -15,6 +15,7 @@ mod hash;
 mod layout;
 pub mod metrics;
 mod namespace;
+mod namespace_names;
 mod remote_tier;
 pub mod service;
 pub mod store;

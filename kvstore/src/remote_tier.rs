@@ -3,14 +3,11 @@
 //! (and demotions) to the peer. The peer owns its content, so this tier is not indexed
 //! locally: the store asks it on a local miss, and `lookup_prefix` asks it in one call.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use tierkv_tiers::{BlockKey, PutOutcome, Tier, TierCounters, TierError, TierKind, TierStats};
 
-use crate::namespace_id;
+use crate::namespace_names::{DEFAULT_NAMES, NamespaceNames};
 use crate::service::{BlockClient, BlockClientConfig};
 
 /// Configuration of a [`RemoteTier`].
@@ -34,7 +31,7 @@ pub struct RemoteTier {
     client: BlockClient,
     read_only: bool,
     slot_bytes: usize,
-    names: RwLock<HashMap<u64, String>>,
+    names: NamespaceNames,
     counters: TierCounters,
 }
 
@@ -46,7 +43,7 @@ impl RemoteTier {
             name: config.name,
             read_only: config.read_only,
             slot_bytes: config.slot_bytes,
-            names: RwLock::new(HashMap::new()),
+            names: NamespaceNames::new(DEFAULT_NAMES),
             counters: TierCounters::default(),
         };
         for ns in &config.namespaces {
@@ -57,18 +54,11 @@ impl RemoteTier {
 
     /// Lets the tier serve keys of `namespace` (keys carry only its digest).
     pub fn register_namespace(&self, namespace: &str) {
-        self.names
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(namespace_id(namespace), namespace.to_string());
+        self.names.remember(namespace);
     }
 
     fn namespace(&self, key: &BlockKey) -> Option<String> {
-        self.names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key.namespace)
-            .cloned()
+        self.names.name(key.namespace)
     }
 
     fn unavailable(&self, e: crate::KvStoreError) -> TierError {

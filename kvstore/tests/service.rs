@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tierkv_kvstore::metrics::Metrics;
-use tierkv_kvstore::service::{BlockClient, BlockClientConfig, ServiceConfig, TokenConfig, serve};
+use tierkv_kvstore::service::{
+    BlockClient, BlockClientConfig, ServiceConfig, TokenConfig, Transport, serve,
+};
 use tierkv_kvstore::{
     KvStoreError, RemoteTier, RemoteTierConfig, StoreConfig, StoreOptions, TierPolicy, TieredStore,
 };
@@ -78,7 +80,12 @@ async fn start_with(service: ServiceConfig, host_capacity: &str) -> Server {
 }
 
 fn client(addr: &str, token: Option<&str>) -> BlockClient {
+    client_over(addr, token, Transport::Auto)
+}
+
+fn client_over(addr: &str, token: Option<&str>, transport: Transport) -> BlockClient {
     let mut c = BlockClientConfig::new(addr);
+    c.transport = transport;
     c.token = token.map(str::to_string);
     c.retries = 1;
     c.chunk_bytes = 64 << 10;
@@ -152,6 +159,8 @@ async fn tokens_scope_every_call_to_their_namespaces() {
     .await;
     let a = client(&server.addr, Some("token-for-a"));
     let b = client(&server.addr, Some("token-for-b"));
+    // Both block paths enforce the tokens.
+    assert!(a.data_addr().await.is_some() && b.data_addr().await.is_some());
     a.publish("a", &[(1, block(1, 100))]).await.unwrap();
     assert_eq!(
         a.fetch("a", &[1]).await.unwrap()[0].as_ref(),
@@ -334,32 +343,147 @@ async fn watchers_see_stored_and_removed_events_of_their_namespaces() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_concurrent_clients_keep_every_byte() {
-    // 192 blocks: room for all of them in host memory.
-    let server = start_with(ServiceConfig::default(), "256MiB").await;
-    let mut tasks = Vec::new();
-    for t in 0..64u64 {
-        let addr = server.addr.clone();
-        tasks.push(tokio::spawn(async move {
-            let c = client(&addr, None);
-            let ns = format!("tenant-{}", t % 4);
-            let blocks: Vec<(u128, Bytes)> = (0..3)
-                .map(|i| ((t * 10 + i) as u128, block(t * 10 + i, 50_000)))
-                .collect();
-            c.publish(&ns, &blocks).await.unwrap();
-            let hashes: Vec<u128> = blocks.iter().map(|b| b.0).collect();
-            let got = c.fetch(&ns, &hashes).await.unwrap();
-            for ((hash, want), got) in blocks.iter().zip(got) {
-                assert!(
-                    got.as_ref() == Some(want),
-                    "block {hash} of client {t} differs or is missing"
-                );
-            }
-        }));
+    for transport in [Transport::Auto, Transport::Grpc] {
+        // 192 blocks: room for all of them in host memory.
+        let server = start_with(ServiceConfig::default(), "256MiB").await;
+        let probe = client_over(&server.addr, None, transport);
+        assert_eq!(
+            probe.data_addr().await.is_some(),
+            transport == Transport::Auto,
+            "{transport:?} picks its path"
+        );
+        let mut tasks = Vec::new();
+        for t in 0..64u64 {
+            let addr = server.addr.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = client_over(&addr, None, transport);
+                let ns = format!("tenant-{}", t % 4);
+                // Sizes that straddle the read buffer and the gRPC chunk.
+                let blocks: Vec<(u128, Bytes)> = (0..3)
+                    .map(|i| {
+                        let len = 50_000 + (t as usize * 7919 + i as usize * 104_729) % 300_000;
+                        ((t * 10 + i) as u128, block(t * 10 + i, len))
+                    })
+                    .collect();
+                let s = c.publish(&ns, &blocks).await.unwrap();
+                assert_eq!((s.stored, s.already_present), (3, 0));
+                let mut hashes: Vec<u128> = blocks.iter().map(|b| b.0).collect();
+                hashes.insert(1, u128::MAX - t as u128);
+                let got = c.fetch(&ns, &hashes).await.unwrap();
+                assert!(got[1].is_none(), "unknown hash reported missing");
+                let got: Vec<_> = got
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != 1)
+                    .collect();
+                for ((hash, want), (_, got)) in blocks.iter().zip(got) {
+                    assert!(
+                        got.as_ref() == Some(want),
+                        "block {hash} of client {t} differs or is missing ({transport:?})"
+                    );
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(server.store.stats().blocks, 192);
     }
-    for t in tasks {
-        t.await.unwrap();
+}
+
+/// A raw data channel connection: hello with `token`, then the reply byte.
+async fn data_conn(addr: &str, token: &str) -> (tokio::net::TcpStream, u8) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = b"TKVD".to_vec();
+    hello.extend_from_slice(&1u16.to_le_bytes());
+    hello.extend_from_slice(&(token.len() as u16).to_le_bytes());
+    hello.extend_from_slice(token.as_bytes());
+    s.write_all(&hello).await.unwrap();
+    let reply = s.read_u8().await.unwrap();
+    (s, reply)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_channel_checks_tokens_checksums_and_framing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(ServiceConfig {
+        tokens: vec![TokenConfig {
+            token: "token-for-n".into(),
+            namespaces: vec!["n".into()],
+        }],
+        ..Default::default()
+    })
+    .await;
+    let c = client(&server.addr, Some("token-for-n"));
+    let data = c.data_addr().await.expect("a data channel");
+
+    // A wrong token: an UNAUTHENTICATED error frame, then the server hangs up.
+    let (mut s, tag) = data_conn(&data, "wrong-token").await;
+    assert_eq!(tag, 3);
+    assert_eq!(s.read_u8().await.unwrap(), Code::Unauthenticated as u8);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+
+    // One good block and one whose crc32c does not match: only the first is stored.
+    let (mut s, tag) = data_conn(&data, "token-for-n").await;
+    assert_eq!(tag, 0);
+    let mut req = vec![2u8];
+    req.extend_from_slice(&1u16.to_le_bytes());
+    req.extend_from_slice(b"n");
+    req.extend_from_slice(&2u32.to_le_bytes());
+    for (hash, seed, flip) in [(7u128, 7u64, 0u32), (8, 8, 0xdead_beef)] {
+        let payload = block(seed, 10_000);
+        req.extend_from_slice(&hash.to_be_bytes());
+        req.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        req.extend_from_slice(&(tierkv_tiers::checksum::crc32c(&payload) ^ flip).to_le_bytes());
+        req.extend_from_slice(&payload);
     }
-    assert_eq!(server.store.stats().blocks, 192);
+    s.write_all(&req).await.unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), 2, "a summary");
+    assert_eq!(s.read_u64_le().await.unwrap(), 1, "stored");
+    assert_eq!(s.read_u64_le().await.unwrap(), 0, "already present");
+    assert_eq!(s.read_u32_le().await.unwrap(), 1, "rejected");
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).await.unwrap();
+    assert_eq!(u128::from_be_bytes(h), 8);
+    let got = c.fetch("n", &[7, 8]).await.unwrap();
+    assert_eq!(got[0].as_ref(), Some(&block(7, 10_000)));
+    assert!(got[1].is_none());
+
+    // A namespace the token may not touch, on a fetch: an error frame, and the
+    // connection stays usable.
+    let mut req = vec![1u8];
+    req.extend_from_slice(&1u16.to_le_bytes());
+    req.extend_from_slice(b"m");
+    req.extend_from_slice(&1u32.to_le_bytes());
+    req.extend_from_slice(&7u128.to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), 3);
+    assert_eq!(s.read_u8().await.unwrap(), Code::PermissionDenied as u8);
+    let len = s.read_u16_le().await.unwrap() as usize;
+    let mut msg = vec![0u8; len];
+    s.read_exact(&mut msg).await.unwrap();
+
+    // A block longer than the service takes: refused before any of it is read.
+    let mut req = vec![2u8];
+    req.extend_from_slice(&1u16.to_le_bytes());
+    req.extend_from_slice(b"n");
+    req.extend_from_slice(&1u32.to_le_bytes());
+    req.extend_from_slice(&9u128.to_be_bytes());
+    req.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    req.extend_from_slice(&0u32.to_le_bytes());
+    s.write_all(&req).await.unwrap();
+    assert_eq!(s.read_u8().await.unwrap(), 3);
+    assert_eq!(s.read_u8().await.unwrap(), Code::ResourceExhausted as u8);
+    let len = s.read_u16_le().await.unwrap() as usize;
+    let mut msg = vec![0u8; len];
+    s.read_exact(&mut msg).await.unwrap();
+    // ... and the connection is closed.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(server.store.stats().blocks, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,6 +530,7 @@ async fn a_store_falls_through_to_a_peer_and_promotes_what_it_fetched() {
         Some(block(1, 4096))
     );
     assert!(store.get_key(BlockKey::new(id, 3)).await.unwrap().is_none());
+    store.settle_promotions().await;
     let s = store.stats();
     assert_eq!((s.tiers[1].hits, s.tiers[1].promotions), (1, 1));
     // Promoted: now a local hit without asking the peer.
@@ -431,6 +556,46 @@ async fn a_store_falls_through_to_a_peer_and_promotes_what_it_fetched() {
     drop(peer);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(store.get_key(BlockKey::new(id, 2)).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_fetch_does_not_promote_unless_configured() {
+    for promote_on_fetch in [false, true] {
+        // Host of 2 slots over disk: of 4 published blocks, 1 and 2 are demoted.
+        let server = start_with(
+            ServiceConfig {
+                promote_on_fetch,
+                ..Default::default()
+            },
+            "2MiB",
+        )
+        .await;
+        let c = client(&server.addr, None);
+        let blocks: Vec<(u128, Bytes)> = (1..=4).map(|i| (i, block(i as u64, 300_000))).collect();
+        c.publish("ns", &blocks).await.unwrap();
+        let id = tierkv_kvstore::namespace_id("ns");
+        assert_eq!(server.store.locate_prefix_keys(id, &[1, 2]), [1, 1]);
+        assert_eq!(
+            c.fetch("ns", &[1]).await.unwrap()[0].as_ref(),
+            Some(&blocks[0].1)
+        );
+        // A local read of block 2 promotes it; the promoter works in order, so once it
+        // is done, a promotion of block 1 queued by the fetch would be done too.
+        server
+            .store
+            .get_key(BlockKey::new(id, 2))
+            .await
+            .unwrap()
+            .unwrap();
+        server.store.settle_promotions().await;
+        let where_1 = server.store.locate_prefix_keys(id, &[1]);
+        assert_eq!(
+            where_1,
+            [if promote_on_fetch { 0 } else { 1 }],
+            "promote_on_fetch = {promote_on_fetch}"
+        );
+        assert_eq!(server.store.locate_prefix_keys(id, &[2]), [0]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

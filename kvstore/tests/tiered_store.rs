@@ -100,6 +100,7 @@ async fn lower_tier_hits_are_promoted_unless_disabled() {
             store.put(&ns, *h, block(i as u64)).await.unwrap();
         }
         assert_eq!(store.get(&ns, hashes[0]).await.unwrap().unwrap(), block(0));
+        store.settle_promotions().await;
         let stats = store.stats();
         assert_eq!(stats.tiers[2].hits, 1);
         assert_eq!(stats.tiers[0].misses, 1);
@@ -114,6 +115,99 @@ async fn lower_tier_hits_are_promoted_unless_disabled() {
             assert_eq!(store.locate_prefix(&ns, &hashes[..1]), [2]);
             assert_eq!(stats.tiers[2].promotions, 0);
         }
+    }
+}
+
+/// What a read could change behind the reader's back.
+fn writes(store: &TieredStore) -> Vec<(u64, u64, u64, u64, u64)> {
+    store
+        .stats()
+        .tiers
+        .iter()
+        .map(|t| {
+            (
+                t.evictions,
+                t.demotions,
+                t.bytes_written,
+                t.tier.puts,
+                t.promotions,
+            )
+        })
+        .collect()
+}
+
+// One thread: nothing else (the promoter included) runs between the read's return and
+// the checks, so "before it returns" is exactly what is observed.
+#[tokio::test(flavor = "current_thread")]
+async fn a_read_never_evicts_demotes_or_writes_before_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "", true))
+        .await
+        .unwrap();
+    let (ns, hashes) = (ns(), chain(12, 3));
+    for (i, h) in hashes.iter().enumerate() {
+        store.put(&ns, *h, block(i as u64)).await.unwrap();
+    }
+    // host: 8..12, disk: 4..8, object: 0..4 -- every tier full.
+    assert_eq!(store.locate_prefix(&ns, &hashes[4..5]), [1]);
+    assert_eq!(store.locate_prefix(&ns, &hashes[0..1]), [2]);
+    let mut events = store.subscribe();
+    let before = writes(&store);
+    let disk_dat = dir.path().join("disk").join("blocks.dat");
+    let disk_modified = std::fs::metadata(&disk_dat).unwrap().modified().unwrap();
+    // A disk hit and an object hit, each of which would, promoted inline, evict a host
+    // block, demote it to the full disk, evict and demote a disk block to the object tier.
+    assert_eq!(store.get(&ns, hashes[4]).await.unwrap().unwrap(), block(4));
+    assert_eq!(
+        writes(&store),
+        before,
+        "nothing written before the read returned"
+    );
+    assert_eq!(store.get(&ns, hashes[0]).await.unwrap().unwrap(), block(0));
+    assert_eq!(
+        writes(&store),
+        before,
+        "nothing written before the read returned"
+    );
+    assert!(
+        matches!(
+            events.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ),
+        "no block entered or left a tier"
+    );
+    assert_eq!(
+        std::fs::metadata(&disk_dat).unwrap().modified().unwrap(),
+        disk_modified
+    );
+    // In the background, both are promoted and the tiers below make room.
+    store.settle_promotions().await;
+    assert_eq!(store.locate_prefix(&ns, &hashes[4..5]), [0]);
+    assert_eq!(store.locate_prefix(&ns, &hashes[0..1]), [0]);
+    let stats = store.stats();
+    assert_eq!(
+        (stats.tiers[1].promotions, stats.tiers[2].promotions),
+        (1, 1)
+    );
+    assert_eq!(
+        stats.tiers[0].evictions - before[0].0,
+        2,
+        "one host victim per promotion"
+    );
+    assert!(stats.tiers[0].demotions - before[0].1 >= 2);
+    let mut seen = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        seen.push((ev.kind, ev.tier, ev.key.hash));
+    }
+    for h in [hashes[4], hashes[0]] {
+        assert!(
+            seen.contains(&(StoreEventKind::Stored, 0, h.0)),
+            "the promotion was announced: {seen:?}"
+        );
+    }
+    // Every block is still readable.
+    for (i, h) in hashes.iter().enumerate() {
+        assert_eq!(store.get(&ns, *h).await.unwrap().unwrap(), block(i as u64));
     }
 }
 

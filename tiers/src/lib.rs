@@ -26,6 +26,6 @@ pub use error::{Result, TierError};
 pub use key::{BlockKey, BlockKeyMap, BuildBlockKeyHasher};
 pub use stats::{TierCounters, TierStats};
 pub use tier::disk::{DiskTier, DiskTierConfig};
-pub use tier::host::{HostTier, HostTierConfig};
+pub use tier::host::{HostTier, HostTierConfig, StagedSlot};
 pub use tier::object::{ObjectBackend, ObjectTier, ObjectTierConfig};
 pub use tier::{PutOutcome, Tier, TierKind};

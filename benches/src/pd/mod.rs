@@ -75,6 +75,10 @@ pub struct Row {
     pub ttft_p50_ratio: f64,
     pub itl_p99_ratio: f64,
     pub throughput_ratio: f64,
+    /// On the decode workers: seconds spent fetching prefilled blocks from prefill
+    /// workers over the seconds of time to first token (`null` without remote
+    /// prefills).
+    pub transfer_share_of_ttft: Option<f64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -129,6 +133,33 @@ fn prompts(args: &PdArgs, shared: bool) -> Vec<Vec<u32>> {
 struct Cluster {
     child: tokio::process::Child,
     url: String,
+    /// `/metrics` of each decode worker.
+    decode_metrics: Vec<String>,
+}
+
+/// The sum of a Prometheus histogram, `name_sum`, summed over all its series.
+fn histogram_sum(text: &str, name: &str) -> f64 {
+    let key = format!("{name}_sum");
+    text.lines()
+        .filter(|l| l.starts_with(&key))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// (peer fetch seconds, TTFT seconds) summed over the decode workers.
+async fn transfer_seconds(http: &reqwest::Client, urls: &[String]) -> (f64, f64) {
+    let (mut fetch, mut ttft) = (0.0, 0.0);
+    for u in urls {
+        let Ok(resp) = http.get(u).send().await else {
+            continue;
+        };
+        let Ok(text) = resp.text().await else {
+            continue;
+        };
+        fetch += histogram_sum(&text, "tierkv_engine_peer_fetch_seconds");
+        ttft += histogram_sum(&text, "tierkv_engine_time_to_first_token_seconds");
+    }
+    (fetch, ttft)
 }
 
 async fn start_cluster(
@@ -159,8 +190,16 @@ async fn start_cluster(
         .context("starting tierkv up")?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
+    let mut decode_metrics = Vec::new();
     let found = tokio::time::timeout(Duration::from_secs(600), async {
         while let Some(line) = lines.next_line().await? {
+            // "tierkv up: decode-0 (decode) on http://HOST:PORT/v1, block service on ..."
+            if line.contains("(decode) on http://")
+                && let Some(rest) = line.split("http://").nth(1)
+            {
+                let addr = rest.split('/').next().unwrap_or_default();
+                decode_metrics.push(format!("http://{addr}/metrics"));
+            }
             if line.starts_with("tierkv up: frontend")
                 && let Some(rest) = line.split("http://").nth(1)
             {
@@ -175,7 +214,11 @@ async fn start_cluster(
         bail!("tierkv up did not start {name}");
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Cluster { child, url })
+    Ok(Cluster {
+        child,
+        url,
+        decode_metrics,
+    })
 }
 
 async fn stop_cluster(mut c: Cluster) {
@@ -193,15 +236,20 @@ async fn stop_cluster(mut c: Cluster) {
     }
 }
 
+/// TTFTs, ITLs, tokens per second, failures, and the decode workers' transfer share.
+type Measured = (Vec<f64>, Vec<f64>, f64, usize, Option<f64>);
+
 async fn measure(
     args: &PdArgs,
-    url: &str,
+    cluster: &Cluster,
     model: &str,
     prompts: &[Vec<u32>],
-) -> anyhow::Result<(Vec<f64>, Vec<f64>, f64, usize)> {
+) -> anyhow::Result<Measured> {
+    let url = cluster.url.as_str();
     let http = reqwest::Client::new();
     // One warm-up request so that start-up costs stay out of the figures.
     let _ = client::stream(&http, url, model, &[300, 301, 302, 303], 2).await;
+    let before = transfer_seconds(&http, &cluster.decode_metrics).await;
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -238,7 +286,10 @@ async fn measure(
         }
     }
     let tps = tokens as f64 / started.elapsed().as_secs_f64();
-    Ok((ttft, itl, tps, failed))
+    let after = transfer_seconds(&http, &cluster.decode_metrics).await;
+    let (fetch, first) = (after.0 - before.0, after.1 - before.1);
+    let share = (fetch > 0.0 && first > 0.0).then(|| fetch / first);
+    Ok((ttft, itl, tps, failed, share))
 }
 
 pub async fn run(args: PdArgs) -> anyhow::Result<()> {
@@ -287,9 +338,9 @@ pub async fn run(args: PdArgs) -> anyhow::Result<()> {
                     &format!("{setup}-{workload}-{}", pair.len()),
                 )
                 .await?;
-                let result = measure(&args, &cluster.url, &model, &ps).await;
+                let result = measure(&args, &cluster, &model, &ps).await;
                 stop_cluster(cluster).await;
-                let (mut ttft, mut itl, tps, failed) = result?;
+                let (mut ttft, mut itl, tps, failed, share) = result?;
                 pair.push(Row {
                     setup: label,
                     workers: format!("{} processes", p + d),
@@ -303,6 +354,7 @@ pub async fn run(args: PdArgs) -> anyhow::Result<()> {
                     ttft_p50_ratio: 1.0,
                     itl_p99_ratio: 1.0,
                     throughput_ratio: 1.0,
+                    transfer_share_of_ttft: share,
                 });
             }
             let base = pair[0].clone();
@@ -336,12 +388,15 @@ fn print_report(r: &Report) {
         r.requests, r.concurrency, r.prompt_tokens, r.output_tokens, r.model, r.threads_per_worker
     );
     println!(
-        "| setup | workload | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tok/s | failed | TTFT p50 vs agg | ITL p99 vs agg | tok/s vs agg |"
+        "| setup | workload | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tok/s | failed | TTFT p50 vs agg | ITL p99 vs agg | tok/s vs agg | block transfer / TTFT |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for x in &r.rows {
+        let share = x
+            .transfer_share_of_ttft
+            .map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0));
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.2}x | {:.2}x | {:.2}x |",
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.2}x | {:.2}x | {:.2}x | {share} |",
             x.setup,
             x.workload,
             x.ttft_p50_ms,

@@ -57,6 +57,13 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// The server's process id (its CPU time is read from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -26,6 +26,7 @@ pub async fn bench(rounds: usize) -> anyhow::Result<Row> {
         slot_bytes: 64,
         prefault: false,
         pin: false,
+        shared: false,
     })?);
     let store =
         TieredStore::from_tiers(vec![(host, TierPolicy::default())], StoreOptions::default())

@@ -146,6 +146,7 @@ pub async fn build_store(config: &StoreConfig, simulate: bool) -> anyhow::Result
     let options = StoreOptions {
         promote_on_hit: config.promote_on_hit,
         event_buffer: config.event_buffer,
+        promote_queue: config.promote_queue,
     };
     Ok(TieredStore::from_tiers(tiers, options).await?)
 }
@@ -201,6 +202,9 @@ pub async fn replay(
             read_time[tier] += took;
             reads.push((start.elapsed().as_secs_f64(), tier, block_bytes as u64));
             load += took;
+            // The background promoter runs right after a read; replay in its order, off
+            // the clock, so that runs are repeatable.
+            store.settle_promotions().await;
         }
         for h in &hashes[hits..] {
             store

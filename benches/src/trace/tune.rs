@@ -96,6 +96,7 @@ fn config_for(p: &Point, block_bytes: u64, data_dir: PathBuf) -> StoreConfig {
         write_through: false,
         on_evict: EvictPolicy::Demote,
         prefault: true,
+        shared: false,
     })];
     if p.disk_bytes > 0 {
         tiers.push(TierConfig::Disk(DiskSection {

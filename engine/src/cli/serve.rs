@@ -23,6 +23,33 @@ pub struct ServeArgs {
     /// Where to serve Prometheus `/metrics`. Default: not served.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Do not share the host tier with same-host clients. By default (unless the
+    /// config sets `[service] local_socket`) the top host tier is shared and the socket
+    /// is `<data_dir>/tierkv.sock`.
+    #[arg(long)]
+    pub no_local: bool,
+}
+
+/// Longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Turns on the same-host channel: the top host tier shared, the socket in `data_dir`.
+fn share_host_tier(config: &mut StoreConfig) {
+    let Some(TierConfig::Host(top)) = config.tiers.first_mut() else {
+        tracing::info!("the top tier is not a host tier: no same-host channel");
+        return;
+    };
+    if config.service.local_socket.is_none() {
+        // Absolute: clients open the path the server advertises, from their own cwd.
+        let path = config.data_dir.join("tierkv.sock");
+        let path = std::path::absolute(&path).unwrap_or(path);
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            tracing::warn!(path = %path.display(), "data directory path too long for a Unix socket: no same-host channel");
+            return;
+        }
+        config.service.local_socket = Some(path);
+    }
+    top.shared = true;
 }
 
 /// The default of `tierkv serve`: host + disk, no object tier.
@@ -33,7 +60,10 @@ fn serve_default() -> StoreConfig {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = super::load_config(args.config.as_ref(), args.data_dir, serve_default)?;
+    let mut config = super::load_config(args.config.as_ref(), args.data_dir, serve_default)?;
+    if !args.no_local {
+        share_host_tier(&mut config);
+    }
     let store = TieredStore::open(&config)
         .await
         .with_context(|| format!("opening the store under {}", config.data_dir.display()))?;
@@ -87,8 +117,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(task) = metrics_task {
         task.await??;
     }
-    // Demotions and write-through copies complete inside each put, so nothing is queued;
-    // dropping the store closes the io_uring threads and RocksDB cleanly.
+    // Demotions and write-through copies complete inside each put (queued promotions
+    // are dropped); dropping the store closes the io_uring threads and RocksDB cleanly.
     drop(store);
     tracing::info!("block service stopped");
     Ok(())

@@ -11,6 +11,8 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use lru::LruCache;
 use tierkv_kvstore::{BlockHash, DType, KvLayout};
 
@@ -50,13 +52,16 @@ pub struct PoolUsage {
     pub free: usize,
 }
 
+/// Blocks of KV at f16, the precision the engine computes K and V at (as llama.cpp's
+/// default f16 KV cache), laid out exactly as the store keeps them: a block moves to
+/// and from the store with one `memcpy`.
 pub struct KvPool {
     layout: KvLayout,
-    /// Floats per block (`layout.block_bytes() / 4`).
+    /// Values per block (`layout.block_bytes() / 2`).
     block_floats: usize,
-    /// Floats of one layer's K (or V) inside a block.
+    /// Values of one layer's K (or V) inside a block.
     kv_floats: usize,
-    data: Vec<f32>,
+    data: Vec<f16>,
     refs: Vec<u32>,
     hash_of: Vec<Option<BlockHash>>,
     by_hash: HashMap<BlockHash, u32>,
@@ -66,18 +71,18 @@ pub struct KvPool {
 }
 
 impl KvPool {
-    /// A pool of `num_blocks` blocks of `layout` (which must be f32: the CPU engine
-    /// computes and keeps KV in f32).
+    /// A pool of `num_blocks` blocks of `layout` (which must be f16: the CPU engine
+    /// keeps KV in f16).
     pub fn new(layout: KvLayout, num_blocks: usize) -> Result<KvPool> {
-        if layout.dtype != DType::F32 {
+        if layout.dtype != DType::F16 {
             return Err(EngineError::Config(format!(
-                "the CPU engine keeps KV in f32, not {}",
+                "the CPU engine keeps KV in f16, not {}",
                 layout.dtype.as_str()
             )));
         }
         let cap = NonZeroUsize::new(num_blocks)
             .ok_or_else(|| EngineError::Config("the KV pool needs at least one block".into()))?;
-        let block_floats = layout.block_bytes() / 4;
+        let block_floats = layout.block_bytes() / 2;
         let total = block_floats.checked_mul(num_blocks).ok_or_else(|| {
             EngineError::Config(format!("{num_blocks} blocks of {layout} overflow"))
         })?;
@@ -87,7 +92,7 @@ impl KvPool {
             kv_floats: layout.block_size as usize
                 * layout.num_kv_heads as usize
                 * layout.head_dim as usize,
-            data: vec![0.0; total],
+            data: vec![f16::ZERO; total],
             refs: vec![0; num_blocks],
             hash_of: vec![None; num_blocks],
             by_hash: HashMap::new(),
@@ -199,52 +204,58 @@ impl KvPool {
     }
 
     /// K of one layer of a block: `[token][kv_head][head_dim]`.
-    pub fn keys(&self, id: u32, layer: usize) -> &[f32] {
+    pub fn keys(&self, id: u32, layer: usize) -> &[f16] {
         &self.data[self.range(id, layer, 0)]
     }
 
     /// V of one layer of a block: `[token][kv_head][head_dim]`.
-    pub fn values(&self, id: u32, layer: usize) -> &[f32] {
+    pub fn values(&self, id: u32, layer: usize) -> &[f16] {
         &self.data[self.range(id, layer, 1)]
     }
 
-    /// Writes the K and V of one token (each `kv_heads * head_dim` floats).
+    /// Writes the K and V of one token (each `kv_heads * head_dim` values, already at
+    /// f16 precision, so the conversion is exact).
     pub fn write_token(&mut self, id: u32, layer: usize, slot: usize, k: &[f32], v: &[f32]) {
         let w = k.len();
         let ks = self.range(id, layer, 0).start + slot * w;
-        self.data[ks..ks + w].copy_from_slice(k);
+        self.data[ks..ks + w].convert_from_f32_slice(k);
         let vs = self.range(id, layer, 1).start + slot * w;
-        self.data[vs..vs + w].copy_from_slice(v);
+        self.data[vs..vs + w].convert_from_f32_slice(v);
     }
 
-    /// The block as the store keeps it (little-endian f32 in `KvLayout` order).
-    pub fn export(&self, id: u32) -> Bytes {
+    fn block_bytes(&self, id: u32) -> &[u8] {
         let start = id as usize * self.block_floats;
-        let floats = &self.data[start..start + self.block_floats];
-        let mut out = Vec::with_capacity(self.block_floats * 4);
-        for f in floats {
-            out.extend_from_slice(&f.to_le_bytes());
-        }
-        Bytes::from(out)
+        let values = &self.data[start..start + self.block_floats];
+        // SAFETY: `f16` is a plain 2-byte value with no padding and every bit pattern
+        // valid, `u8` has alignment 1, and the byte slice covers exactly `values`,
+        // borrowed from `self` for the slice's lifetime.
+        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 2) }
     }
 
-    /// Fills a block from a payload that came from the store.
+    /// The block as the store keeps it (f16, little-endian, in `KvLayout` order): one
+    /// `memcpy`.
+    pub fn export(&self, id: u32) -> Bytes {
+        Bytes::copy_from_slice(self.block_bytes(id))
+    }
+
+    /// Fills a block from a payload that came from the store: one `memcpy`.
     pub fn import(&mut self, id: u32, payload: &[u8]) -> Result<()> {
-        if payload.len() != self.block_floats * 4 {
+        let want = self.block_floats * 2;
+        if payload.len() != want {
             return Err(EngineError::Store(tierkv_kvstore::KvStoreError::Layout(
                 format!(
-                    "block payload of {} bytes, {} expects {}",
+                    "block payload of {} bytes, {} expects {want}",
                     payload.len(),
                     self.layout,
-                    self.block_floats * 4
                 ),
             )));
         }
         let start = id as usize * self.block_floats;
         let dst = &mut self.data[start..start + self.block_floats];
-        for (d, c) in dst.iter_mut().zip(payload.chunks_exact(4)) {
-            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
+        // SAFETY: as in `block_bytes`: `f16` accepts every bit pattern, the byte view
+        // covers exactly `dst`, and `dst` is borrowed mutably for its whole use.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), want) };
+        dst.copy_from_slice(payload);
         Ok(())
     }
 
@@ -261,7 +272,7 @@ mod tests {
     use super::*;
 
     fn pool(n: usize) -> KvPool {
-        KvPool::new(KvLayout::new(2, 1, 4, DType::F32, 2).unwrap(), n).unwrap()
+        KvPool::new(KvLayout::new(2, 1, 4, DType::F16, 2).unwrap(), n).unwrap()
     }
 
     #[test]
@@ -303,8 +314,14 @@ mod tests {
         let bytes = p.export(a);
         assert_eq!(bytes.len(), p.layout().block_bytes());
         p.import(b, &bytes).unwrap();
-        assert_eq!(p.keys(b, 1)[4..8], [1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(p.values(b, 1)[4..8], [5.0, 6.0, 7.0, 8.5]);
+        assert_eq!(bytes.len(), 2 * 2 * 2 * 4 * 2, "f16: 2 bytes a value");
+        let f = |xs: &[f16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+        assert_eq!(f(&p.keys(b, 1)[4..8]), [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(f(&p.values(b, 1)[4..8]), [5.0, 6.0, 7.0, 8.5]);
+        // Little-endian f16, K of layer 1 token 1 at its `KvLayout` offset: layer 1's
+        // K after layer 0's K and V (2 x 2 tokens x 4 values), then one token in.
+        let off = (2 * 2 * 4 + 4) * 2;
+        assert_eq!(&bytes[off..off + 2], &f16::from_f32(1.0).to_le_bytes());
         assert!(p.import(b, &bytes[1..]).is_err());
     }
 }

@@ -4,9 +4,13 @@
 //! prompt was split into chunks or batched with other sequences: KV computed in one
 //! pass, in chunks or loaded from a tier gives bit-identical outputs.
 
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::kv::KvPool;
+
+/// Largest head dimension the kernel takes (Llama and Qwen use 64 or 128).
+pub const MAX_HEAD_DIM: usize = 512;
 
 /// One sequence's share of a step: its new tokens' queries and where its KV lives.
 pub struct AttnSeq<'a> {
@@ -145,12 +149,16 @@ fn attend_body(job: &Job<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     scores.clear();
     scores.resize(group * n, 0.0);
     let mut max = [f32::NEG_INFINITY; 64];
+    // One head's K or V row, widened from the pool's f16.
+    let mut row = [0.0f32; MAX_HEAD_DIM];
+    let row = &mut row[..d];
     let mut j = 0;
     for (b, &block) in seq.blocks.iter().enumerate().take(blocks) {
         let keys = pool.keys(block, layer);
         let in_block = (n - b * shape.block_size).min(shape.block_size);
         for t in 0..in_block {
-            let k = &keys[t * stride + kv_head * d..t * stride + kv_head * d + d];
+            keys[t * stride + kv_head * d..t * stride + kv_head * d + d].convert_to_f32_slice(row);
+            let k = &*row;
             for g in 0..group {
                 let s = dot(&q[g * d..(g + 1) * d], k) * scale;
                 max[g] = max[g].max(s);
@@ -174,7 +182,9 @@ fn attend_body(job: &Job<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
         let values = pool.values(block, layer);
         let in_block = (n - b * shape.block_size).min(shape.block_size);
         for t in 0..in_block {
-            let v = &values[t * stride + kv_head * d..t * stride + kv_head * d + d];
+            values[t * stride + kv_head * d..t * stride + kv_head * d + d]
+                .convert_to_f32_slice(row);
+            let v = &*row;
             for g in 0..group {
                 let w = half::f16::from_f32(scores[g * n + j] * inv[g]).to_f32();
                 for (o, x) in out[g * d..(g + 1) * d].iter_mut().zip(v) {
@@ -228,7 +238,7 @@ mod tests {
     #[test]
     fn matches_reference_across_scattered_blocks_and_gqa() {
         let (bs, kvh, d, h) = (4usize, 2usize, 8usize, 4usize);
-        let layout = KvLayout::new(1, kvh as u32, d as u32, DType::F32, bs as u32).unwrap();
+        let layout = KvLayout::new(1, kvh as u32, d as u32, DType::F16, bs as u32).unwrap();
         let mut pool = KvPool::new(layout, 8).unwrap();
         let blocks = [5u32, 1, 6];
         let n = 10;

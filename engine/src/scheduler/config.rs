@@ -67,13 +67,13 @@ impl EngineConfig {
         Ok(())
     }
 
-    /// The KV layout of a block of `model` (f32, as the CPU engine computes it).
+    /// The KV layout of a block of `model` (f16, as the CPU engine keeps it).
     pub fn kv_layout(&self, model: &ModelConfig) -> Result<KvLayout> {
         Ok(KvLayout::new(
             model.num_layers as u32,
             model.num_kv_heads as u32,
             model.head_dim as u32,
-            DType::F32,
+            DType::F16,
             self.block_size,
         )?)
     }

@@ -473,7 +473,7 @@ impl Worker {
         if !(self.config.publish_to_store || s.await_publish) {
             return;
         }
-        let p = Publication {
+        let publication = || Publication {
             ns: s.ns.clone(),
             hash: s.hashes[k],
             data: self.pool.export(s.blocks[k]),
@@ -481,11 +481,16 @@ impl Worker {
         };
         if s.await_publish {
             // The worker is a plain thread, never a runtime thread: blocking is allowed.
-            if self.publish.blocking_send(p).is_err() {
+            if self.publish.blocking_send(publication()).is_err() {
                 self.metrics.publish_failures.inc();
             }
-        } else if let Err(TrySendError::Full(_)) = self.publish.try_send(p) {
-            self.metrics.publish_skipped.inc();
+            return;
+        }
+        // Room first, so a full queue costs no export.
+        match self.publish.try_reserve() {
+            Ok(permit) => permit.send(publication()),
+            Err(TrySendError::Full(())) => self.metrics.publish_skipped.inc(),
+            Err(TrySendError::Closed(())) => self.metrics.publish_failures.inc(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! ```toml
 //! data_dir = "./tierkv-data"   # base of relative tier paths
 //! slot_bytes = "2MiB"          # largest block payload
-//! promote_on_hit = true        # copy lower-tier hits into the top tier
+//! promote_on_hit = true        # copy lower-tier hits into the top tier (background)
+//! promote_queue = 64           # promotions waiting; more hits are not promoted
 //! event_buffer = 4096          # events a subscriber may fall behind by
 //!
 //! [[tier]]
@@ -21,6 +22,7 @@
 //! capacity = "16GiB"
 //! ```
 
+mod open;
 mod size;
 mod tiers;
 
@@ -50,9 +52,14 @@ pub struct StoreConfig {
     /// (a 16-token block of a 7-8B model; use 16 MiB for Qwen3-32B at 128 tokens, TP 2).
     #[serde(default = "StoreConfig::default_slot_bytes")]
     pub slot_bytes: ByteSize,
-    /// Copy a lower-tier hit into the top tier. Default true.
+    /// Copy a lower-tier hit into the top tier, in the background (never on the
+    /// reader's path). Default true.
     #[serde(default = "yes")]
     pub promote_on_hit: bool,
+    /// Promotions queued for the background promoter; hits beyond it are not
+    /// promoted (counted as `promotions_skipped`). Default 64.
+    #[serde(default = "StoreConfig::default_promote_queue")]
+    pub promote_queue: usize,
     /// Events a subscriber may fall behind by before it sees a gap. Default 4096.
     #[serde(default = "StoreConfig::default_event_buffer")]
     pub event_buffer: usize,
@@ -71,6 +78,7 @@ impl Default for StoreConfig {
             data_dir: Self::default_data_dir(),
             slot_bytes: Self::default_slot_bytes(),
             promote_on_hit: true,
+            promote_queue: Self::default_promote_queue(),
             event_buffer: Self::default_event_buffer(),
             tiers: Self::default_tiers(),
             service: Default::default(),
@@ -88,6 +96,9 @@ impl StoreConfig {
     fn default_event_buffer() -> usize {
         4096
     }
+    fn default_promote_queue() -> usize {
+        64
+    }
     fn default_tiers() -> Vec<TierConfig> {
         vec![
             TierConfig::Host(HostSection {
@@ -96,6 +107,7 @@ impl StoreConfig {
                 write_through: false,
                 on_evict: EvictPolicy::Demote,
                 prefault: true,
+                shared: false,
             }),
             TierConfig::Disk(DiskSection {
                 name: "disk".into(),
@@ -193,6 +205,9 @@ impl StoreConfig {
                 self.slot_bytes
             ));
         }
+        if self.promote_queue == 0 {
+            return err("promote_queue must be > 0".into());
+        }
         if self.event_buffer == 0 {
             return err("event_buffer must be > 0".into());
         }
@@ -277,6 +292,7 @@ impl StoreConfig {
             capacity_bytes: s.capacity.0,
             slot_bytes: self.slot_bytes.0 as usize,
             prefault: s.prefault,
+            shared: s.shared,
             ..HostTierConfig::default()
         }
     }

@@ -106,6 +106,11 @@ pub struct HostSection {
     /// Fault in all pages at start-up. Default true.
     #[serde(default = "yes")]
     pub prefault: bool,
+    /// Back the tier with a memfd that same-host clients of the block service map
+    /// (`[service] local_socket`). Default false (`tierkv serve` turns it on for its
+    /// top host tier unless `--no-local`).
+    #[serde(default)]
+    pub shared: bool,
 }
 
 impl HostSection {

@@ -58,13 +58,20 @@ impl Auth {
     /// The caller's access from its `authorization: Bearer <token>` header;
     /// `UNAUTHENTICATED` when tokens are configured and it has none or a wrong one.
     pub fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Access, Status> {
-        if self.tokens.is_empty() {
-            return Ok(Access::All);
-        }
         let presented = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.strip_prefix("Bearer "));
+        self.token(presented)
+    }
+
+    /// The access of a presented token (the data channel's hello carries it);
+    /// `UNAUTHENTICATED` when tokens are configured and it is missing or unknown.
+    pub fn token(&self, presented: Option<&str>) -> Result<Access, Status> {
+        if self.tokens.is_empty() {
+            return Ok(Access::All);
+        }
+        let presented = presented
             .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
         let mut found = None;
         // Compare against every token in constant time, so timing reveals nothing.

@@ -2,10 +2,16 @@
 //! with connection reuse (one HTTP/2 channel, cloned per call), per-call timeouts,
 //! retries with exponential backoff (every call is idempotent: blocks are
 //! content-addressed) and crc32c verification of fetched blocks.
+//!
+//! Block bytes take the fastest path the server offers: its same-host channel (the
+//! shared slab, see [`super::local`]) when client and server are on one machine, else
+//! its data channel (plain TCP, see [`super::data`]) when it advertises one and the
+//! connection is not TLS, else gRPC. [`Transport`] narrows the choice.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -17,10 +23,32 @@ use tierkv_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use super::data::client::{DataChannel, DataError, retryable as data_retryable};
+use super::local::client::{Leased, LocalChannel};
 use crate::{KvStoreError, Result};
 
+/// Which paths block payloads may take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// Shared memory when the server is on this machine, else the server's data
+    /// channel when it offers one (and the address is not `https://`), else gRPC.
+    #[default]
+    Auto,
+    /// The data channel when offered, else gRPC: never shared memory.
+    Network,
+    /// Always gRPC streams.
+    Grpc,
+}
+
+/// The paths a client found on its server.
+#[derive(Default)]
+struct Paths {
+    local: Option<Arc<LocalChannel>>,
+    data: Option<Arc<DataChannel>>,
+}
+
 /// How to reach a block service.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BlockClientConfig {
     /// `host:port` or `http(s)://host:port`.
     pub addr: String,
@@ -42,6 +70,21 @@ pub struct BlockClientConfig {
     /// PEM CA certificate to trust for `https://` addresses. Default none (system roots
     /// are not loaded: set this for TLS).
     pub tls_ca: Option<PathBuf>,
+    /// Path of publish and fetch payloads. Default [`Transport::Auto`].
+    pub transport: Transport,
+}
+
+impl std::fmt::Debug for BlockClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockClientConfig")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BlockClientConfig {
@@ -56,6 +99,7 @@ impl BlockClientConfig {
             chunk_bytes: 4 << 20,
             max_block_bytes: 1 << 30,
             tls_ca: None,
+            transport: Transport::Auto,
         }
     }
 }
@@ -75,6 +119,18 @@ pub struct BlockClient {
     client: BlockServiceClient<Channel>,
     config: std::sync::Arc<BlockClientConfig>,
     auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// The server's faster paths, once asked for.
+    paths: Arc<tokio::sync::OnceCell<Paths>>,
+}
+
+impl std::fmt::Debug for BlockClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of logs.
+        f.debug_struct("BlockClient")
+            .field("addr", &self.config.addr)
+            .field("transport", &self.config.transport)
+            .finish()
+    }
 }
 
 fn retryable(code: Code) -> bool {
@@ -133,6 +189,90 @@ impl BlockClient {
             client,
             config: std::sync::Arc::new(config),
             auth,
+            paths: Default::default(),
+        })
+    }
+
+    /// The paths to use, asking the server once what it offers. A server that does not
+    /// answer now: gRPC this time, ask again next time.
+    async fn paths(&self) -> Option<&Paths> {
+        let c = &self.config;
+        if c.transport == Transport::Grpc {
+            return None;
+        }
+        let found = self
+            .paths
+            .get_or_try_init(|| async {
+                let stats = self.stats().await?;
+                let mut paths = Paths::default();
+                if c.transport == Transport::Auto && !stats.local_socket.is_empty() {
+                    paths.local = self.local_channel(&stats).await.map(Arc::new);
+                }
+                let tls = c.tls_ca.is_some() || c.addr.starts_with("https://");
+                if let Some(host) = host_of(&c.addr).filter(|_| stats.data_port != 0 && !tls) {
+                    let addr = format!("{host}:{}", stats.data_port);
+                    paths.data = Some(Arc::new(DataChannel::new(
+                        addr,
+                        c.token.clone(),
+                        c.connect_timeout,
+                        c.timeout,
+                        c.max_block_bytes,
+                    )));
+                }
+                tracing::debug!(server = %c.addr, local = paths.local.is_some(), data = paths.data.is_some(), "block paths");
+                Ok::<_, KvStoreError>(paths)
+            })
+            .await;
+        found.ok()
+    }
+
+    /// The same-host channel, if the socket the server names is this machine's path
+    /// to the same server.
+    async fn local_channel(&self, stats: &StatsReply) -> Option<LocalChannel> {
+        let instance: [u8; 16] = stats.instance.as_ref().try_into().ok()?;
+        let path = std::path::Path::new(&stats.local_socket);
+        let connect = LocalChannel::connect(
+            path,
+            self.config.token.as_deref(),
+            u128::from_le_bytes(instance),
+        );
+        match tokio::time::timeout(self.config.connect_timeout, connect).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                let status = e.into_status();
+                tracing::debug!(socket = %path.display(), %status, "no same-host channel");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The data channel's address, if this client uses one (asks the server once).
+    pub async fn data_addr(&self) -> Option<String> {
+        let paths = self.paths().await?;
+        paths.data.as_ref().map(|d| d.addr().to_string())
+    }
+
+    /// Whether this client moves blocks through the server's shared memory (asks the
+    /// server once).
+    pub async fn is_same_host(&self) -> bool {
+        self.paths().await.is_some_and(|p| p.local.is_some())
+    }
+
+    /// After a failed data channel call: sleeps and returns `Ok` when it is worth
+    /// another attempt, else the final error.
+    async fn data_retry(&self, op: &'static str, e: DataError, attempt: &mut u32) -> Result<()> {
+        if data_retryable(&e) && *attempt < self.config.retries {
+            tracing::debug!(op, addr = %self.config.addr, attempt = *attempt, "retrying on the data channel");
+            tokio::time::sleep(self.config.backoff * 2u32.saturating_pow(*attempt)).await;
+            *attempt += 1;
+            return Ok(());
+        }
+        let status = e.into_status();
+        Err(KvStoreError::Rpc {
+            op,
+            code: status.code(),
+            message: status.message().to_string(),
         })
     }
 
@@ -188,6 +328,40 @@ impl BlockClient {
         namespace: &str,
         blocks: &[(u128, Bytes)],
     ) -> Result<PublishSummary> {
+        if let Some(local) = self.paths().await.and_then(|p| p.local.clone()) {
+            match local.publish(namespace, blocks).await {
+                Ok(summary) => return Ok(summary),
+                Err(DataError::Status(s)) if s.code() != Code::ResourceExhausted => {
+                    return Err(KvStoreError::Rpc {
+                        op: "publish",
+                        code: s.code(),
+                        message: s.message().to_string(),
+                    });
+                }
+                // No free slot, or the socket broke: the network path.
+                Err(e) => {
+                    let status = e.into_status();
+                    tracing::debug!(%status, "same-host publish fell back to the network");
+                }
+            }
+        }
+        self.network_publish(namespace, blocks).await
+    }
+
+    async fn network_publish(
+        &self,
+        namespace: &str,
+        blocks: &[(u128, Bytes)],
+    ) -> Result<PublishSummary> {
+        if let Some(data) = self.paths().await.and_then(|p| p.data.clone()) {
+            let mut attempt = 0;
+            loop {
+                match data.publish(namespace, blocks).await {
+                    Ok(summary) => return Ok(summary),
+                    Err(e) => self.data_retry("publish", e, &mut attempt).await?,
+                }
+            }
+        }
         let chunk = self.config.chunk_bytes.max(1);
         let reply = self
             .with_retries("publish", || {
@@ -238,6 +412,56 @@ impl BlockClient {
     /// Fetches blocks; the result is in request order, `None` for a block the server
     /// lacks or that arrived corrupt (crc32c mismatch, counted and logged).
     pub async fn fetch(&self, namespace: &str, hashes: &[u128]) -> Result<Vec<Option<Bytes>>> {
+        let Some(local) = self.paths().await.and_then(|p| p.local.clone()) else {
+            return self.network_fetch(namespace, hashes).await;
+        };
+        let leased = match local.fetch(namespace, hashes).await {
+            Ok(leased) => leased,
+            Err(DataError::Status(s)) => {
+                return Err(KvStoreError::Rpc {
+                    op: "fetch",
+                    code: s.code(),
+                    message: s.message().to_string(),
+                });
+            }
+            Err(e) => {
+                let status = e.into_status();
+                tracing::debug!(%status, "same-host fetch fell back to the network");
+                return self.network_fetch(namespace, hashes).await;
+            }
+        };
+        let elsewhere: Vec<u128> = hashes
+            .iter()
+            .zip(&leased)
+            .filter(|(_, l)| matches!(l, Leased::Elsewhere))
+            .map(|(h, _)| *h)
+            .collect();
+        let mut rest = if elsewhere.is_empty() {
+            Vec::new()
+        } else {
+            self.network_fetch(namespace, &elsewhere).await?
+        }
+        .into_iter();
+        Ok(leased
+            .into_iter()
+            .map(|l| match l {
+                Leased::Block(b) => Some(b),
+                Leased::Missing => None,
+                Leased::Elsewhere => rest.next().flatten(),
+            })
+            .collect())
+    }
+
+    async fn network_fetch(&self, namespace: &str, hashes: &[u128]) -> Result<Vec<Option<Bytes>>> {
+        if let Some(data) = self.paths().await.and_then(|p| p.data.clone()) {
+            let mut attempt = 0;
+            loop {
+                match data.fetch(namespace, hashes).await {
+                    Ok(blocks) => return Ok(blocks),
+                    Err(e) => self.data_retry("fetch", e, &mut attempt).await?,
+                }
+            }
+        }
         self.with_retries("fetch", || {
             let mut client = self.client.clone();
             let req = self.request(FetchRequest {
@@ -302,6 +526,14 @@ impl BlockClient {
                 message: status.message().to_string(),
             })
     }
+}
+
+/// The host part of `host:port` or `scheme://host:port` (brackets kept for IPv6).
+fn host_of(addr: &str) -> Option<&str> {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let rest = rest.split('/').next()?;
+    let (host, _port) = rest.rsplit_once(':')?;
+    (!host.is_empty()).then_some(host)
 }
 
 /// Reassembles a fetch stream into blocks in request order.
@@ -374,5 +606,19 @@ fn verify_into(out: &mut [Option<Bytes>], idx: usize, data: Bytes, crc: u32) {
             block = idx,
             "fetched block failed its crc32c check; treating it as missing"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_addresses() {
+        assert_eq!(host_of("127.0.0.1:7070"), Some("127.0.0.1"));
+        assert_eq!(host_of("http://kv-0.kv:7070"), Some("kv-0.kv"));
+        assert_eq!(host_of("http://[::1]:7070/"), Some("[::1]"));
+        assert_eq!(host_of("nohost"), None);
+        assert_eq!(host_of(":7070"), None);
     }
 }

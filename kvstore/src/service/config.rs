@@ -46,6 +46,23 @@ pub struct ServiceConfig {
     /// plus 64 KiB). Default 4 MiB.
     #[serde(default = "ServiceConfig::default_chunk")]
     pub chunk_bytes: ByteSize,
+    /// Promote a block a client fetched from a lower tier into the top tier (in the
+    /// background). Default false: peers' fetches leave this server's tiers as they are.
+    #[serde(default)]
+    pub promote_on_fetch: bool,
+    /// Serve publish and fetch bytes on a plain TCP data channel beside gRPC (off
+    /// whenever TLS is on: the channel is not encrypted). Default true.
+    #[serde(default = "yes")]
+    pub data_channel: bool,
+    /// TCP port of the data channel, on the gRPC listener's address; 0 picks a free
+    /// one (clients learn it from `Stats`). Default 0.
+    #[serde(default)]
+    pub data_port: u16,
+    /// Unix socket of the same-host channel: clients on this machine map the top host
+    /// tier's slab (which must be `shared = true`) and read and write blocks in place.
+    /// Default none (`tierkv serve` uses `<data_dir>/tierkv.sock`).
+    #[serde(default)]
+    pub local_socket: Option<PathBuf>,
     /// Bearer tokens; none configured means no authentication. Default none.
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenConfig>,
@@ -63,10 +80,18 @@ impl Default for ServiceConfig {
             max_inflight_bytes: Self::default_inflight(),
             inflight_wait_ms: Self::default_inflight_wait_ms(),
             chunk_bytes: Self::default_chunk(),
+            promote_on_fetch: false,
+            data_channel: true,
+            data_port: 0,
+            local_socket: None,
             tokens: Vec::new(),
             tls: None,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ServiceConfig {

@@ -77,7 +77,7 @@ pub(super) async fn stream_blocks(
     for hash in hashes {
         let raw = Bytes::copy_from_slice(&hash.to_be_bytes());
         let found = store
-            .get_key(BlockKey::new(ns_id, hash))
+            .read_key(BlockKey::new(ns_id, hash), limits.promote_on_fetch)
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "fetch: read failed; reporting the block missing");

@@ -6,11 +6,13 @@
 mod auth;
 mod client;
 mod config;
+mod data;
 mod fetch;
+mod local;
 mod publish;
 mod server;
 
 pub use auth::{Access, Auth};
-pub use client::{BlockClient, BlockClientConfig, PublishSummary};
+pub use client::{BlockClient, BlockClientConfig, PublishSummary, Transport};
 pub use config::{ServiceConfig, TlsConfig, TokenConfig};
 pub use server::{BlockServer, serve};

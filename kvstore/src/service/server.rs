@@ -1,9 +1,8 @@
 //! The block service server over a [`TieredStore`]: authenticated, bounded,
 //! checksummed, zero-copy from tier to socket.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +21,8 @@ use super::auth::{Access, Auth};
 use super::config::ServiceConfig;
 use super::fetch::{CrcCache, FetchContext, stream_blocks};
 use crate::metrics::Metrics;
-use crate::{KvStoreError, Result, StoreEventKind, TieredStore, namespace_id};
+use crate::namespace_names::{DEFAULT_NAMES, NamespaceNames};
+use crate::{KvStoreError, Result, StoreEventKind, TieredStore};
 
 /// HTTP/2 frame size advertised by server and client.
 pub(crate) const MAX_FRAME: u32 = (1 << 24) - 1;
@@ -37,6 +37,7 @@ pub(super) struct Limits {
     pub(super) max_blocks: usize,
     pub(super) chunk: usize,
     pub(super) inflight_wait: Duration,
+    pub(super) promote_on_fetch: bool,
 }
 
 /// The gRPC `BlockService` implementation.
@@ -44,8 +45,9 @@ pub struct BlockServer {
     pub(super) store: TieredStore,
     pub(super) auth: Auth,
     pub(super) limits: Limits,
-    /// Namespace names seen, by digest, so events can name them.
-    pub(super) names: Arc<Mutex<HashMap<u64, String>>>,
+    /// Namespace names seen, by digest, so events can name them (the most recent
+    /// ones: clients choose the names).
+    pub(super) names: Arc<NamespaceNames>,
     pub(super) streams: Arc<Semaphore>,
     pub(super) inflight: Arc<Semaphore>,
     pub(super) metrics: Arc<Metrics>,
@@ -54,6 +56,25 @@ pub struct BlockServer {
     /// Set when the server shuts down: ends open watch streams, which would otherwise
     /// keep a graceful shutdown waiting on their clients forever.
     pub(super) closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Port of the data channel, 0 while there is none (told to clients by `Stats`).
+    pub(super) data_port: std::sync::atomic::AtomicU16,
+    /// The same-host socket, once listening (told to clients by `Stats`).
+    pub(super) local_socket: std::sync::OnceLock<String>,
+    /// Random id of this server process.
+    pub(super) instance: u128,
+}
+
+/// A random 128-bit id (the standard library's per-process random hash keys).
+fn random_id() -> u128 {
+    use std::hash::BuildHasher;
+    let (a, b) = (
+        std::collections::hash_map::RandomState::new(),
+        std::collections::hash_map::RandomState::new(),
+    );
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (u128::from(a.hash_one(t)) << 64) | u128::from(b.hash_one((t, std::process::id())))
 }
 
 impl BlockServer {
@@ -76,14 +97,18 @@ impl BlockServer {
                 max_blocks: config.max_blocks_per_request,
                 chunk: config.chunk_bytes.0 as usize,
                 inflight_wait: Duration::from_millis(config.inflight_wait_ms),
+                promote_on_fetch: config.promote_on_fetch,
             },
-            names: Arc::new(Mutex::new(HashMap::new())),
+            names: Arc::new(NamespaceNames::new(DEFAULT_NAMES)),
             streams: Arc::new(Semaphore::new(config.max_concurrent_streams)),
             inflight: Arc::new(Semaphore::new(inflight)),
             metrics,
             tier_names: Arc::new(tier_names),
             crcs: Arc::new(CrcCache::new(1 << 20)),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
+            data_port: std::sync::atomic::AtomicU16::new(0),
+            local_socket: std::sync::OnceLock::new(),
+            instance: random_id(),
             store,
         })
     }
@@ -99,10 +124,7 @@ impl BlockServer {
     }
 
     pub(super) fn remember(&self, namespace: &str) -> u64 {
-        let id = namespace_id(namespace);
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        names.entry(id).or_insert_with(|| namespace.to_string());
-        id
+        self.names.remember(namespace)
     }
 
     pub(super) fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
@@ -123,6 +145,12 @@ impl BlockServer {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
+        self.record_rpc(rpc, start, code);
+        result
+    }
+
+    /// Counts one call and its latency.
+    pub(super) fn record_rpc(&self, rpc: &str, start: Instant, code: tonic::Code) {
         self.metrics
             .rpc_total
             .with_label_values(&[rpc, &format!("{code:?}")])
@@ -131,7 +159,22 @@ impl BlockServer {
             .rpc_seconds
             .with_label_values(&[rpc])
             .observe(start.elapsed().as_secs_f64());
-        result
+    }
+
+    /// Counts a block a publish or fetch handled (`outcome`: stored, sent, missing...).
+    pub(super) fn count_block(&self, op: &str, outcome: &str) {
+        self.metrics
+            .blocks_total
+            .with_label_values(&[op, outcome])
+            .inc();
+    }
+
+    /// Counts payload bytes received (`in`) or sent (`out`).
+    pub(super) fn count_bytes(&self, direction: &str, n: usize) {
+        self.metrics
+            .bytes_total
+            .with_label_values(&[direction])
+            .inc_by(n as u64);
     }
 
     fn parse_request(
@@ -326,10 +369,7 @@ impl BlockService for BlockServer {
                     continue;
                 }
                 let namespace = names
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&ev.key.namespace)
-                    .cloned()
+                    .name(ev.key.namespace)
                     .unwrap_or_else(|| format!("#{:016x}", ev.key.namespace));
                 let kind = match ev.kind {
                     StoreEventKind::Stored => kv_event::Kind::Stored,
@@ -356,6 +396,9 @@ impl BlockService for BlockServer {
         let result = self.auth.caller(request.metadata()).map(|_| {
             let s = self.store.stats();
             StatsReply {
+                data_port: u32::from(self.data_port.load(std::sync::atomic::Ordering::Relaxed)),
+                local_socket: self.local_socket.get().cloned().unwrap_or_default(),
+                instance: Bytes::copy_from_slice(&self.instance.to_le_bytes()),
                 blocks: s.blocks,
                 tiers: s
                     .tiers
@@ -389,8 +432,47 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let server = BlockServer::new(store, config, metrics)?;
+    let server = Arc::new(BlockServer::new(store, config, metrics)?);
     let closing = Arc::clone(&server.closing);
+    if config.data_channel && config.tls.is_none() {
+        let ip = listener
+            .local_addr()
+            .map_err(|e| KvStoreError::Config(format!("block service address: {e}")))?
+            .ip();
+        let data = tokio::net::TcpListener::bind((ip, config.data_port))
+            .await
+            .map_err(|e| KvStoreError::Connect {
+                addr: format!("{ip}:{}", config.data_port),
+                reason: format!("binding the data channel: {e}"),
+            })?;
+        let port = data.local_addr().map(|a| a.port()).unwrap_or(0);
+        server
+            .data_port
+            .store(port, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(%ip, port, "block service data channel listening");
+        tokio::spawn(super::data::server::accept_loop(Arc::clone(&server), data));
+    }
+    if let Some(path) = &config.local_socket {
+        let Some(host) = server.store.shared_host().cloned() else {
+            return Err(KvStoreError::Config(format!(
+                "service local_socket = {} needs a top host tier with shared = true",
+                path.display()
+            )));
+        };
+        let (listener, file) =
+            super::local::server::bind(path).map_err(|e| KvStoreError::Connect {
+                addr: path.display().to_string(),
+                reason: format!("binding the same-host socket: {e}"),
+            })?;
+        let _ = server.local_socket.set(path.display().to_string());
+        tracing::info!(socket = %path.display(), "block service same-host channel listening");
+        tokio::spawn(super::local::server::accept_loop(
+            Arc::clone(&server),
+            host,
+            listener,
+            file,
+        ));
+    }
     let shutdown = async move {
         shutdown.await;
         closing.send_replace(true);
@@ -400,7 +482,7 @@ pub async fn serve(
     reporter
         .set_serving::<BlockServiceServer<BlockServer>>()
         .await;
-    let service = BlockServiceServer::new(server)
+    let service = BlockServiceServer::from_arc(server)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let mut builder = tonic::transport::Server::builder()

@@ -3,13 +3,16 @@
 //! - Puts land in the top tier; tiers marked `write_through` get a copy too.
 //! - Each tier evicts its least recently used unpinned block when full; with
 //!   `on_evict = demote` (write-back) the victim moves to the next tier down first.
-//! - A hit in a lower tier is copied into the top tier (`promote_on_hit`).
+//! - A hit in a lower tier is copied into the top tier (`promote_on_hit`) by a
+//!   background promoter, after the reader has its bytes: a read never evicts, demotes
+//!   or writes on its own path.
 //! - Blocks being read, transferred or evicted are pinned and never chosen as victims.
 //! - `lookup_prefix` answers from memory in one pass, without I/O.
 //! - Every block entering or leaving a tier emits a [`StoreEvent`].
 
 mod guards;
 mod index;
+mod promote;
 mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,10 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
-use tierkv_tiers::{BlockKey, DiskTier, HostTier, ObjectTier, PutOutcome, Tier, TierError};
+use tierkv_tiers::{BlockKey, HostTier, PutOutcome, Tier, TierError};
 use tokio::sync::broadcast;
 
-use crate::config::{EvictPolicy, StoreConfig, TierConfig};
+use crate::config::EvictPolicy;
 use crate::{BlockHash, KvStoreError, Namespace, Result};
 pub use guards::PinGuard;
 use guards::{Eviction, Reservation};
@@ -37,12 +40,15 @@ pub(crate) struct TierEntry {
 pub(crate) struct Inner {
     tiers: Vec<TierEntry>,
     slot_bytes: usize,
-    promote_on_hit: bool,
+    /// The promoter's queue; `None` when promotion is off.
+    promotions: Option<tokio::sync::mpsc::Sender<promote::Promotion>>,
     index: Mutex<StoreIndex>,
     events: broadcast::Sender<StoreEvent>,
     seq: AtomicU64,
     /// Woken whenever an eviction or a put finishes, for puts waiting for room.
     room: tokio::sync::Notify,
+    /// The top tier, when it is a host tier with a shared (memfd) slab.
+    shared_host: Option<HostTier>,
 }
 
 /// The tiered KV block store. Cheap to clone (shared state).
@@ -56,46 +62,18 @@ pub(crate) fn lock(m: &Mutex<StoreIndex>) -> MutexGuard<'_, StoreIndex> {
 }
 
 impl TieredStore {
-    /// Opens every configured tier (creating directories and files as needed) and
-    /// indexes the blocks that persistent tiers kept from an earlier run.
-    pub async fn open(config: &StoreConfig) -> Result<TieredStore> {
-        config.validate()?;
-        let mut tiers: Vec<(Arc<dyn Tier>, TierPolicy)> = Vec::new();
-        for tc in &config.tiers {
-            let s = tc.section();
-            let policy = TierPolicy {
-                write_through: s.write_through(),
-                on_evict: s.on_evict(),
-            };
-            let tier: Arc<dyn Tier> = match tc {
-                TierConfig::Host(h) => Arc::new(HostTier::new(config.host_config(h))?),
-                TierConfig::Disk(d) => {
-                    let dc = config.disk_config(d);
-                    // Opening replays RocksDB's log: blocking work off the runtime.
-                    let tier = tokio::task::spawn_blocking(move || DiskTier::open(dc))
-                        .await
-                        .map_err(|e| KvStoreError::Config(format!("opening disk tier: {e}")))??;
-                    Arc::new(tier)
-                }
-                TierConfig::Object(o) => Arc::new(ObjectTier::open(config.object_config(o)).await?),
-                TierConfig::Remote(r) => Arc::new(crate::RemoteTier::new(config.remote_config(r))?),
-            };
-            tiers.push((tier, policy));
-        }
-        Self::from_tiers(
-            tiers,
-            StoreOptions {
-                promote_on_hit: config.promote_on_hit,
-                event_buffer: config.event_buffer,
-            },
-        )
-        .await
-    }
-
     /// A store over tiers built by the caller, top first.
     pub async fn from_tiers(
         tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
         options: StoreOptions,
+    ) -> Result<TieredStore> {
+        Self::build(tiers, options, None).await
+    }
+
+    pub(crate) async fn build(
+        tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
+        options: StoreOptions,
+        shared_host: Option<HostTier>,
     ) -> Result<TieredStore> {
         if tiers.is_empty() || tiers.len() > 8 {
             return Err(KvStoreError::Config(format!(
@@ -121,7 +99,13 @@ impl TieredStore {
             }
         }
         let (events, _) = broadcast::channel(options.event_buffer.max(1));
-        Ok(TieredStore {
+        let (promotions, promotion_queue) = if options.promote_on_hit && tiers.len() > 1 {
+            let (tx, rx) = tokio::sync::mpsc::channel(options.promote_queue.max(1));
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let store = TieredStore {
             inner: Arc::new(Inner {
                 tiers: tiers
                     .into_iter()
@@ -132,13 +116,18 @@ impl TieredStore {
                     })
                     .collect(),
                 slot_bytes,
-                promote_on_hit: options.promote_on_hit,
+                promotions,
                 index: Mutex::new(index),
                 events,
                 seq: AtomicU64::new(0),
                 room: tokio::sync::Notify::new(),
+                shared_host,
             }),
-        })
+        };
+        if let Some(queue) = promotion_queue {
+            promote::spawn(Arc::downgrade(&store.inner), queue);
+        }
+        Ok(store)
     }
 
     fn key(ns: &Namespace, hash: BlockHash) -> BlockKey {
@@ -276,14 +265,11 @@ impl TieredStore {
             victim,
         };
         let entry = &inner.tiers[t];
-        let next = t + 1;
         let demote = entry.policy.on_evict == EvictPolicy::Demote
-            && next < inner.tiers.len()
-            && inner.tiers[next].tier.accepts_puts()
-            && !lock(&inner.index).holds(&victim, next);
-        if demote {
+            && inner.tiers[t + 1..].iter().any(|e| e.tier.accepts_puts());
+        if demote && !self.held_below(t, &victim) {
             let moved = match entry.tier.get(victim).await {
-                Ok(Some(data)) => self.place(next, victim, data).await.map(|_| ()),
+                Ok(Some(data)) => self.demote(t, victim, data).await,
                 Ok(None) => Ok(()),
                 Err(e) => Err(e.into()),
             };
@@ -303,12 +289,48 @@ impl TieredStore {
         Ok(())
     }
 
+    /// Whether a tier below `t` that takes puts already holds `key`.
+    fn held_below(&self, t: usize, key: &BlockKey) -> bool {
+        let ix = lock(&self.inner.index);
+        (t + 1..self.inner.tiers.len())
+            .any(|n| self.inner.tiers[n].tier.accepts_puts() && ix.holds(key, n))
+    }
+
+    /// Moves an evicted block of tier `t` down: into the next tier that takes it, so a
+    /// tier whose blocks are all pinned by readers passes it on instead of losing it.
+    async fn demote(&self, t: usize, key: BlockKey, data: Bytes) -> Result<()> {
+        let mut last = None;
+        for next in t + 1..self.inner.tiers.len() {
+            if !self.inner.tiers[next].tier.accepts_puts() {
+                continue;
+            }
+            match self.place(next, key, data.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e @ KvStoreError::NoRoom { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// The block's payload from the highest tier holding it, or `None`.
     pub async fn get(&self, ns: &Namespace, hash: BlockHash) -> Result<Option<Bytes>> {
         self.get_key(Self::key(ns, hash)).await
     }
 
+    /// The block's payload by raw key; a lower-tier hit is promoted in the background.
     pub async fn get_key(&self, key: BlockKey) -> Result<Option<Bytes>> {
+        self.read_key(key, true).await
+    }
+
+    /// Like [`TieredStore::get_key`]; `promote = false` leaves the local tiers as they
+    /// are (what the block service does for a peer's fetch unless configured
+    /// otherwise). A block that came from a peer (a tier that is not indexed) is always
+    /// kept locally: caching what peers hold is what such a tier is for.
+    pub async fn read_key(&self, key: BlockKey, promote: bool) -> Result<Option<Bytes>> {
         let inner = &self.inner;
         let mut tried: u16 = 0;
         let mut last_error = None;
@@ -348,7 +370,7 @@ impl TieredStore {
                     for e in &inner.tiers[..t] {
                         e.counters.misses.fetch_add(1, Relaxed);
                     }
-                    self.record_hit(t, key, &data).await;
+                    self.record_hit(t, key, &data, promote);
                     return Ok(Some(data));
                 }
                 Ok(None) => {
@@ -385,31 +407,23 @@ impl TieredStore {
                 entry.counters.misses.fetch_add(1, Relaxed);
                 continue;
             };
-            self.record_hit(t, key, &data).await;
+            self.record_hit(t, key, &data, true);
             return Ok(Some(data));
         }
         Ok(None)
     }
 
-    /// Counts a hit in tier `t` and, for a lower tier, promotes the block into the top
-    /// tier (a failed promotion is logged: the caller has its data either way).
-    async fn record_hit(&self, t: usize, key: BlockKey, data: &Bytes) {
-        let inner = &self.inner;
-        let entry = &inner.tiers[t];
+    /// Counts a hit in tier `t` and, for a lower tier, queues its promotion into the
+    /// top tier (done in the background: the caller has its data either way).
+    fn record_hit(&self, t: usize, key: BlockKey, data: &Bytes, promote: bool) {
+        let entry = &self.inner.tiers[t];
         entry.counters.hits.fetch_add(1, Relaxed);
         entry
             .counters
             .bytes_read
             .fetch_add(data.len() as u64, Relaxed);
-        if t == 0 || !inner.promote_on_hit || !inner.tiers[0].tier.is_indexed() {
-            return;
-        }
-        match self.place(0, key, data.clone()).await {
-            Ok(PutOutcome::Stored) => {
-                entry.counters.promotions.fetch_add(1, Relaxed);
-            }
-            Ok(PutOutcome::AlreadyPresent) => {}
-            Err(e) => tracing::warn!(key = %key, error = %e, "promotion failed"),
+        if t != 0 && promote {
+            self.queue_promotion(key, data, t);
         }
     }
 
@@ -475,7 +489,11 @@ impl TieredStore {
 
     /// Removes a block from every tier; true if any held it.
     pub async fn remove(&self, ns: &Namespace, hash: BlockHash) -> Result<bool> {
-        let key = Self::key(ns, hash);
+        self.remove_key(Self::key(ns, hash)).await
+    }
+
+    /// [`TieredStore::remove`] by raw key.
+    pub async fn remove_key(&self, key: BlockKey) -> Result<bool> {
         let mask = lock(&self.inner.index).mask(&key);
         for t in 0..self.inner.tiers.len() {
             if mask & (1 << t) != 0 {
@@ -531,6 +549,11 @@ impl TieredStore {
             .collect()
     }
 
+    /// The top tier when its slab is shared with same-host clients.
+    pub fn shared_host(&self) -> Option<&HostTier> {
+        self.inner.shared_host.as_ref()
+    }
+
     /// Largest payload a put accepts.
     pub fn slot_bytes(&self) -> usize {
         self.inner.slot_bytes
@@ -558,6 +581,7 @@ impl TieredStore {
                         demotions: c.demotions.load(Relaxed),
                         demotion_failures: c.demotion_failures.load(Relaxed),
                         promotions: c.promotions.load(Relaxed),
+                        promotions_skipped: c.promotions_skipped.load(Relaxed),
                     }
                 })
                 .collect(),

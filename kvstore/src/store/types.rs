@@ -53,6 +53,7 @@ pub(crate) struct PolicyCounters {
     pub(crate) demotions: AtomicU64,
     pub(crate) demotion_failures: AtomicU64,
     pub(crate) promotions: AtomicU64,
+    pub(crate) promotions_skipped: AtomicU64,
 }
 
 /// Per-tier statistics: the tier's own and the store's policy counters.
@@ -69,8 +70,10 @@ pub struct TierStoreStats {
     /// Blocks moved from this tier to the next on eviction.
     pub demotions: u64,
     pub demotion_failures: u64,
-    /// Blocks copied from this tier into the top tier on a hit.
+    /// Blocks copied from this tier into the top tier after a hit.
     pub promotions: u64,
+    /// Hits not promoted because the promoter's queue was full.
+    pub promotions_skipped: u64,
 }
 
 /// A point-in-time view of the whole store.
@@ -85,8 +88,12 @@ pub struct StoreStats {
 /// Options of a store built from tiers directly.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
+    /// Copy lower-tier hits into the top tier, in the background. Default true.
     pub promote_on_hit: bool,
+    /// Events a subscriber may fall behind by. Default 4096.
     pub event_buffer: usize,
+    /// Promotions waiting for the promoter; more hits are not promoted. Default 64.
+    pub promote_queue: usize,
 }
 
 impl Default for StoreOptions {
@@ -94,6 +101,7 @@ impl Default for StoreOptions {
         StoreOptions {
             promote_on_hit: true,
             event_buffer: 4096,
+            promote_queue: 64,
         }
     }
 }

@@ -5,6 +5,11 @@
 //! with the completion, so the kernel never writes into memory that Rust has freed.
 //! Short reads and writes are resubmitted for the remainder; `EINTR`/`EAGAIN` are
 //! retried; end-of-file and zero-length writes are errors.
+//!
+//! A buffer the kernel may still write is never handed back: if the ring itself fails
+//! (`io_uring_enter` errors other than `EINTR`/`EAGAIN`/`EBUSY`, `MAX_SUBMIT_FAILURES`
+//! times in a row), the worker gives up on the ring, leaks the ring and the buffers of
+//! every I/O in flight (their callers get [`PoolClosed`]) and exits.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -25,6 +30,11 @@ pub enum IoKind {
     Read,
     Write,
 }
+
+/// Consecutive failures of `io_uring_enter` after which a ring is abandoned.
+const MAX_SUBMIT_FAILURES: u32 = 8;
+/// Attempts to queue one entry when the submission queue is full.
+const MAX_PUSH_ATTEMPTS: u32 = 8;
 
 /// The result of one I/O, with the buffer handed back.
 pub struct IoDone {
@@ -143,6 +153,7 @@ impl Worker {
 
     fn run(mut self, rx: Receiver<IoRequest>) {
         let mut closed = false;
+        let mut failures = 0u32;
         loop {
             // Admit new requests while there is room; block only when idle.
             while let Some(&idx) = self.free.last() {
@@ -168,15 +179,21 @@ impl Worker {
                 self.slots[idx] = Some(InFlight { req, done: 0 });
                 self.push(idx);
             }
-            if let Err(err) = self.ring.submit_and_wait(1) {
-                match err.raw_os_error() {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => failures = 0,
+                Err(err) => match err.raw_os_error() {
                     Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY) => {}
                     _ => {
-                        tracing::error!(%err, "io_uring submit failed; failing in-flight I/O");
-                        self.fail_all(&err);
-                        continue;
+                        failures += 1;
+                        if failures >= MAX_SUBMIT_FAILURES {
+                            tracing::error!(%err, in_flight = self.in_flight(), "io_uring keeps failing; abandoning the ring");
+                            self.abandon();
+                            return;
+                        }
+                        tracing::warn!(%err, failures, "io_uring submit failed; retrying");
+                        std::thread::sleep(std::time::Duration::from_millis(1 << failures));
                     }
-                }
+                },
             }
             self.completions.clear();
             self.completions
@@ -207,9 +224,10 @@ impl Worker {
                 .build(),
         }
         .user_data(idx as u64);
-        loop {
+        for _ in 0..MAX_PUSH_ATTEMPTS {
             // SAFETY: the buffer and the file stay alive in `slots[idx]` until the
-            // completion for `idx` is reaped, and nothing else touches the buffer.
+            // completion for `idx` is reaped (or are leaked by `abandon`), and nothing
+            // else touches the buffer meanwhile.
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_ok() {
                 return;
@@ -219,6 +237,13 @@ impl Worker {
                 tracing::warn!(%err, "io_uring submit while draining a full queue");
             }
         }
+        // Never queued, so the kernel never saw this buffer: safe to hand back.
+        self.finish(
+            idx,
+            Err(std::io::Error::other(
+                "io_uring submission queue stays full",
+            )),
+        );
     }
 
     fn complete(&mut self, idx: usize, res: i32) {
@@ -261,16 +286,17 @@ impl Worker {
         }
     }
 
-    fn fail_all(&mut self, err: &std::io::Error) {
-        for idx in 0..self.slots.len() {
-            if self.slots[idx].is_some() {
-                let e = match err.raw_os_error() {
-                    Some(code) => std::io::Error::from_raw_os_error(code),
-                    None => std::io::Error::other(err.to_string()),
-                };
-                self.finish(idx, Err(e));
-            }
+    /// Gives up on a ring that keeps failing. The kernel may still own the buffers of
+    /// the I/Os in flight, so they are leaked with the ring rather than freed; their
+    /// callers see [`PoolClosed`] (their reply channels close).
+    fn abandon(self) {
+        let Worker { ring, slots, .. } = self;
+        for f in slots.into_iter().flatten() {
+            std::mem::forget(f.req.buf);
+            std::mem::forget(f.req.file);
+            drop(f.req.reply);
         }
+        std::mem::forget(ring);
     }
 }
 

@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::disk_index::{
+    DISK_FORMAT, DiskIndex, Geometry, META_KEY, index_error, load_table, open_db,
+};
 use super::host::check_payload;
 use super::slots::{Reservation, SlotTable};
 use super::{PutOutcome, Tier, TierKind, lock};
@@ -79,61 +82,6 @@ impl DiskTierConfig {
 }
 
 const DATA_FILE: &str = "blocks.dat";
-const INDEX_DIR: &str = "index";
-const META_KEY: &[u8] = b"\0meta";
-const BLOCK_PREFIX: u8 = b'b';
-const DISK_FORMAT: u32 = 1;
-
-/// The geometry recorded in the index so a reopen with other settings is refused.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Geometry {
-    slot_stride: u64,
-    slots: u64,
-}
-
-impl Geometry {
-    fn encode(&self) -> [u8; 20] {
-        let mut v = [0u8; 20];
-        v[..4].copy_from_slice(&DISK_FORMAT.to_le_bytes());
-        v[4..12].copy_from_slice(&self.slot_stride.to_le_bytes());
-        v[12..20].copy_from_slice(&self.slots.to_le_bytes());
-        v
-    }
-
-    fn decode(v: &[u8]) -> Option<(u32, Geometry)> {
-        if v.len() != 20 {
-            return None;
-        }
-        let format = u32::from_le_bytes(v[..4].try_into().ok()?);
-        let slot_stride = u64::from_le_bytes(v[4..12].try_into().ok()?);
-        let slots = u64::from_le_bytes(v[12..20].try_into().ok()?);
-        Some((format, Geometry { slot_stride, slots }))
-    }
-}
-
-fn index_key(key: BlockKey) -> [u8; 1 + BlockKey::ENCODED_LEN] {
-    let mut k = [0u8; 1 + BlockKey::ENCODED_LEN];
-    k[0] = BLOCK_PREFIX;
-    k[1..].copy_from_slice(&key.to_bytes());
-    k
-}
-
-fn index_value(slot: u32, len: u64) -> [u8; 12] {
-    let mut v = [0u8; 12];
-    v[..4].copy_from_slice(&slot.to_le_bytes());
-    v[4..].copy_from_slice(&len.to_le_bytes());
-    v
-}
-
-fn parse_index_value(v: &[u8]) -> Option<(u32, u64)> {
-    if v.len() != 12 {
-        return None;
-    }
-    Some((
-        u32::from_le_bytes(v[..4].try_into().ok()?),
-        u64::from_le_bytes(v[4..].try_into().ok()?),
-    ))
-}
 
 struct Inner {
     name: String,
@@ -142,7 +90,7 @@ struct Inner {
     slot_stride: usize,
     sync_writes: bool,
     file: Arc<File>,
-    index: rocksdb::DB,
+    index: DiskIndex,
     table: Mutex<SlotTable>,
     bufs: Arc<BufPool>,
     uring: UringPool,
@@ -189,9 +137,10 @@ impl DiskTier {
             TierError::io(format!("creating disk tier directory {}", dir.display()), e)
         })?;
 
-        let index = open_index(&dir)?;
-        let file = open_data_file(&dir, &config, geometry, &index)?;
-        let table = load_index(&dir, &index, slots32)?;
+        let db = open_db(&dir)?;
+        let file = open_data_file(&dir, &config, geometry, &db)?;
+        let table = load_table(&dir, &db, slots32)?;
+        let index = DiskIndex::start(&name, &dir, db, config.sync_writes)?;
 
         let uring = UringPool::new(&name, config.io_threads, config.queue_depth)
             .map_err(|e| TierError::io(format!("disk tier `{name}`: setting up io_uring"), e))?;
@@ -234,22 +183,6 @@ impl DiskTier {
         table.release_reader(slot);
         Some(slot as u64 * self.inner.slot_stride as u64)
     }
-}
-
-fn index_error(dir: &Path) -> impl FnOnce(rocksdb::Error) -> TierError + '_ {
-    move |source| TierError::Index {
-        path: dir.join(INDEX_DIR),
-        source,
-    }
-}
-
-fn open_index(dir: &Path) -> Result<rocksdb::DB> {
-    let mut opts = rocksdb::Options::default();
-    opts.create_if_missing(true);
-    // The index is small (36 bytes a block); keep RocksDB's footprint small too.
-    opts.set_max_background_jobs(1);
-    opts.set_write_buffer_size(8 << 20);
-    rocksdb::DB::open(&opts, dir.join(INDEX_DIR)).map_err(index_error(dir))
 }
 
 fn open_data_file(
@@ -346,38 +279,7 @@ fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
     }
 }
 
-fn load_index(dir: &Path, index: &rocksdb::DB, slots: u32) -> Result<SlotTable> {
-    let mut table = SlotTable::new(slots);
-    let mut bad = Vec::new();
-    for item in index.prefix_iterator([BLOCK_PREFIX]) {
-        let (k, v) = item.map_err(index_error(dir))?;
-        if k.first() != Some(&BLOCK_PREFIX) {
-            break;
-        }
-        let placed = match (BlockKey::from_bytes(&k[1..]), parse_index_value(&v)) {
-            (Some(key), Some((slot, len))) => table.insert_ready(key, slot, len),
-            _ => false,
-        };
-        if !placed {
-            bad.push(k);
-        }
-    }
-    if !bad.is_empty() {
-        tracing::warn!(dir = %dir.display(), entries = bad.len(), "dropping invalid disk index entries");
-        for k in bad {
-            index.delete(k).map_err(index_error(dir))?;
-        }
-    }
-    Ok(table)
-}
-
 impl Inner {
-    fn write_options(&self) -> rocksdb::WriteOptions {
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(self.sync_writes);
-        wo
-    }
-
     fn io_error(&self, context: &str, e: std::io::Error) -> TierError {
         TierCounters::add(&self.counters.io_errors, 1);
         TierError::io(format!("disk tier `{}`: {context}", self.name), e)
@@ -409,13 +311,7 @@ impl Inner {
         drop(PooledBuf::from_parts(done.buf, &self.bufs));
         done.result
             .map_err(|e| self.io_error(&format!("writing slot {slot}"), e))?;
-        self.index
-            .put_opt(
-                index_key(key),
-                index_value(slot, data.len() as u64),
-                &self.write_options(),
-            )
-            .map_err(index_error(&self.dir))
+        self.index.put(key, slot, data.len() as u64).await
     }
 
     /// Reads and verifies a slot. `Ok(None)`: the slot does not hold this block.
@@ -450,12 +346,10 @@ impl Inner {
         }
     }
 
-    fn forget(&self, key: BlockKey) -> Result<bool> {
+    async fn forget(&self, key: BlockKey) -> Result<bool> {
         let removed = lock(&self.table).remove(key).is_some();
         if removed {
-            self.index
-                .delete_opt(index_key(key), &self.write_options())
-                .map_err(index_error(&self.dir))?;
+            self.index.delete(key).await?;
         }
         Ok(removed)
     }
@@ -508,10 +402,7 @@ impl Tier for DiskTier {
                 Ok(()) => {
                     if !lock(&inner.table).commit(slot, len) {
                         // Removed while being written: drop the index entry we just wrote.
-                        inner
-                            .index
-                            .delete_opt(index_key(key), &inner.write_options())
-                            .map_err(index_error(&inner.dir))?;
+                        inner.index.delete(key).await?;
                     }
                     TierCounters::add(&inner.counters.puts, 1);
                     TierCounters::add(&inner.counters.put_bytes, len);
@@ -545,7 +436,7 @@ impl Tier for DiskTier {
                 }
                 Ok(None) => {
                     TierCounters::add(&inner.counters.misses, 1);
-                    inner.forget(key)?;
+                    inner.forget(key).await?;
                     Ok(None)
                 }
                 Err(e) => Err(e),
@@ -560,7 +451,7 @@ impl Tier for DiskTier {
     }
 
     async fn remove(&self, key: BlockKey) -> Result<bool> {
-        let removed = self.inner.forget(key)?;
+        let removed = self.inner.forget(key).await?;
         if removed {
             TierCounters::add(&self.inner.counters.removes, 1);
         }

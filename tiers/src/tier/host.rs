@@ -5,6 +5,11 @@
 //! (a removed slot is recycled only when the last view is dropped). No heap allocation
 //! of payload size happens on either path.
 //!
+//! With `shared` the slab is a memfd that [`HostTier::shared_fd`] hands out, so that
+//! clients on the same machine map it (the block service passes the descriptor over a
+//! Unix socket): they read blocks in place, and write new ones into *staged* slots
+//! ([`HostTier::stage`]) that a later `put` adopts without copying.
+//!
 //! With the `cuda` feature and a GPU present the slab is pinned: its pages are touched
 //! from every core and it is registered with `cuMemHostRegister` (measured faster than
 //! `cuMemHostAlloc` for large sizes: `tierkv-bench gpu`), so copies to and from HBM run
@@ -36,6 +41,8 @@ pub struct HostTierConfig {
     /// after touching its pages from every core) so that copies to and from HBM run at
     /// full PCIe speed. Without either, nothing happens. Default true.
     pub pin: bool,
+    /// Back the slab with a memfd that same-host clients can map. Default false.
+    pub shared: bool,
 }
 
 impl Default for HostTierConfig {
@@ -46,6 +53,7 @@ impl Default for HostTierConfig {
             slot_bytes: 2 << 20,
             prefault: true,
             pin: true,
+            shared: false,
         }
     }
 }
@@ -77,10 +85,12 @@ impl HostTierConfig {
     }
 }
 
-/// An anonymous, page-aligned memory mapping.
+/// A page-aligned memory mapping: anonymous, or of a memfd when shared.
 struct Slab {
     ptr: NonNull<u8>,
     len: usize,
+    /// The memfd behind a shared slab.
+    fd: Option<std::os::fd::OwnedFd>,
     /// The context the slab is registered (pinned) with, if any.
     #[cfg(feature = "cuda")]
     pinned: Option<std::sync::Arc<crate::gpu::CudaContext>>,
@@ -92,21 +102,53 @@ unsafe impl Send for Slab {}
 // SAFETY: as above; shared references only read slots that no writer owns.
 unsafe impl Sync for Slab {}
 
+/// A memfd of `len` bytes.
+fn memfd(len: usize, tier: &str) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let io = |what: &str| {
+        TierError::io(
+            format!("host tier `{tier}`: {what}"),
+            std::io::Error::last_os_error(),
+        )
+    };
+    // SAFETY: a static NUL-terminated name and valid flags; the result is checked.
+    let raw = unsafe { libc::memfd_create(c"tierkv-host".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io("memfd_create"));
+    }
+    // SAFETY: `raw` is a descriptor we just created and own alone.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let off = libc::off_t::try_from(len).map_err(|_| TierError::config(tier, "slab too large"))?;
+    // SAFETY: plain syscall on our own descriptor; the result is checked.
+    if unsafe { libc::ftruncate(raw, off) } != 0 {
+        return Err(io(&format!("sizing the shared slab to {len} bytes")));
+    }
+    Ok(fd)
+}
+
 impl Slab {
-    fn map(len: usize, prefault: bool, tier: &str) -> Result<Slab> {
-        let flags = libc::MAP_PRIVATE
-            | libc::MAP_ANONYMOUS
-            | libc::MAP_NORESERVE
+    fn map(len: usize, prefault: bool, shared: bool, tier: &str) -> Result<Slab> {
+        use std::os::fd::AsRawFd;
+        let fd = if shared {
+            Some(memfd(len, tier)?)
+        } else {
+            None
+        };
+        let flags = match fd {
+            Some(_) => libc::MAP_SHARED,
+            None => libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        } | libc::MAP_NORESERVE
             | if prefault { libc::MAP_POPULATE } else { 0 };
-        // SAFETY: an anonymous private mapping with no address hint has no
-        // preconditions; the result is checked against MAP_FAILED.
+        let raw = fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+        // SAFETY: a new mapping with no address hint, of an anonymous region or of our
+        // own memfd sized to `len`; the result is checked against MAP_FAILED.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 flags,
-                -1,
+                raw,
                 0,
             )
         };
@@ -120,6 +162,7 @@ impl Slab {
             Some(ptr) => Ok(Slab {
                 ptr,
                 len,
+                fd,
                 #[cfg(feature = "cuda")]
                 pinned: None,
             }),
@@ -207,7 +250,12 @@ impl HostTier {
             u32::try_from(slots).map_err(|_| TierError::config(&name, "more than 2^32 slots"))?;
         let len = slots as usize * slot_stride;
         #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
-        let mut slab = Slab::map(len, config.prefault && !config.pin_now(), &name)?;
+        let mut slab = Slab::map(
+            len,
+            config.prefault && !config.pin_now(),
+            config.shared,
+            &name,
+        )?;
         #[cfg(feature = "cuda")]
         if config.pin {
             slab.pin(&name);
@@ -244,6 +292,44 @@ impl HostTier {
         )
     }
 
+    /// The memfd behind a shared slab (`shared = true`), to hand to same-host clients.
+    pub fn shared_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.inner.slab.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Bytes one slot occupies in the slab.
+    pub fn slot_stride(&self) -> usize {
+        self.inner.slot_stride
+    }
+
+    /// The offset in the slab of a payload this tier handed out (a `get` view), or
+    /// `None` if `data` does not lie in the slab.
+    pub fn offset_of(&self, data: &[u8]) -> Option<u64> {
+        let base = self.inner.slab.ptr.as_ptr() as usize;
+        let p = data.as_ptr() as usize;
+        (p >= base && p + data.len() <= base + self.inner.slab.len).then(|| (p - base) as u64)
+    }
+
+    /// A free slot for a same-host writer, or `None` when none is free. Its bytes are
+    /// the writer's until [`StagedSlot::into_bytes`] hands them to a `put` (which
+    /// adopts the slot without copying) or the slot is dropped (and recycled).
+    pub fn stage(&self) -> Option<StagedSlot> {
+        let slot = lock(&self.inner.table).stage()?;
+        Some(StagedSlot {
+            inner: Arc::clone(&self.inner),
+            slot,
+        })
+    }
+
+    /// The staged slot `data` starts, if it is one and `data` is its payload.
+    fn staged_slot_of(&self, data: &[u8]) -> Option<u32> {
+        let offset = self.offset_of(data)? as usize;
+        let slot = u32::try_from(offset / self.inner.slot_stride).ok()?;
+        (offset % self.inner.slot_stride == 0 && lock(&self.inner.table).is_staged(slot))
+            .then_some(slot)
+    }
+
     fn full(&self) -> TierError {
         TierError::Full {
             tier: self.inner.name.clone(),
@@ -266,6 +352,79 @@ impl HostTier {
             ptr: inner.slot_ptr(slot),
             len: len as usize,
         })
+    }
+}
+
+/// A slot staged for a same-host writer; recycled on drop unless a `put` adopted it.
+pub struct StagedSlot {
+    inner: Arc<Inner>,
+    slot: u32,
+}
+
+impl std::fmt::Debug for StagedSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedSlot")
+            .field("slot", &self.slot)
+            .field("offset", &self.offset())
+            .finish()
+    }
+}
+
+impl StagedSlot {
+    /// Offset of the slot in the slab.
+    pub fn offset(&self) -> u64 {
+        self.slot as u64 * self.inner.slot_stride as u64
+    }
+
+    /// Bytes the slot can take.
+    pub fn capacity(&self) -> usize {
+        self.inner.slot_bytes
+    }
+
+    /// Start of the slot's bytes, for the holder to write into (`capacity` bytes).
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.inner.slot_ptr(self.slot)
+    }
+
+    /// The first `len` bytes of the slot as a payload (to verify and `put`); the slot
+    /// stays held until the last view is dropped.
+    pub fn into_bytes(self, len: usize) -> Bytes {
+        let len = len.min(self.inner.slot_bytes);
+        let ptr = self.inner.slot_ptr(self.slot);
+        Bytes::from_owner(StagedView {
+            staged: self,
+            ptr,
+            len,
+        })
+    }
+}
+
+impl Drop for StagedSlot {
+    fn drop(&mut self) {
+        lock(&self.inner.table).unstage(self.slot);
+    }
+}
+
+/// A read-only view of a staged slot's payload.
+struct StagedView {
+    staged: StagedSlot,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the slot stays held (staged or adopted with a reader hold) while the view
+// lives; the outside writer has finished writing before the view is made, and the
+// server never writes into a staged or ready slot.
+unsafe impl Send for StagedView {}
+// SAFETY: as above; the view is read-only.
+unsafe impl Sync for StagedView {}
+
+impl AsRef<[u8]> for StagedView {
+    fn as_ref(&self) -> &[u8] {
+        let _held = &self.staged;
+        // SAFETY: `ptr..ptr+len` lies inside the slab (len <= slot_bytes), the slab
+        // outlives `staged.inner`, and the slot is held for the view's lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
@@ -324,6 +483,18 @@ impl Tier for HostTier {
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
         let inner = &self.inner;
         check_payload(&inner.name, inner.slot_bytes, &data)?;
+        if let Some(slot) = self.staged_slot_of(&data) {
+            // Written in place by a same-host client: adopt the slot, no copy.
+            return match lock(&inner.table).adopt(slot, key, data.len() as u64) {
+                Reservation::Present => Ok(PutOutcome::AlreadyPresent),
+                Reservation::Full => Err(self.full()),
+                Reservation::Reserved(_) => {
+                    TierCounters::add(&inner.counters.puts, 1);
+                    TierCounters::add(&inner.counters.put_bytes, data.len() as u64);
+                    Ok(PutOutcome::Stored)
+                }
+            };
+        }
         let reservation = lock(&inner.table).reserve(key);
         let slot = match reservation {
             Reservation::Present => return Ok(PutOutcome::AlreadyPresent),

@@ -4,6 +4,11 @@
 //! A slot goes `Free -> Writing -> Ready`; `remove` of a slot that is being read or
 //! written retires it, and it is recycled only when its last user leaves, so a slot is
 //! never rewritten under a reader.
+//!
+//! A host slot can also be *staged*: handed to an outside writer (a same-host client
+//! writing into the shared slab) before it has a key, `Free -> Staged`, then adopted
+//! under a key (`Staged -> Ready`, no copy) or given back. The stager counts as a
+//! reader from staging until it lets go, so an adopted slot is not recycled under it.
 
 use crate::{BlockKey, BlockKeyMap};
 
@@ -13,6 +18,7 @@ enum SlotState {
     Writing,
     Ready,
     Retired,
+    Staged,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -129,6 +135,49 @@ impl SlotTable {
         }
     }
 
+    /// A free slot for an outside writer, held until [`SlotTable::unstage`].
+    pub(crate) fn stage(&mut self) -> Option<u32> {
+        let slot = self.free.pop()?;
+        let meta = &mut self.slots[slot as usize];
+        meta.state = SlotState::Staged;
+        meta.readers = 1;
+        Some(slot)
+    }
+
+    /// Whether `slot` is staged (written by an outside writer, not adopted yet).
+    pub(crate) fn is_staged(&self, slot: u32) -> bool {
+        self.slots
+            .get(slot as usize)
+            .is_some_and(|m| m.state == SlotState::Staged)
+    }
+
+    /// Makes a staged slot hold `key` (its bytes are already there). `Present` if the
+    /// key is held elsewhere (the slot stays staged), `Reserved(slot)` once adopted.
+    pub(crate) fn adopt(&mut self, slot: u32, key: BlockKey, len: u64) -> Reservation {
+        if self.index.contains_key(&key) {
+            return Reservation::Present;
+        }
+        if !self.is_staged(slot) {
+            return Reservation::Full;
+        }
+        let meta = &mut self.slots[slot as usize];
+        meta.state = SlotState::Ready;
+        meta.len = len;
+        self.used_bytes += len;
+        self.index.insert(key, slot);
+        Reservation::Reserved(slot)
+    }
+
+    /// The stager lets go of `slot`: recycled if it was never adopted, else its hold
+    /// ends like a reader's.
+    pub(crate) fn unstage(&mut self, slot: u32) {
+        if self.is_staged(slot) {
+            self.release(slot);
+        } else {
+            self.release_reader(slot);
+        }
+    }
+
     /// Forgets `key`; its slot is recycled now, or when its last reader or writer leaves.
     /// Returns the slot if the key was present.
     pub(crate) fn remove(&mut self, key: BlockKey) -> Option<u32> {
@@ -206,6 +255,31 @@ mod tests {
             t.reserve(BlockKey::new(1, 2)),
             Reservation::Reserved(_)
         ));
+    }
+
+    #[test]
+    fn a_staged_slot_is_adopted_without_recycling_it_under_its_stager() {
+        let mut t = SlotTable::new(2);
+        let a = BlockKey::new(1, 1);
+        let s = t.stage().unwrap();
+        assert!(t.is_staged(s));
+        assert_eq!(t.adopt(s, a, 10), Reservation::Reserved(s));
+        assert!(!t.is_staged(s));
+        assert_eq!(t.acquire(a), Some((s, 10)));
+        t.release_reader(s);
+        // Removed while the stager still holds it: not free until it lets go.
+        assert_eq!(t.remove(a), Some(s));
+        let other = t.stage().unwrap();
+        assert_ne!(other, s);
+        assert_eq!(t.stage(), None, "the adopted slot is still held");
+        t.unstage(s);
+        assert_eq!(t.stage(), Some(s));
+        // A key already present is not adopted twice; an unadopted slot goes back free.
+        assert_eq!(t.adopt(other, a, 5), Reservation::Reserved(other));
+        assert_eq!(t.adopt(s, a, 5), Reservation::Present);
+        t.unstage(s);
+        assert!(!t.is_staged(s));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! The data channel's server side: one task per connection, one request at a time,
+//! the same namespaces, tokens, limits, budget and metrics as the gRPC calls.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tierkv_tiers::{BlockKey, PutOutcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::Status;
+
+use super::{
+    MAGIC, MAX_TOKEN, OP_FETCH, OP_PUBLISH, PUBLISH_HEADER, READ_BUFFER, TAG_BLOCK, TAG_MISSING,
+    TAG_SUMMARY, VERSION, block_header, error_frame, read_payload, write_all_vectored,
+};
+use crate::service::auth::Access;
+use crate::service::server::{BlockServer, acquire_budget, check_namespace, store_status};
+
+/// Accepts data connections until the server closes.
+pub(crate) async fn accept_loop(server: Arc<BlockServer>, listener: TcpListener) {
+    let mut closing = server.closing.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = closing.wait_for(|c| *c) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let server = Arc::clone(&server);
+                tokio::spawn(async move {
+                    server.metrics.open_streams.inc();
+                    if let Err(e) = serve_connection(&server, stream).await {
+                        tracing::debug!(%peer, error = %e, "data connection ended");
+                    }
+                    server.metrics.open_streams.dec();
+                });
+            }
+            Err(e) => {
+                // Out of descriptors and the like: keep serving the connections we have.
+                tracing::warn!(error = %e, "data channel accept failed");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+struct Conn {
+    rd: BufReader<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+}
+
+/// What ended a request badly: a status the client is told about, and whether the
+/// connection is still in step (the whole request was read).
+struct Failure {
+    status: Status,
+    in_step: bool,
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure {
+            status: Status::unavailable(format!("data channel: {e}")),
+            in_step: false,
+        }
+    }
+}
+
+fn broken(status: Status) -> Failure {
+    Failure {
+        status,
+        in_step: false,
+    }
+}
+
+async fn serve_connection(server: &BlockServer, stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (rd, wr) = stream.into_split();
+    let mut c = Conn {
+        rd: BufReader::with_capacity(READ_BUFFER, rd),
+        wr,
+    };
+    let access = match hello(server, &mut c).await? {
+        Ok(access) => {
+            c.wr.write_all(&[0]).await?;
+            access
+        }
+        Err(status) => {
+            c.wr.write_all(&error_frame(&status)).await?;
+            return Ok(());
+        }
+    };
+    let mut closing = server.closing.subscribe();
+    loop {
+        let op = tokio::select! {
+            op = c.rd.read_u8() => op,
+            _ = closing.wait_for(|c| *c) => return Ok(()),
+        };
+        let op = match op {
+            Ok(op) => op,
+            // The client closed the connection between requests.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let start = Instant::now();
+        let (rpc, result) = match op {
+            OP_FETCH => ("data_fetch", fetch(server, &access, &mut c).await),
+            OP_PUBLISH => ("data_publish", publish(server, &access, &mut c).await),
+            other => (
+                "data_unknown",
+                Err(broken(Status::invalid_argument(format!(
+                    "unknown data channel op {other}"
+                )))),
+            ),
+        };
+        let code = match &result {
+            Ok(()) => tonic::Code::Ok,
+            Err(f) => f.status.code(),
+        };
+        server.record_rpc(rpc, start, code);
+        if let Err(f) = result {
+            c.wr.write_all(&error_frame(&f.status)).await?;
+            if !f.in_step {
+                drain(c).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Before closing a connection whose request was refused half-read: stop writing and
+/// read what the client still sends (bounded), so that the close does not reset the
+/// connection and discard the error frame before the client reads it.
+async fn drain(mut c: Conn) {
+    const MAX_DRAIN: u64 = 256 << 20;
+    let _ = c.wr.shutdown().await;
+    let mut sink = tokio::io::sink();
+    let mut rest = (&mut c.rd).take(MAX_DRAIN);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::io::copy(&mut rest, &mut sink),
+    )
+    .await;
+}
+
+async fn hello(server: &BlockServer, c: &mut Conn) -> std::io::Result<Result<Access, Status>> {
+    let mut magic = [0u8; 4];
+    c.rd.read_exact(&mut magic).await?;
+    let version = c.rd.read_u16_le().await?;
+    let token_len = c.rd.read_u16_le().await? as usize;
+    if magic != MAGIC || version != VERSION {
+        return Ok(Err(Status::failed_precondition(format!(
+            "not a tierkv data channel client of version {VERSION}"
+        ))));
+    }
+    if token_len > MAX_TOKEN {
+        return Ok(Err(Status::invalid_argument("token too long")));
+    }
+    let mut token = vec![0u8; token_len];
+    c.rd.read_exact(&mut token).await?;
+    let presented = match token_len {
+        0 => None,
+        _ => match std::str::from_utf8(&token) {
+            Ok(t) => Some(t),
+            Err(_) => return Ok(Err(Status::unauthenticated("token is not UTF-8"))),
+        },
+    };
+    Ok(server.auth.token(presented))
+}
+
+/// Reads a request's namespace and block count; a count over the limit breaks the
+/// connection (its body is not read).
+async fn read_head(server: &BlockServer, c: &mut Conn) -> Result<(Vec<u8>, usize), Failure> {
+    let len = c.rd.read_u16_le().await? as usize;
+    let mut ns = vec![0u8; len];
+    c.rd.read_exact(&mut ns).await?;
+    let count = c.rd.read_u32_le().await? as usize;
+    if count > server.limits.max_blocks {
+        return Err(broken(Status::resource_exhausted(format!(
+            "{count} blocks in one request; the limit is {}",
+            server.limits.max_blocks
+        ))));
+    }
+    Ok((ns, count))
+}
+
+/// Checks a request's namespace against the caller's token.
+fn check_head(server: &BlockServer, access: &Access, ns: Vec<u8>) -> Result<u64, Status> {
+    let namespace =
+        String::from_utf8(ns).map_err(|_| Status::invalid_argument("namespace is not UTF-8"))?;
+    check_namespace(&namespace)?;
+    access.check(&namespace)?;
+    Ok(server.remember(&namespace))
+}
+
+async fn fetch(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<(), Failure> {
+    let (ns, count) = read_head(server, c).await?;
+    let mut raw = vec![0u8; count * 16];
+    c.rd.read_exact(&mut raw).await?;
+    let in_step = |status| Failure {
+        status,
+        in_step: true,
+    };
+    // The whole request is read: a refusal leaves the connection in step.
+    let ns_id = check_head(server, access, ns).map_err(in_step)?;
+    // Headers of missing blocks wait here and go out with the next write.
+    let mut pending: Vec<u8> = Vec::new();
+    for h in raw.chunks_exact(16) {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(h);
+        let key = BlockKey::new(ns_id, u128::from_be_bytes(a));
+        let found = server
+            .store
+            .read_key(key, server.limits.promote_on_fetch)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "fetch: read failed; reporting the block missing");
+                None
+            });
+        let Some(data) = found else {
+            pending.extend_from_slice(&block_header(TAG_MISSING, 0, 0));
+            server.count_block("fetch", "missing");
+            continue;
+        };
+        let _permit = acquire_budget(&server.inflight, data.len(), server.limits.inflight_wait)
+            .await
+            .map_err(in_step)?;
+        let crc = server.crcs.get_or_compute(key, &data);
+        let header = block_header(TAG_BLOCK, data.len() as u64, crc);
+        let mut bufs = [
+            IoSlice::new(&pending),
+            IoSlice::new(&header),
+            IoSlice::new(&data),
+        ];
+        write_all_vectored(&mut c.wr, &mut bufs).await?;
+        pending.clear();
+        server.count_bytes("out", data.len());
+        server.count_block("fetch", "sent");
+    }
+    if !pending.is_empty() {
+        c.wr.write_all(&pending).await?;
+    }
+    Ok(())
+}
+
+async fn publish(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<(), Failure> {
+    let (ns, count) = read_head(server, c).await?;
+    let ns_id = check_head(server, access, ns).map_err(broken)?;
+    let (mut stored, mut present) = (0u64, 0u64);
+    let mut rejected: Vec<u8> = Vec::new();
+    for _ in 0..count {
+        let mut h = [0u8; PUBLISH_HEADER];
+        c.rd.read_exact(&mut h).await?;
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&h[..16]);
+        let hash = u128::from_be_bytes(a);
+        let mut l = [0u8; 8];
+        l.copy_from_slice(&h[16..24]);
+        let len = u64::from_le_bytes(l);
+        let mut k = [0u8; 4];
+        k.copy_from_slice(&h[24..28]);
+        let crc = u32::from_le_bytes(k);
+        if len == 0 {
+            return Err(broken(Status::invalid_argument("empty block (length 0)")));
+        }
+        if len > server.limits.max_block as u64 {
+            return Err(broken(Status::resource_exhausted(format!(
+                "block of {len} bytes exceeds this service's limit of {} bytes",
+                server.limits.max_block
+            ))));
+        }
+        let len = len as usize;
+        let _permit = acquire_budget(&server.inflight, len, server.limits.inflight_wait)
+            .await
+            .map_err(broken)?;
+        server.metrics.inflight_bytes.add(len as i64);
+        let data = read_payload(&mut c.rd, len).await;
+        server.metrics.inflight_bytes.sub(len as i64);
+        let data = data?;
+        server.count_bytes("in", len);
+        // The one check of the bytes that crossed the wire.
+        if tierkv_tiers::checksum::crc32c(&data) != crc {
+            tracing::warn!("publish: crc32c mismatch; block rejected");
+            rejected.extend_from_slice(&a);
+            server.count_block("publish", "rejected");
+            continue;
+        }
+        let key = BlockKey::new(ns_id, hash);
+        server.crcs.insert(key, crc);
+        match server.store.put_key(key, data).await {
+            Ok(PutOutcome::Stored) => {
+                stored += 1;
+                server.count_block("publish", "stored");
+            }
+            Ok(PutOutcome::AlreadyPresent) => {
+                present += 1;
+                server.count_block("publish", "already_present");
+            }
+            Err(e) => return Err(broken(store_status(e))),
+        }
+    }
+    let mut reply = Vec::with_capacity(21 + rejected.len());
+    reply.push(TAG_SUMMARY);
+    reply.extend_from_slice(&stored.to_le_bytes());
+    reply.extend_from_slice(&present.to_le_bytes());
+    reply.extend_from_slice(&((rejected.len() / 16) as u32).to_le_bytes());
+    reply.extend_from_slice(&rejected);
+    c.wr.write_all(&reply).await?;
+    Ok(())
+}
