@@ -113,7 +113,10 @@ async fn a_decode_side_service_fetches_through_its_remote_tier() {
         if hits == 4 && tiers.iter().all(|t| t == "host") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "not promoted: {tiers:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not promoted: {tiers:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A namespace the remote tier does not serve stays a miss.

@@ -326,7 +326,7 @@ impl HostTier {
     fn staged_slot_of(&self, data: &[u8]) -> Option<u32> {
         let offset = self.offset_of(data)? as usize;
         let slot = u32::try_from(offset / self.inner.slot_stride).ok()?;
-        (offset % self.inner.slot_stride == 0 && lock(&self.inner.table).is_staged(slot))
+        (offset.is_multiple_of(self.inner.slot_stride) && lock(&self.inner.table).is_staged(slot))
             .then_some(slot)
     }
 
