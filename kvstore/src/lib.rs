@@ -9,6 +9,7 @@
 //! - [`service`]: the gRPC block service (server, client) and [`RemoteTier`], a peer's
 //!   service used as a tier.
 
+mod builder;
 mod config;
 mod error;
 mod hash;
@@ -20,6 +21,7 @@ mod remote_tier;
 pub mod service;
 pub mod store;
 
+pub use builder::TieredStoreBuilder;
 pub use config::{
     ByteSize, DiskSection, EvictPolicy, HostSection, ObjectSection, RemoteSection, S3Config,
     StoreConfig, TierConfig, TierSection,

@@ -5,17 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use tierkv_kvstore::metrics::Metrics;
 use tierkv_kvstore::service::{
     BlockClient, BlockClientConfig, ServiceConfig, TokenConfig, Transport, serve,
 };
 use tierkv_kvstore::{
-    KvStoreError, RemoteTier, RemoteTierConfig, StoreConfig, StoreOptions, TierPolicy, TieredStore,
+    KvStoreError, RemoteTier, RemoteTierConfig, StoreConfig, StoreEventKind, TieredStore,
 };
 use tierkv_proto::v1::block_service_client::BlockServiceClient;
-use tierkv_proto::v1::{
-    BlockId, FetchRequest, LookupRequest, PublishChunk, WatchRequest, kv_event,
-};
+use tierkv_proto::v1::{BlockId, FetchRequest, LookupRequest, PublishChunk, WatchRequest};
 use tierkv_tiers::{BlockKey, HostTier, HostTierConfig, Tier};
 use tonic::Code;
 
@@ -139,6 +138,12 @@ async fn publish_then_fetch_in_request_order_with_missing_reported() {
     let stats = c.stats().await.unwrap();
     assert_eq!(stats.blocks, 6);
     assert_eq!(stats.tiers.len(), 2);
+    assert!(
+        stats.data_port.is_some(),
+        "the data channel is on by default"
+    );
+    assert_eq!(stats.local_socket, None);
+    assert_ne!(stats.instance, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +181,7 @@ async fn tokens_scope_every_call_to_their_namespaces() {
         assert_eq!(rpc_code(e), Code::PermissionDenied, "{e}");
     }
     assert_eq!(
-        rpc_code(&b.watch(&["a".into()]).await.unwrap_err()),
+        rpc_code(&b.watch(&["a".into()]).await.err().unwrap()),
         Code::PermissionDenied
     );
     let anonymous = client(&server.addr, None);
@@ -295,16 +300,16 @@ async fn watchers_see_stored_and_removed_events_of_their_namespaces() {
     let mut only_b = c.watch(&["b".into()]).await.unwrap();
     c.publish("a", &[(1, block(1, 100))]).await.unwrap();
     c.publish("b", &[(2, block(2, 100))]).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), all.message())
+    let first = tokio::time::timeout(Duration::from_secs(5), all.next())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(first.namespace, "a");
-    assert_eq!(first.kind, kv_event::Kind::Stored as i32);
+    assert_eq!(first.kind, StoreEventKind::Stored);
     assert_eq!(first.tier, "host");
-    assert_eq!(first.hashes[0].as_ref(), &1u128.to_be_bytes());
-    let second = tokio::time::timeout(Duration::from_secs(5), all.message())
+    assert_eq!(first.hashes, [1]);
+    let second = tokio::time::timeout(Duration::from_secs(5), all.next())
         .await
         .unwrap()
         .unwrap()
@@ -313,7 +318,7 @@ async fn watchers_see_stored_and_removed_events_of_their_namespaces() {
         (second.namespace.as_str(), second.seq),
         ("b", first.seq + 1)
     );
-    let b_event = tokio::time::timeout(Duration::from_secs(5), only_b.message())
+    let b_event = tokio::time::timeout(Duration::from_secs(5), only_b.next())
         .await
         .unwrap()
         .unwrap()
@@ -327,12 +332,12 @@ async fn watchers_see_stored_and_removed_events_of_their_namespaces() {
     }
     let mut saw_removed = false;
     for _ in 0..12 {
-        let e = tokio::time::timeout(Duration::from_secs(5), all.message())
+        let e = tokio::time::timeout(Duration::from_secs(5), all.next())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        if e.kind == kv_event::Kind::Removed as i32 && e.hashes[0].as_ref() == 1u128.to_be_bytes() {
+        if e.kind == StoreEventKind::Removed && e.hashes == [1] {
             assert_eq!(e.tier, "host");
             saw_removed = true;
             break;
@@ -515,15 +520,12 @@ async fn a_store_falls_through_to_a_peer_and_promotes_what_it_fetched() {
         })
         .unwrap(),
     );
-    let store = TieredStore::from_tiers(
-        vec![
-            (host, TierPolicy::default()),
-            (remote, TierPolicy::default()),
-        ],
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = TieredStore::builder()
+        .tier(host)
+        .tier(remote)
+        .build()
+        .await
+        .unwrap();
     let id = tierkv_kvstore::namespace_id(namespace);
     assert_eq!(
         store.get_key(BlockKey::new(id, 1)).await.unwrap(),
@@ -636,15 +638,12 @@ async fn a_read_write_peer_receives_demoted_blocks() {
     })
     .unwrap();
     remote.register_namespace(namespace);
-    let store = TieredStore::from_tiers(
-        vec![
-            (host, TierPolicy::default()),
-            (Arc::new(remote), TierPolicy::default()),
-        ],
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let store = TieredStore::builder()
+        .tier(host)
+        .tier(Arc::new(remote))
+        .build()
+        .await
+        .unwrap();
     let id = tierkv_kvstore::namespace_id(namespace);
     for i in 1..=3u64 {
         store

@@ -457,3 +457,56 @@ async fn concurrent_puts_and_gets_keep_every_byte() {
     // 40 blocks in 4 + 4 + 64 slots: all still reachable somewhere.
     assert_eq!(store.stats().blocks, 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_sets_one_slot_size_on_every_tier_and_demotes_like_a_config() {
+    use tierkv_tiers::{DiskTierConfig, HostTierConfig, ObjectBackend, ObjectTierConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::builder()
+        .slot_bytes(4096)
+        .host(HostTierConfig {
+            capacity_bytes: 2 * 4096,
+            prefault: false,
+            ..Default::default()
+        })
+        .disk(DiskTierConfig {
+            path: dir.path().join("disk"),
+            capacity_bytes: 4 * 8192,
+            queue_depth: 4,
+            direct_io: false,
+            ..Default::default()
+        })
+        .object(ObjectTierConfig {
+            backend: ObjectBackend::LocalDir(dir.path().join("object")),
+            capacity_bytes: 64 * 4096,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(store.slot_bytes(), 4096);
+    let stats = store.stats();
+    let names: Vec<_> = stats.tiers.iter().map(|t| t.tier.name.as_str()).collect();
+    assert_eq!(names, ["host", "disk", "object"]);
+    assert_eq!(stats.tiers[0].tier.capacity_bytes, 2 * 4096);
+    let hashes = chain(8, 3);
+    for (i, h) in hashes.iter().enumerate() {
+        store.put(&ns(), *h, block(i as u64)).await.unwrap();
+    }
+    store.settle_promotions().await;
+    let stats = store.stats();
+    assert_eq!(stats.tiers[0].tier.blocks, 2, "the host holds 2 slots");
+    assert!(stats.tiers[0].demotions >= 6, "{stats:?}");
+    for (i, h) in hashes.iter().enumerate() {
+        assert_eq!(
+            store.get(&ns(), *h).await.unwrap(),
+            Some(block(i as u64)),
+            "block {i} after demotion"
+        );
+    }
+    // A store needs at least one tier.
+    assert!(matches!(
+        TieredStore::builder().build().await,
+        Err(KvStoreError::Config(_))
+    ));
+}

@@ -12,6 +12,7 @@
 //!   path.
 
 pub mod checksum;
+pub mod defaults;
 mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu;

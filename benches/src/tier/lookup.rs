@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tierkv_kvstore::{
-    DType, KvLayout, Namespace, StoreOptions, TierPolicy, TieredStore, hash_blocks,
-};
+use tierkv_kvstore::{DType, KvLayout, Namespace, TieredStore, hash_blocks};
 use tierkv_tiers::{BlockKey, HostTier, HostTierConfig, Tier};
 
 use crate::report::{Row, percentile_us};
@@ -28,9 +26,7 @@ pub async fn bench(rounds: usize) -> anyhow::Result<Row> {
         pin: false,
         shared: false,
     })?);
-    let store =
-        TieredStore::from_tiers(vec![(host, TierPolicy::default())], StoreOptions::default())
-            .await?;
+    let store = TieredStore::builder().tier(host).build().await?;
     let one = Bytes::from_static(&[7u8; 64]);
     for h in &hashes {
         store

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use tierkv_kvstore::{ByteSize, StoreConfig, StoreOptions, TierConfig, TierPolicy, TieredStore};
-use tierkv_tiers::{BlockKey, Tier, TierKind};
+use tierkv_tiers::{BlockKey, TierKind};
 
 use super::sim_tier::SimTier;
 use super::{TraceRecord, block_hashes};
@@ -125,7 +125,11 @@ pub async fn build_store(config: &StoreConfig, simulate: bool) -> anyhow::Result
     if !simulate {
         return Ok(TieredStore::open(config).await?);
     }
-    let mut tiers: Vec<(Arc<dyn Tier>, TierPolicy)> = Vec::new();
+    let mut builder = TieredStore::builder().options(StoreOptions {
+        promote_on_hit: config.promote_on_hit,
+        event_buffer: config.event_buffer,
+        promote_queue: config.promote_queue,
+    });
     for tc in &config.tiers {
         let s = tc.section();
         let (kind, capacity) = match tc {
@@ -135,20 +139,12 @@ pub async fn build_store(config: &StoreConfig, simulate: bool) -> anyhow::Result
             TierConfig::Remote(_) => anyhow::bail!("a replay cannot simulate a remote tier"),
         };
         let tier = SimTier::new(s.name(), kind, config.slot_bytes.0 as usize, capacity);
-        tiers.push((
-            Arc::new(tier),
-            TierPolicy {
-                write_through: s.write_through(),
-                on_evict: s.on_evict(),
-            },
-        ));
+        builder = builder.tier(Arc::new(tier)).policy(TierPolicy {
+            write_through: s.write_through(),
+            on_evict: s.on_evict(),
+        });
     }
-    let options = StoreOptions {
-        promote_on_hit: config.promote_on_hit,
-        event_buffer: config.event_buffer,
-        promote_queue: config.promote_queue,
-    };
-    Ok(TieredStore::from_tiers(tiers, options).await?)
+    Ok(builder.build().await?)
 }
 
 /// Replays `trace` against `store`.

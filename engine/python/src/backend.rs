@@ -175,8 +175,8 @@ impl Backend {
                             "blocks": t.blocks,
                             "hits": t.hits,
                             "misses": t.misses,
-                            "bytes_read": t.bytes_out,
-                            "bytes_written": t.bytes_in,
+                            "bytes_read": t.bytes_read,
+                            "bytes_written": t.bytes_written,
                             "evictions": t.evictions,
                             "corrupt_blocks": t.corrupt_blocks,
                         })

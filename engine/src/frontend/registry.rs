@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tierkv_kvstore::service::{BlockClient, BlockClientConfig};
-use tierkv_kvstore::{BlockHash, Namespace};
-use tierkv_proto::v1::kv_event;
+use tierkv_kvstore::service::{BlockClient, BlockClientConfig, ServiceEvent};
+use tierkv_kvstore::{BlockHash, Namespace, StoreEventKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -88,21 +87,18 @@ impl Worker {
         self.index.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    fn apply(&self, kind: i32, hashes: &[bytes::Bytes]) {
+    fn apply(&self, event: &ServiceEvent) {
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        for h in hashes {
-            let Ok(raw) = <[u8; 16]>::try_from(h.as_ref()) else {
-                continue;
-            };
-            let key = u128::from_be_bytes(raw);
-            if kind == kv_event::Kind::Stored as i32 {
-                *index.entry(key).or_insert(0) += 1;
-            } else if kind == kv_event::Kind::Removed as i32
-                && let Some(n) = index.get_mut(&key)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    index.remove(&key);
+        for &key in &event.hashes {
+            match event.kind {
+                StoreEventKind::Stored => *index.entry(key).or_insert(0) += 1,
+                StoreEventKind::Removed => {
+                    if let Some(n) = index.get_mut(&key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            index.remove(&key);
+                        }
+                    }
                 }
             }
         }
@@ -371,7 +367,7 @@ impl Registry {
                         while let Some(ev) = events.next().await {
                             let Ok(ev) = ev else { break };
                             let Some(w) = worker.upgrade() else { return };
-                            w.apply(ev.kind, &ev.hashes);
+                            w.apply(&ev);
                             metrics
                                 .index_blocks
                                 .with_label_values(&[&w.spec.name])

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tierkv_tiers::{DiskTierConfig, HostTierConfig, ObjectBackend, ObjectTierConfig};
+use tierkv_tiers::{DiskTierConfig, HostTierConfig, ObjectBackend, ObjectTierConfig, defaults};
 
 pub use size::ByteSize;
 use tiers::yes;
@@ -91,46 +91,46 @@ impl StoreConfig {
         "tierkv-data".into()
     }
     fn default_slot_bytes() -> ByteSize {
-        ByteSize(2 << 20)
+        ByteSize(defaults::SLOT_BYTES as u64)
     }
     fn default_event_buffer() -> usize {
-        4096
+        crate::StoreOptions::default().event_buffer
     }
     fn default_promote_queue() -> usize {
-        64
+        crate::StoreOptions::default().promote_queue
     }
     fn default_tiers() -> Vec<TierConfig> {
         vec![
             TierConfig::Host(HostSection {
                 name: "host".into(),
-                capacity: ByteSize(512 << 20),
+                capacity: ByteSize(defaults::HOST_CAPACITY),
                 write_through: false,
                 on_evict: EvictPolicy::Demote,
-                prefault: true,
+                prefault: defaults::HOST_PREFAULT,
                 shared: false,
             }),
             TierConfig::Disk(DiskSection {
                 name: "disk".into(),
-                capacity: ByteSize(4 << 30),
+                capacity: ByteSize(defaults::DISK_CAPACITY),
                 write_through: false,
                 on_evict: EvictPolicy::Demote,
                 path: "disk".into(),
-                queue_depth: 32,
-                io_threads: 1,
-                direct_io: true,
-                sync_writes: false,
+                queue_depth: defaults::DISK_QUEUE_DEPTH,
+                io_threads: defaults::DISK_IO_THREADS,
+                direct_io: defaults::DISK_DIRECT_IO,
+                sync_writes: defaults::DISK_SYNC_WRITES,
             }),
             TierConfig::Object(ObjectSection {
                 name: "object".into(),
-                capacity: ByteSize(16 << 30),
+                capacity: ByteSize(defaults::OBJECT_CAPACITY),
                 write_through: false,
                 on_evict: EvictPolicy::Demote,
                 local_dir: Some("object".into()),
                 s3: None,
-                prefix: "tierkv".into(),
-                max_concurrency: 32,
-                max_retries: 3,
-                request_timeout_ms: 30_000,
+                prefix: defaults::OBJECT_PREFIX.into(),
+                max_concurrency: defaults::OBJECT_MAX_CONCURRENCY,
+                max_retries: defaults::OBJECT_MAX_RETRIES,
+                request_timeout_ms: defaults::OBJECT_REQUEST_TIMEOUT.as_millis() as u64,
             }),
         ]
     }
@@ -365,6 +365,72 @@ mod tests {
         assert_eq!(StoreConfig::from_toml(&text).unwrap(), config);
         // An empty file is the default.
         assert_eq!(StoreConfig::from_toml("").unwrap(), config);
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_tier_configs_own_defaults() {
+        let c = StoreConfig::from_toml("").unwrap();
+        assert_eq!(c, StoreConfig::default());
+        let [
+            TierConfig::Host(h),
+            TierConfig::Disk(d),
+            TierConfig::Object(o),
+        ] = &c.tiers[..]
+        else {
+            panic!("default tiers: {:?}", c.tiers);
+        };
+        let (host, want) = (c.host_config(h), HostTierConfig::default());
+        assert_eq!(
+            (host.capacity_bytes, host.slot_bytes, host.prefault),
+            (want.capacity_bytes, want.slot_bytes, want.prefault)
+        );
+        let (disk, want) = (c.disk_config(d), DiskTierConfig::default());
+        assert_eq!(
+            (
+                disk.capacity_bytes,
+                disk.slot_bytes,
+                disk.queue_depth,
+                disk.io_threads,
+                disk.direct_io,
+                disk.sync_writes
+            ),
+            (
+                want.capacity_bytes,
+                want.slot_bytes,
+                want.queue_depth,
+                want.io_threads,
+                want.direct_io,
+                want.sync_writes
+            )
+        );
+        let (object, want) = (c.object_config(o), ObjectTierConfig::default());
+        assert_eq!(
+            (
+                object.capacity_bytes,
+                object.slot_bytes,
+                object.prefix,
+                object.max_concurrency,
+                object.max_retries,
+                object.request_timeout
+            ),
+            (
+                want.capacity_bytes,
+                want.slot_bytes,
+                want.prefix,
+                want.max_concurrency,
+                want.max_retries,
+                want.request_timeout
+            )
+        );
+        let options = crate::StoreOptions::default();
+        assert_eq!(
+            (c.promote_on_hit, c.event_buffer, c.promote_queue),
+            (
+                options.promote_on_hit,
+                options.event_buffer,
+                options.promote_queue
+            )
+        );
     }
 
     #[test]

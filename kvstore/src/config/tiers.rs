@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use tierkv_tiers::defaults;
+
 use super::ByteSize;
 
 /// What happens to a block evicted from a tier.
@@ -160,10 +162,10 @@ impl DiskSection {
         "disk".into()
     }
     fn default_queue_depth() -> u32 {
-        32
+        defaults::DISK_QUEUE_DEPTH
     }
     fn default_io_threads() -> usize {
-        1
+        defaults::DISK_IO_THREADS
     }
 }
 tier_section!(DiskSection);
@@ -207,16 +209,16 @@ impl ObjectSection {
         "object".into()
     }
     fn default_prefix() -> String {
-        "tierkv".into()
+        defaults::OBJECT_PREFIX.into()
     }
     fn default_concurrency() -> usize {
-        32
+        defaults::OBJECT_MAX_CONCURRENCY
     }
     fn default_retries() -> usize {
-        3
+        defaults::OBJECT_MAX_RETRIES
     }
     fn default_timeout_ms() -> u64 {
-        30_000
+        defaults::OBJECT_REQUEST_TIMEOUT.as_millis() as u64
     }
 }
 tier_section!(ObjectSection);

@@ -15,16 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tierkv_proto::v1::block_service_client::BlockServiceClient;
 use tierkv_proto::v1::{
-    BlockId, FetchRequest, KvEvent, LookupRequest, PublishChunk, StatsReply, StatsRequest,
-    WatchRequest,
+    BlockId, FetchRequest, LookupRequest, PublishChunk, StatsReply, StatsRequest, WatchRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use super::data::client::{DataChannel, DataError, retryable as data_retryable};
 use super::local::client::{Leased, LocalChannel};
+use super::reports::{ServiceEvent, ServiceEvents, ServiceStats};
 use crate::{KvStoreError, Result};
 
 /// Which paths block payloads may take.
@@ -203,7 +204,7 @@ impl BlockClient {
         let found = self
             .paths
             .get_or_try_init(|| async {
-                let stats = self.stats().await?;
+                let stats = self.stats_reply().await?;
                 let mut paths = Paths::default();
                 if c.transport == Transport::Auto && !stats.local_socket.is_empty() {
                     paths.local = self.local_channel(&stats).await.map(Arc::new);
@@ -279,7 +280,7 @@ impl BlockClient {
     /// Like [`BlockClient::new`], then checks that the service answers.
     pub async fn connect(config: BlockClientConfig) -> Result<BlockClient> {
         let client = Self::new(config)?;
-        client.stats().await?;
+        client.stats_reply().await?;
         Ok(client)
     }
 
@@ -499,7 +500,12 @@ impl BlockClient {
         .await
     }
 
-    pub async fn stats(&self) -> Result<StatsReply> {
+    /// The service's figures and the paths it offers.
+    pub async fn stats(&self) -> Result<ServiceStats> {
+        ServiceStats::try_from(self.stats_reply().await?)
+    }
+
+    async fn stats_reply(&self) -> Result<StatsReply> {
         self.with_retries("stats", || {
             let mut client = self.client.clone();
             let req = self.request(StatsRequest {});
@@ -509,7 +515,7 @@ impl BlockClient {
     }
 
     /// Stored/removed events from now on (no retries: a watcher resubscribes).
-    pub async fn watch(&self, namespaces: &[String]) -> Result<tonic::Streaming<KvEvent>> {
+    pub async fn watch(&self, namespaces: &[String]) -> Result<ServiceEvents> {
         let mut client = self.client.clone();
         let mut req = self.request(WatchRequest {
             namespaces: namespaces.to_vec(),
@@ -519,12 +525,14 @@ impl BlockClient {
         client
             .watch_events(req)
             .await
-            .map(|r| r.into_inner())
-            .map_err(|status| KvStoreError::Rpc {
-                op: "watch",
-                code: status.code(),
-                message: status.message().to_string(),
+            .map(|r| {
+                let events = r.into_inner().map(|got| match got {
+                    Ok(event) => ServiceEvent::try_from(event),
+                    Err(status) => Err(rpc_error("watch", status)),
+                });
+                Box::pin(events) as ServiceEvents
             })
+            .map_err(|status| rpc_error("watch", status))
     }
 }
 
@@ -620,5 +628,14 @@ mod tests {
         assert_eq!(host_of("http://[::1]:7070/"), Some("[::1]"));
         assert_eq!(host_of("nohost"), None);
         assert_eq!(host_of(":7070"), None);
+    }
+}
+
+/// A failed call's status as this crate's error.
+fn rpc_error(op: &'static str, status: Status) -> KvStoreError {
+    KvStoreError::Rpc {
+        op,
+        code: status.code(),
+        message: status.message().to_string(),
     }
 }

@@ -6,13 +6,19 @@
 mod auth;
 mod client;
 mod config;
+mod crc_cache;
 mod data;
-mod fetch;
+mod framing;
 mod local;
-mod publish;
+mod reports;
+mod request;
+mod rpc;
 mod server;
+mod state;
 
 pub use auth::{Access, Auth};
 pub use client::{BlockClient, BlockClientConfig, PublishSummary, Transport};
 pub use config::{ServiceConfig, TlsConfig, TokenConfig};
-pub use server::{BlockServer, serve};
+pub use reports::{ServiceEvent, ServiceEvents, ServiceStats, ServiceTierStats};
+pub use server::serve;
+pub use state::BlockServer;

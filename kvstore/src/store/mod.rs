@@ -62,14 +62,7 @@ pub(crate) fn lock(m: &Mutex<StoreIndex>) -> MutexGuard<'_, StoreIndex> {
 }
 
 impl TieredStore {
-    /// A store over tiers built by the caller, top first.
-    pub async fn from_tiers(
-        tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
-        options: StoreOptions,
-    ) -> Result<TieredStore> {
-        Self::build(tiers, options, None).await
-    }
-
+    /// The store over opened tiers, top first (what [`TieredStore::builder`] ends with).
     pub(crate) async fn build(
         tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
         options: StoreOptions,

@@ -26,7 +26,8 @@ impl Default for TierPolicy {
 }
 
 /// A block entered or left a tier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StoreEventKind {
     Stored,
     Removed,

@@ -25,6 +25,7 @@ use super::disk_index::{
 use super::host::check_payload;
 use super::slots::{Reservation, SlotTable};
 use super::{PutOutcome, Tier, TierKind, lock};
+use crate::defaults;
 use crate::header::{self, HEADER_LEN};
 use crate::io::{BufPool, IoKind, PooledBuf, UringPool, align_up};
 use crate::{BlockKey, Result, TierCounters, TierError, TierStats};
@@ -37,10 +38,11 @@ pub struct DiskTierConfig {
     /// Directory holding `blocks.dat` (the slot file) and `index/` (RocksDB); created if
     /// missing. Default `./tierkv-data/disk`.
     pub path: PathBuf,
-    /// Size of the slot file; rounded down to whole slots. Default 8 GiB.
+    /// Size of the slot file; rounded down to whole slots. Default
+    /// [`defaults::DISK_CAPACITY`] (4 GiB).
     pub capacity_bytes: u64,
     /// Largest block payload; a slot is this plus the 64-byte header, rounded up to
-    /// 4 KiB. Default 2 MiB.
+    /// 4 KiB. Default [`defaults::SLOT_BYTES`] (2 MiB).
     pub slot_bytes: usize,
     /// I/Os kept in flight per io_uring thread. Default 32.
     pub queue_depth: u32,
@@ -59,12 +61,12 @@ impl Default for DiskTierConfig {
         DiskTierConfig {
             name: "disk".into(),
             path: PathBuf::from("tierkv-data/disk"),
-            capacity_bytes: 8 << 30,
-            slot_bytes: 2 << 20,
-            queue_depth: 32,
-            io_threads: 1,
-            direct_io: true,
-            sync_writes: false,
+            capacity_bytes: defaults::DISK_CAPACITY,
+            slot_bytes: defaults::SLOT_BYTES,
+            queue_depth: defaults::DISK_QUEUE_DEPTH,
+            io_threads: defaults::DISK_IO_THREADS,
+            direct_io: defaults::DISK_DIRECT_IO,
+            sync_writes: defaults::DISK_SYNC_WRITES,
         }
     }
 }

@@ -23,6 +23,7 @@ use bytes::Bytes;
 
 use super::slots::{Reservation, SlotTable};
 use super::{PutOutcome, Tier, TierKind, lock};
+use crate::defaults;
 use crate::{BlockKey, Result, TierCounters, TierError, TierStats};
 
 /// Configuration of a [`HostTier`].
@@ -30,9 +31,11 @@ use crate::{BlockKey, Result, TierCounters, TierError, TierStats};
 pub struct HostTierConfig {
     /// Tier name. Default `"host"`.
     pub name: String,
-    /// Bytes of memory to reserve; rounded down to whole slots. Default 1 GiB.
+    /// Bytes of memory to reserve; rounded down to whole slots. Default
+    /// [`defaults::HOST_CAPACITY`] (512 MiB).
     pub capacity_bytes: u64,
-    /// Largest block payload; each slot has this size rounded up to 4 KiB. Default 2 MiB.
+    /// Largest block payload; each slot has this size rounded up to 4 KiB. Default
+    /// [`defaults::SLOT_BYTES`] (2 MiB).
     pub slot_bytes: usize,
     /// Touch every page at start-up (`MAP_POPULATE`) so that puts never page-fault.
     /// Default true.
@@ -49,10 +52,10 @@ impl Default for HostTierConfig {
     fn default() -> Self {
         HostTierConfig {
             name: "host".into(),
-            capacity_bytes: 1 << 30,
-            slot_bytes: 2 << 20,
-            prefault: true,
-            pin: true,
+            capacity_bytes: defaults::HOST_CAPACITY,
+            slot_bytes: defaults::SLOT_BYTES,
+            prefault: defaults::HOST_PREFAULT,
+            pin: defaults::HOST_PIN,
             shared: false,
         }
     }

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::host::check_payload;
 use super::{PutOutcome, Tier, TierKind, lock};
+use crate::defaults;
 use crate::header::{self, HEADER_LEN};
 use crate::{BlockKey, BlockKeyMap, Result, TierCounters, TierError, TierStats};
 
@@ -55,7 +56,8 @@ pub struct ObjectTierConfig {
     pub backend: ObjectBackend,
     /// Key prefix inside the bucket or directory. Default `"tierkv"`.
     pub prefix: String,
-    /// How many bytes of blocks to keep; rounded down to whole slots. Default 64 GiB.
+    /// How many bytes of blocks to keep; rounded down to whole slots. Default
+    /// [`defaults::OBJECT_CAPACITY`] (16 GiB).
     pub capacity_bytes: u64,
     /// Largest block payload. Default 2 MiB.
     pub slot_bytes: usize,
@@ -72,12 +74,12 @@ impl Default for ObjectTierConfig {
         ObjectTierConfig {
             name: "object".into(),
             backend: ObjectBackend::LocalDir(PathBuf::from("tierkv-data/object")),
-            prefix: "tierkv".into(),
-            capacity_bytes: 64 << 30,
-            slot_bytes: 2 << 20,
-            max_concurrency: 32,
-            max_retries: 3,
-            request_timeout: Duration::from_secs(30),
+            prefix: defaults::OBJECT_PREFIX.into(),
+            capacity_bytes: defaults::OBJECT_CAPACITY,
+            slot_bytes: defaults::SLOT_BYTES,
+            max_concurrency: defaults::OBJECT_MAX_CONCURRENCY,
+            max_retries: defaults::OBJECT_MAX_RETRIES,
+            request_timeout: defaults::OBJECT_REQUEST_TIMEOUT,
         }
     }
 }

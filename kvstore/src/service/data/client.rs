@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 
 use super::{
     MAGIC, OP_FETCH, OP_PUBLISH, READ_BUFFER, TAG_BLOCK, TAG_ERROR, TAG_MISSING, TAG_SUMMARY,
-    VERSION, publish_header, read_error, read_payload, request_header, write_all_vectored,
+    VERSION, crc_ok, publish_header, read_error, read_payload, request_header, write_all_vectored,
 };
 use crate::service::PublishSummary;
 
@@ -184,15 +184,7 @@ impl DataChannel {
                 TAG_MISSING => out.push(None),
                 TAG_BLOCK if len > 0 && len as usize <= self.max_block => {
                     let data = read_payload(&mut c.rd, len as usize).await?;
-                    if tierkv_tiers::checksum::crc32c(&data) == crc {
-                        out.push(Some(data));
-                    } else {
-                        tracing::warn!(
-                            block = i,
-                            "fetched block failed its crc32c check; treating it as missing"
-                        );
-                        out.push(None);
-                    }
+                    out.push(crc_ok(&data, crc, i, "fetched").then_some(data));
                 }
                 TAG_BLOCK => return Err(protocol(&format!("block of {len} bytes"))),
                 _ => return Err(protocol("unexpected reply tag")),

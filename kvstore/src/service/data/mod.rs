@@ -82,6 +82,19 @@ pub(crate) fn request_header(op: u8, namespace: &str, count: u32) -> Vec<u8> {
     h
 }
 
+/// Whether a received block matches the crc32c its sender computed; one that does not
+/// is logged and must be treated as missing (recomputed, never used).
+pub(crate) fn crc_ok(data: &[u8], crc: u32, block: usize, how: &str) -> bool {
+    let ok = tierkv_tiers::checksum::crc32c(data) == crc;
+    if !ok {
+        tracing::warn!(
+            block,
+            "{how} block failed its crc32c check; treating it as missing"
+        );
+    }
+    ok
+}
+
 pub(crate) fn error_frame(status: &Status) -> Vec<u8> {
     let msg = status.message().as_bytes();
     let msg = &msg[..msg.len().min(u16::MAX as usize)];

@@ -12,11 +12,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
 
 use super::{
-    MAGIC, MAX_TOKEN, OP_FETCH, OP_PUBLISH, PUBLISH_HEADER, READ_BUFFER, TAG_BLOCK, TAG_MISSING,
-    TAG_SUMMARY, VERSION, block_header, error_frame, read_payload, write_all_vectored,
+    MAGIC, OP_FETCH, OP_PUBLISH, PUBLISH_HEADER, READ_BUFFER, TAG_BLOCK, TAG_MISSING, TAG_SUMMARY,
+    VERSION, block_header, error_frame, read_payload, write_all_vectored,
 };
 use crate::service::auth::Access;
-use crate::service::server::{BlockServer, acquire_budget, check_namespace, store_status};
+use crate::service::framing::{Failure, broken, check_head, hello, in_step, read_head};
+use crate::service::request::{acquire_budget, store_status};
+use crate::service::state::BlockServer;
 
 /// Accepts data connections until the server closes.
 pub(crate) async fn accept_loop(server: Arc<BlockServer>, listener: TcpListener) {
@@ -51,29 +53,6 @@ struct Conn {
     wr: OwnedWriteHalf,
 }
 
-/// What ended a request badly: a status the client is told about, and whether the
-/// connection is still in step (the whole request was read).
-struct Failure {
-    status: Status,
-    in_step: bool,
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Failure {
-        Failure {
-            status: Status::unavailable(format!("data channel: {e}")),
-            in_step: false,
-        }
-    }
-}
-
-fn broken(status: Status) -> Failure {
-    Failure {
-        status,
-        in_step: false,
-    }
-}
-
 async fn serve_connection(server: &BlockServer, stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
@@ -81,7 +60,7 @@ async fn serve_connection(server: &BlockServer, stream: TcpStream) -> std::io::R
         rd: BufReader::with_capacity(READ_BUFFER, rd),
         wr,
     };
-    let access = match hello(server, &mut c).await? {
+    let access = match hello(server, &mut c.rd, (MAGIC, VERSION, "data channel")).await? {
         Ok(access) => {
             c.wr.write_all(&[0]).await?;
             access
@@ -144,66 +123,12 @@ async fn drain(mut c: Conn) {
     .await;
 }
 
-async fn hello(server: &BlockServer, c: &mut Conn) -> std::io::Result<Result<Access, Status>> {
-    let mut magic = [0u8; 4];
-    c.rd.read_exact(&mut magic).await?;
-    let version = c.rd.read_u16_le().await?;
-    let token_len = c.rd.read_u16_le().await? as usize;
-    if magic != MAGIC || version != VERSION {
-        return Ok(Err(Status::failed_precondition(format!(
-            "not a tierkv data channel client of version {VERSION}"
-        ))));
-    }
-    if token_len > MAX_TOKEN {
-        return Ok(Err(Status::invalid_argument("token too long")));
-    }
-    let mut token = vec![0u8; token_len];
-    c.rd.read_exact(&mut token).await?;
-    let presented = match token_len {
-        0 => None,
-        _ => match std::str::from_utf8(&token) {
-            Ok(t) => Some(t),
-            Err(_) => return Ok(Err(Status::unauthenticated("token is not UTF-8"))),
-        },
-    };
-    Ok(server.auth.token(presented))
-}
-
-/// Reads a request's namespace and block count; a count over the limit breaks the
-/// connection (its body is not read).
-async fn read_head(server: &BlockServer, c: &mut Conn) -> Result<(Vec<u8>, usize), Failure> {
-    let len = c.rd.read_u16_le().await? as usize;
-    let mut ns = vec![0u8; len];
-    c.rd.read_exact(&mut ns).await?;
-    let count = c.rd.read_u32_le().await? as usize;
-    if count > server.limits.max_blocks {
-        return Err(broken(Status::resource_exhausted(format!(
-            "{count} blocks in one request; the limit is {}",
-            server.limits.max_blocks
-        ))));
-    }
-    Ok((ns, count))
-}
-
-/// Checks a request's namespace against the caller's token.
-fn check_head(server: &BlockServer, access: &Access, ns: Vec<u8>) -> Result<u64, Status> {
-    let namespace =
-        String::from_utf8(ns).map_err(|_| Status::invalid_argument("namespace is not UTF-8"))?;
-    check_namespace(&namespace)?;
-    access.check(&namespace)?;
-    Ok(server.remember(&namespace))
-}
-
 async fn fetch(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<(), Failure> {
-    let (ns, count) = read_head(server, c).await?;
+    let (ns, count) = read_head(server, &mut c.rd).await?;
     let mut raw = vec![0u8; count * 16];
     c.rd.read_exact(&mut raw).await?;
-    let in_step = |status| Failure {
-        status,
-        in_step: true,
-    };
     // The whole request is read: a refusal leaves the connection in step.
-    let ns_id = check_head(server, access, ns).map_err(in_step)?;
+    let ns_id = check_head(server, access, ns)?;
     // Headers of missing blocks wait here and go out with the next write.
     let mut pending: Vec<u8> = Vec::new();
     for h in raw.chunks_exact(16) {
@@ -245,8 +170,8 @@ async fn fetch(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<()
 }
 
 async fn publish(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<(), Failure> {
-    let (ns, count) = read_head(server, c).await?;
-    let ns_id = check_head(server, access, ns).map_err(broken)?;
+    let (ns, count) = read_head(server, &mut c.rd).await?;
+    let ns_id = check_head(server, access, ns).map_err(|f| broken(f.status))?;
     let (mut stored, mut present) = (0u64, 0u64);
     let mut rejected: Vec<u8> = Vec::new();
     for _ in 0..count {

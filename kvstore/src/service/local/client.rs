@@ -22,7 +22,7 @@ use super::{
 use crate::service::PublishSummary;
 use crate::service::data::TAG_ERROR;
 use crate::service::data::client::DataError;
-use crate::service::data::read_error;
+use crate::service::data::{crc_ok, read_error};
 
 /// The server's slab, mapped into this process.
 struct Mapping {
@@ -252,15 +252,10 @@ impl LocalChannel {
                         ptr,
                         len: len as usize,
                     });
-                    if tierkv_tiers::checksum::crc32c(&block) == crc {
-                        out.push(Leased::Block(block));
-                    } else {
-                        tracing::warn!(
-                            block = i,
-                            "leased block failed its crc32c check; treating it as missing"
-                        );
-                        out.push(Leased::Missing);
-                    }
+                    out.push(match crc_ok(&block, crc, i, "leased") {
+                        true => Leased::Block(block),
+                        false => Leased::Missing,
+                    });
                 }
                 _ => return Err(protocol("unexpected lease tag")),
             }

@@ -20,8 +20,10 @@ use super::{
     TAG_MISSING, TAG_NOT_SHARED, TAG_OK, TAG_SUMMARY, VERSION, be_u128, le_u64, lease_entry,
 };
 use crate::service::auth::Access;
-use crate::service::data::{MAX_TOKEN, READ_BUFFER, error_frame};
-use crate::service::server::{BlockServer, check_namespace, store_status};
+use crate::service::data::{READ_BUFFER, error_frame};
+use crate::service::framing::{Failure, broken, check_head, hello, in_step, read_head};
+use crate::service::request::store_status;
+use crate::service::state::BlockServer;
 
 /// Removes the socket file when the server stops.
 pub(crate) struct SocketFile(pub(crate) PathBuf);
@@ -91,33 +93,12 @@ struct Conn {
     next_id: u64,
 }
 
-struct Failure {
-    status: Status,
-    in_step: bool,
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Failure {
-        Failure {
-            status: Status::unavailable(format!("same-host channel: {e}")),
-            in_step: false,
-        }
-    }
-}
-
-fn broken(status: Status) -> Failure {
-    Failure {
-        status,
-        in_step: false,
-    }
-}
-
 async fn serve_connection(
     server: &BlockServer,
     host: &HostTier,
     mut stream: UnixStream,
 ) -> std::io::Result<()> {
-    let access = match hello(server, &mut stream).await? {
+    let access = match hello(server, &mut stream, (MAGIC, VERSION, "same-host")).await? {
         Ok(access) => access,
         Err(status) => {
             stream.write_all(&error_frame(&status)).await?;
@@ -184,81 +165,20 @@ async fn serve_connection(
     }
 }
 
-async fn hello(
-    server: &BlockServer,
-    s: &mut UnixStream,
-) -> std::io::Result<Result<Access, Status>> {
-    let mut magic = [0u8; 4];
-    s.read_exact(&mut magic).await?;
-    let version = s.read_u16_le().await?;
-    let token_len = s.read_u16_le().await? as usize;
-    if magic != MAGIC || version != VERSION {
-        return Ok(Err(Status::failed_precondition(format!(
-            "not a tierkv same-host client of version {VERSION}"
-        ))));
-    }
-    if token_len > MAX_TOKEN {
-        return Ok(Err(Status::invalid_argument("token too long")));
-    }
-    let mut token = vec![0u8; token_len];
-    s.read_exact(&mut token).await?;
-    let presented = match token_len {
-        0 => None,
-        _ => match std::str::from_utf8(&token) {
-            Ok(t) => Some(t),
-            Err(_) => return Ok(Err(Status::unauthenticated("token is not UTF-8"))),
-        },
-    };
-    Ok(server.auth.token(presented))
-}
-
-/// Reads a request's namespace and block count; a count over the limit breaks the
-/// connection (its body cannot be skipped safely).
-async fn read_head(server: &BlockServer, c: &mut Conn) -> Result<(Vec<u8>, usize), Failure> {
-    let len = c.rd.read_u16_le().await? as usize;
-    let mut ns = vec![0u8; len];
-    c.rd.read_exact(&mut ns).await?;
-    let count = c.rd.read_u32_le().await? as usize;
-    if count > server.limits.max_blocks {
-        return Err(broken(Status::resource_exhausted(format!(
-            "{count} blocks in one request; the limit is {}",
-            server.limits.max_blocks
-        ))));
-    }
-    Ok((ns, count))
-}
-
-/// Checks a namespace once the whole request was read: a refusal leaves the
-/// connection in step.
-fn check_head(server: &BlockServer, access: &Access, ns: Vec<u8>) -> Result<u64, Failure> {
-    let in_step = |status| Failure {
-        status,
-        in_step: true,
-    };
-    let namespace = String::from_utf8(ns)
-        .map_err(|_| in_step(Status::invalid_argument("namespace is not UTF-8")))?;
-    check_namespace(&namespace).map_err(in_step)?;
-    access.check(&namespace).map_err(in_step)?;
-    Ok(server.remember(&namespace))
-}
-
 async fn lease(
     server: &BlockServer,
     host: &HostTier,
     access: &Access,
     c: &mut Conn,
 ) -> Result<(), Failure> {
-    let (ns, count) = read_head(server, c).await?;
+    let (ns, count) = read_head(server, &mut c.rd).await?;
     let mut raw = vec![0u8; count * 16];
     c.rd.read_exact(&mut raw).await?;
     let ns_id = check_head(server, access, ns)?;
     if c.leases.len() + count > MAX_LEASES {
-        return Err(Failure {
-            status: Status::resource_exhausted(format!(
-                "more than {MAX_LEASES} leases held on one connection; release some"
-            )),
-            in_step: true,
-        });
+        return Err(in_step(Status::resource_exhausted(format!(
+            "more than {MAX_LEASES} leases held on one connection; release some"
+        ))));
     }
     let mut reply = Vec::with_capacity(count * super::LEASE_ENTRY);
     for i in 0..count {
@@ -328,12 +248,9 @@ async fn release(c: &mut Conn) -> Result<(), Failure> {
 async fn stage(host: &HostTier, c: &mut Conn) -> Result<(), Failure> {
     let count = c.rd.read_u32_le().await? as usize;
     if c.staged.len() + count > MAX_STAGED {
-        return Err(Failure {
-            status: Status::resource_exhausted(format!(
-                "more than {MAX_STAGED} slots staged on one connection"
-            )),
-            in_step: true,
-        });
+        return Err(in_step(Status::resource_exhausted(format!(
+            "more than {MAX_STAGED} slots staged on one connection"
+        ))));
     }
     let mut slots = Vec::with_capacity(count);
     for _ in 0..count {
@@ -341,10 +258,9 @@ async fn stage(host: &HostTier, c: &mut Conn) -> Result<(), Failure> {
             Some(s) => slots.push(s),
             // Every slot is held: the client publishes over the network instead.
             None => {
-                return Err(Failure {
-                    status: Status::resource_exhausted("no free slot in the shared host tier"),
-                    in_step: true,
-                });
+                return Err(in_step(Status::resource_exhausted(
+                    "no free slot in the shared host tier",
+                )));
             }
         }
     }
@@ -362,7 +278,7 @@ async fn stage(host: &HostTier, c: &mut Conn) -> Result<(), Failure> {
 }
 
 async fn commit(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<(), Failure> {
-    let (ns, count) = read_head(server, c).await?;
+    let (ns, count) = read_head(server, &mut c.rd).await?;
     let mut raw = vec![0u8; count * COMMIT_ENTRY];
     c.rd.read_exact(&mut raw).await?;
     let ns_id = check_head(server, access, ns)?;
@@ -370,10 +286,6 @@ async fn commit(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<(
     // Nothing is rejected here (no checksum crossed a wire); the field keeps the
     // reply's shape that of the data channel.
     let rejected: Vec<u8> = Vec::new();
-    let in_step = |status| Failure {
-        status,
-        in_step: true,
-    };
     for e in raw.chunks_exact(COMMIT_ENTRY) {
         let (id, hash, len) = (le_u64(e, 0), be_u128(e, 8), le_u64(e, 24));
         let Some(slot) = c.staged.remove(&id) else {

@@ -1,4 +1,4 @@
-//! Publish: reassembling chunked blocks, checking their crc32c and storing them. A
+//! `Publish`: reassembling chunked blocks, checking their crc32c and storing them. A
 //! block is stored only once complete and verified; a stream that breaks mid-block
 //! stores nothing of it.
 
@@ -10,12 +10,25 @@ use tierkv_tiers::{BlockKey, PutOutcome};
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::{Request, Status, Streaming};
 
-use super::auth::Access;
-use super::server::{BlockServer, acquire_budget, check_namespace, hex, parse_hash, store_status};
 use crate::metrics::Metrics;
+use crate::service::auth::Access;
+use crate::service::request::{acquire_budget, check_namespace, hex, parse_hash, store_status};
+use crate::service::state::BlockServer;
+
+/// Stores the blocks of one publish stream, counting the call.
+pub(crate) async fn publish(
+    server: &BlockServer,
+    request: Request<Streaming<PublishChunk>>,
+) -> Result<PublishReply, Status> {
+    let start = std::time::Instant::now();
+    server.metrics.open_streams.inc();
+    let result = server.publish_inner(request).await;
+    server.metrics.open_streams.dec();
+    server.finish("publish", start, result)
+}
 
 impl BlockServer {
-    pub(super) async fn publish_inner(
+    async fn publish_inner(
         &self,
         request: Request<Streaming<PublishChunk>>,
     ) -> Result<PublishReply, Status> {

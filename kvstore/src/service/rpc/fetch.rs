@@ -1,65 +1,68 @@
-//! Fetch: streaming stored blocks in request order, chunked, with their crc32c.
+//! `Fetch`: streaming stored blocks in request order, chunked, with their crc32c.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tierkv_proto::v1::{BlockId, FetchChunk};
+use tierkv_proto::v1::{BlockId, FetchChunk, FetchRequest};
 use tierkv_tiers::BlockKey;
 use tokio::sync::{Semaphore, mpsc};
-use tonic::Status;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status};
 
-use super::server::{Limits, acquire_budget};
 use crate::TieredStore;
 use crate::metrics::Metrics;
+use crate::service::crc_cache::CrcCache;
+use crate::service::request::acquire_budget;
+use crate::service::state::BlockServer;
+use crate::service::state::Limits;
 
-/// crc32c of blocks recently published or fetched. Blocks are content-addressed, so a
-/// key's checksum never changes: fetches of hot prefix blocks skip recomputing it.
-pub(crate) struct CrcCache(Mutex<lru::LruCache<BlockKey, u32, tierkv_tiers::BuildBlockKeyHasher>>);
+/// The `Fetch` stream of one request.
+pub(crate) type FetchStream = ReceiverStream<Result<FetchChunk, Status>>;
 
-impl CrcCache {
-    pub(super) fn new(entries: usize) -> CrcCache {
-        let cap =
-            std::num::NonZeroUsize::new(entries.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
-        CrcCache(Mutex::new(lru::LruCache::with_hasher(
-            cap,
-            tierkv_tiers::BuildBlockKeyHasher,
-        )))
-    }
-
-    pub(super) fn get_or_compute(&self, key: BlockKey, data: &[u8]) -> u32 {
-        let cached = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied();
-        cached.unwrap_or_else(|| {
-            let crc = tierkv_tiers::checksum::crc32c(data);
-            self.insert(key, crc);
-            crc
-        })
-    }
-
-    pub(super) fn insert(&self, key: BlockKey, crc: u32) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(key, crc);
-    }
+/// Checks the request, then streams the blocks from a task of its own.
+pub(crate) fn fetch(
+    server: &BlockServer,
+    request: Request<FetchRequest>,
+) -> Result<FetchStream, Status> {
+    let start = std::time::Instant::now();
+    let prepared = (|| {
+        let access = server.auth.caller(request.metadata())?;
+        let req = request.get_ref();
+        let (ns_id, hashes) = server.parse_request(&access, &req.namespace, &req.hashes)?;
+        Ok((server.stream_slot()?, ns_id, hashes))
+    })();
+    let (slot, ns_id, hashes) = server.finish("fetch", start, prepared)?;
+    let namespace = request.into_inner().namespace;
+    let (tx, rx) = mpsc::channel(8);
+    let ctx = FetchContext {
+        store: server.store.clone(),
+        inflight: Arc::clone(&server.inflight),
+        metrics: Arc::clone(&server.metrics),
+        limits: server.limits,
+        crcs: Arc::clone(&server.crcs),
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let metrics = Arc::clone(&ctx.metrics);
+        metrics.open_streams.inc();
+        stream_blocks(ctx, namespace, ns_id, hashes, tx).await;
+        metrics.open_streams.dec();
+    });
+    Ok(ReceiverStream::new(rx))
 }
 
 /// What a fetch stream needs from the server.
-pub(super) struct FetchContext {
-    pub(super) store: TieredStore,
-    pub(super) inflight: Arc<Semaphore>,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) limits: Limits,
-    pub(super) crcs: Arc<CrcCache>,
+struct FetchContext {
+    store: TieredStore,
+    inflight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    crcs: Arc<CrcCache>,
 }
 
 /// Sends the requested blocks in request order, each in chunks, then the list of
 /// missing hashes.
-pub(super) async fn stream_blocks(
+async fn stream_blocks(
     ctx: FetchContext,
     namespace: String,
     ns_id: u64,
