@@ -617,6 +617,15 @@ fn verify_into(out: &mut [Option<Bytes>], idx: usize, data: Bytes, crc: u32) {
     }
 }
 
+/// A failed call's status as this crate's error.
+fn rpc_error(op: &'static str, status: Status) -> KvStoreError {
+    KvStoreError::Rpc {
+        op,
+        code: status.code(),
+        message: status.message().to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::host_of;
@@ -628,14 +637,5 @@ mod tests {
         assert_eq!(host_of("http://[::1]:7070/"), Some("[::1]"));
         assert_eq!(host_of("nohost"), None);
         assert_eq!(host_of(":7070"), None);
-    }
-}
-
-/// A failed call's status as this crate's error.
-fn rpc_error(op: &'static str, status: Status) -> KvStoreError {
-    KvStoreError::Rpc {
-        op,
-        code: status.code(),
-        message: status.message().to_string(),
     }
 }
