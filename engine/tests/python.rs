@@ -55,5 +55,5 @@ fn python_package() {
 
 #[test]
 fn vllm_connector() {
-    pytest(&["test_vllm.py"]);
+    pytest(&["test_vllm.py", "test_vllm_pd.py"]);
 }

@@ -139,7 +139,22 @@ pub(crate) async fn read_payload<R: AsyncRead + Unpin>(
     r: &mut R,
     len: usize,
 ) -> std::io::Result<bytes::Bytes> {
-    let mut buf = bytes::BytesMut::with_capacity(len);
+    read_payload_into(r, len, None).await
+}
+
+/// [`read_payload`] into `reuse` when it is large enough (its old bytes are dropped).
+pub(crate) async fn read_payload_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+    reuse: Option<bytes::BytesMut>,
+) -> std::io::Result<bytes::Bytes> {
+    let mut buf = match reuse {
+        Some(mut b) if b.capacity() >= len => {
+            b.clear();
+            b
+        }
+        _ => bytes::BytesMut::with_capacity(len),
+    };
     while buf.len() < len {
         let want = len - buf.len();
         let mut part = (&mut buf).limit(want);

@@ -5,6 +5,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use tierkv_tiers::{BlockKey, PutOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -13,7 +14,7 @@ use tonic::Status;
 
 use super::{
     MAGIC, OP_FETCH, OP_PUBLISH, PUBLISH_HEADER, READ_BUFFER, TAG_BLOCK, TAG_MISSING, TAG_SUMMARY,
-    VERSION, block_header, error_frame, read_payload, write_all_vectored,
+    VERSION, block_header, error_frame, read_payload_into, write_all_vectored,
 };
 use crate::service::auth::Access;
 use crate::service::framing::{Failure, broken, check_head, hello, in_step, read_head};
@@ -174,6 +175,10 @@ async fn publish(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<
     let ns_id = check_head(server, access, ns).map_err(|f| broken(f.status))?;
     let (mut stored, mut present) = (0u64, 0u64);
     let mut rejected: Vec<u8> = Vec::new();
+    // The receive buffer of the last block, once the store let go of it (a host tier
+    // copies the payload into its slot): reused so that a stream of large blocks is
+    // received into memory already faulted in, not into a fresh allocation each.
+    let mut spare: Option<BytesMut> = None;
     for _ in 0..count {
         let mut h = [0u8; PUBLISH_HEADER];
         c.rd.read_exact(&mut h).await?;
@@ -200,7 +205,7 @@ async fn publish(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<
             .await
             .map_err(broken)?;
         server.metrics.inflight_bytes.add(len as i64);
-        let data = read_payload(&mut c.rd, len).await;
+        let data = read_payload_into(&mut c.rd, len, spare.take()).await;
         server.metrics.inflight_bytes.sub(len as i64);
         let data = data?;
         server.count_bytes("in", len);
@@ -213,7 +218,9 @@ async fn publish(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<
         }
         let key = BlockKey::new(ns_id, hash);
         server.crcs.insert(key, crc);
-        match server.store.put_key(key, data).await {
+        let stored_now = server.store.put_key(key, data.clone()).await;
+        spare = data.try_into_mut().ok();
+        match stored_now {
             Ok(PutOutcome::Stored) => {
                 stored += 1;
                 server.count_block("publish", "stored");

@@ -39,6 +39,14 @@ class ConnectorConfig:
     rendezvous_dir: str = os.path.join(tempfile.gettempdir(), "tierkv-vllm")
     #: Per-call timeout of the scheduler's lookups and of sidecar calls. Default 10 s.
     timeout_s: float = 10.0
+    #: Embedded mode: where the store's block service listens (the scheduler's lookups,
+    #: and in disaggregated serving the decode workers' fetches; give a routable
+    #: ``host:port`` when they run on other machines). Default ``127.0.0.1:0``.
+    serve_addr: str = "127.0.0.1:0"
+    #: Disaggregated serving: how long a decode worker waits for the blocks a prefill
+    #: worker said it stored (its saves finish in the background) before computing
+    #: what is missing. Default 2 s.
+    peer_wait_s: float = 2.0
 
     @staticmethod
     def from_extra(extra: dict[str, Any] | None) -> "ConnectorConfig":

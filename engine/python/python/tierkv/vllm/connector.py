@@ -56,10 +56,14 @@ class TierkvConnector(KVConnectorBase_V1):
                 logger.info("TierkvConnector: kv_load_failure_policy set to 'recompute'")
                 transfer.kv_load_failure_policy = "recompute"
             self._scheduler = SchedulerSide(
-                self.cfg, block_size, engine_id, vllm_config.parallel_config.tensor_parallel_size
+                self.cfg,
+                block_size,
+                engine_id,
+                vllm_config.parallel_config.tensor_parallel_size,
+                role=str(transfer.kv_role),
             )
         else:
-            self._worker = WorkerSide(self.cfg, vllm_config, engine_id, _tp_rank())
+            self._worker = WorkerSide(self.cfg, vllm_config, engine_id, _tp_rank(), role=str(transfer.kv_role))
 
     # -- worker side -------------------------------------------------------------------
 
@@ -87,6 +91,11 @@ class TierkvConnector(KVConnectorBase_V1):
         meta = self._get_connector_metadata()
         assert isinstance(meta, TierkvMetadata)
         self._worker.wait_for_save(meta)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        if self._worker is None:
+            return None, None
+        return None, self._worker.finished_peer_loads() or None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         if self._worker is None:
@@ -125,9 +134,8 @@ class TierkvConnector(KVConnectorBase_V1):
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         assert self._scheduler is not None
         # Saves copy their bytes out during the step that computed them, so the blocks
-        # can be freed at once.
-        self._scheduler.request_finished(request)
-        return False, None
+        # can be freed at once; a prefill worker says where a decode worker finds them.
+        return False, self._scheduler.request_finished(request)
 
     def take_events(self) -> Any:
         if self._scheduler is None:

@@ -21,6 +21,10 @@ class BlockTransfer:
     block_ids: list[int]
     #: ``hashes[tp_rank][i]``: the hash of ``block_ids[i]`` in that rank's namespace.
     hashes: list[list[int]]
+    #: A load from a prefill worker's block service instead of this worker's store:
+    #: its address per tensor-parallel rank. Such loads run in the background and are
+    #: reported done by ``get_finished``.
+    peer_addrs: list[str] | None = None
 
 
 @dataclass

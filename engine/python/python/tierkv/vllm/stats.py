@@ -24,6 +24,8 @@ PROM_COUNTERS = {
     "tierkv_vllm_save_seconds_total": ("save_seconds", "Background time spent storing KV blocks"),
     "tierkv_vllm_save_skipped_total": ("save_skipped", "KV blocks not saved because the queue was full"),
     "tierkv_vllm_save_failures_total": ("save_failed", "KV blocks whose store failed"),
+    "tierkv_vllm_peer_loaded_blocks_total": ("peer_loaded_blocks", "KV blocks loaded from prefill workers' block services"),
+    "tierkv_vllm_peer_load_failures_total": ("peer_load_failed", "KV blocks a prefill worker could not deliver (recomputed)"),
 }
 TIER_HITS = "tierkv_vllm_tier_hits_total"
 

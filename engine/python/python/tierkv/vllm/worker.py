@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import tierkv
@@ -22,7 +24,7 @@ from .metadata import TierkvMetadata
 # A child of vLLM's logger: its handler, format and level (VLLM_LOGGING_LEVEL).
 logger = logging.getLogger("vllm.tierkv")
 
-_IO_KEYS = (
+_STORE_IO_KEYS = (
     "saved_blocks",
     "saved_bytes",
     "save_skipped",
@@ -33,11 +35,21 @@ _IO_KEYS = (
     "load_failed",
     "load_seconds",
 )
+_IO_KEYS = (*_STORE_IO_KEYS, "peer_loaded_blocks", "peer_load_failed")
 
 
 class WorkerSide:
-    def __init__(self, cfg: ConnectorConfig, vllm_config: Any, engine_id: str, tp_rank: int):
+    def __init__(self, cfg: ConnectorConfig, vllm_config: Any, engine_id: str, tp_rank: int, role: str = "kv_both"):
         self.cfg = cfg
+        self.role = role
+        #: Loads from prefill workers in flight: request id -> (its future, block ids).
+        self._peer_loads: dict[str, tuple[Future, list[int]]] = {}
+        self._peer_pool: ThreadPoolExecutor | None = None
+        self._peers: dict[str, tierkv.Store] = {}
+        self._peers_lock = threading.Lock()
+        #: Blocks loaded from prefill workers, and loads of them that failed.
+        self.peer_loaded_blocks = 0
+        self.peer_load_failed = 0
         self.vllm_config = vllm_config
         self.engine_id = engine_id
         self.tp_rank = tp_rank
@@ -110,9 +122,14 @@ class WorkerSide:
                 data_subdir=f"tp{self.tp_rank}" if tp_size > 1 else None,
             )
             # The scheduler (another process) asks this store's block service, with a
-            # token only the rendezvous file (mode 0600) carries.
-            token = secrets.token_hex(16)
-            addr = self.store.serve("127.0.0.1:0", token=token)
+            # token only the rendezvous file (mode 0600) carries; decode workers of a
+            # disaggregated cluster fetch from it with the cluster's `token` (a prefill
+            # worker given none serves its blocks to anyone who reaches `serve_addr`).
+            if self.cfg.token is not None:
+                token = self.cfg.token
+            else:
+                token = None if self.role == "kv_producer" else secrets.token_hex(16)
+            addr = self.store.serve(self.cfg.serve_addr, token=token)
         self._rendezvous_file = rendezvous.path(self.cfg.rendezvous_dir, self.engine_id, self.tp_rank)
         rendezvous.publish(
             self._rendezvous_file, {"namespace": info, "addr": addr, "token": token, "pid": os.getpid()}
@@ -148,6 +165,9 @@ class WorkerSide:
             return
         for t in meta.loads:
             self._active = True
+            if t.peer_addrs is not None:
+                self._start_peer_load(t)
+                continue
             blocks = self._blocks(t)
             try:
                 loaded = self.store.load(self._ns(t.cache_salt), blocks)
@@ -175,6 +195,52 @@ class WorkerSide:
             except tierkv.TierkvError as e:
                 logger.warning("TierkvConnector: save of %s failed: %s", t.req_id, e)
 
+    # -- loads from prefill workers (disaggregated serving) ---------------------------
+
+    def _peer(self, addr: str) -> tierkv.Store:
+        with self._peers_lock:
+            client = self._peers.get(addr)
+            if client is None:
+                client = self._peers[addr] = tierkv.connect(addr, token=self.cfg.token, timeout_s=self.cfg.timeout_s)
+            return client
+
+    def _start_peer_load(self, t: Any) -> None:
+        """Fetches a request's blocks from the prefill worker of this rank into the KV
+        cache in the background; `finished_peer_loads` reports it done."""
+        if self._peer_pool is None:
+            self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tierkv-peer-load")
+        addr = t.peer_addrs[self.tp_rank]
+        ns, blocks = self._ns(t.cache_salt), self._blocks(t)
+        future = self._peer_pool.submit(lambda: self._peer(addr).load(ns, blocks))
+        self._peer_loads[t.req_id] = (future, list(t.block_ids))
+
+    def finished_peer_loads(self) -> set[str]:
+        """Requests whose load from a prefill worker ended; blocks it could not load
+        are reported invalid (recomputed by vLLM) in the same step."""
+        done = set()
+        for req_id, (future, block_ids) in list(self._peer_loads.items()):
+            if not future.done():
+                continue
+            del self._peer_loads[req_id]
+            done.add(req_id)
+            self._active = True
+            try:
+                loaded = int(future.result())
+            except (tierkv.TierkvError, OSError, ValueError) as e:
+                logger.warning("TierkvConnector: load of %s from the prefill worker failed: %s", req_id, e)
+                loaded = 0
+            self.peer_loaded_blocks += loaded
+            if loaded < len(block_ids):
+                self.peer_load_failed += len(block_ids) - loaded
+                self._invalid.update(block_ids[loaded:])
+                logger.warning(
+                    "TierkvConnector: %s: loaded %d of %d blocks from the prefill worker; the rest is recomputed",
+                    req_id,
+                    loaded,
+                    len(block_ids),
+                )
+        return done
+
     def take_invalid_blocks(self) -> set[int]:
         invalid, self._invalid = self._invalid, set()
         return invalid
@@ -185,7 +251,9 @@ class WorkerSide:
         if self.store is None:
             return {}
         s = self.store.stats()
-        snap: dict[str, Any] = {k: s["io"][k] for k in _IO_KEYS}
+        snap: dict[str, Any] = {k: s["io"][k] for k in _STORE_IO_KEYS}
+        snap["peer_loaded_blocks"] = self.peer_loaded_blocks
+        snap["peer_load_failed"] = self.peer_load_failed
         snap["tier_hits"] = {t["name"]: t["hits"] for t in s["tiers"]}
         return snap
 
@@ -213,6 +281,13 @@ class WorkerSide:
         return delta
 
     def shutdown(self) -> None:
+        if self._peer_pool is not None:
+            self._peer_pool.shutdown(wait=True, cancel_futures=True)
+        for client in self._peers.values():
+            try:
+                client.close()
+            except tierkv.TierkvError:
+                pass
         if self.store is not None:
             try:
                 self.store.flush(timeout_s=30.0)
