@@ -31,12 +31,11 @@ pub fn openai_routes<B: Backend>() -> Router<B> {
         .fallback(handlers::not_found)
 }
 
-/// An engine's routes: the OpenAI API, `/reset_prefix_cache` and the internal API
-/// of disaggregated serving.
+/// An engine's routes: the OpenAI API and `/reset_prefix_cache` (a cluster worker
+/// merges `pd::internal_api::router` beside them).
 pub fn router(engine: Engine) -> Router {
     openai_routes::<Engine>()
         .route("/reset_prefix_cache", post(handlers::reset_prefix_cache))
-        .merge(crate::pd::internal_api::routes())
         .with_state(engine)
 }
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use tierkv_engine::discovery::{EtcdClient, EtcdConfig, WorkerSpec};
 use tierkv_engine::metrics::EngineMetrics;
-use tierkv_engine::pd::{DisaggConfig, Role};
+use tierkv_engine::pd::{DisaggConfig, PdWorker, Role, internal_api};
 use tierkv_engine::{Engine, EngineConfig};
 use tierkv_kvstore::{ByteSize, StoreConfig, TieredStore};
 use tokio::sync::watch;
@@ -131,7 +131,7 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     })?;
     let metrics = Arc::new(EngineMetrics::new());
     let role = disagg.role;
-    let engine = Engine::start_with_role(loaded, store.clone(), engine_config, disagg, metrics)?;
+    let engine = Engine::start(loaded, store.clone(), engine_config, metrics)?;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -170,7 +170,12 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         http: format!("http://{host}:{}", http_addr.port()),
         blocks: Some(format!("{host}:{}", blocks_addr.port())),
     };
-    engine.set_identity(spec.name.clone(), spec.blocks.clone());
+    let worker = PdWorker::new(
+        engine.clone(),
+        disagg,
+        spec.name.clone(),
+        spec.blocks.clone(),
+    )?;
     println!(
         "tierkv engine: model {} on http://{}/v1 (KV blocks of {} tokens, role {role}, name {})",
         engine.model_id(),
@@ -199,7 +204,8 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing open requests");
         let _ = stop_tx.send(true);
     });
-    let served = tierkv_engine::api::serve(listener, engine, stopped(stop_rx)).await;
+    let routes = tierkv_engine::api::router(engine).merge(internal_api::router(worker));
+    let served = tierkv_engine::api::serve_router(listener, routes, stopped(stop_rx)).await;
     if let Some(r) = registration
         && let Err(e) = r.revoke().await
     {

@@ -16,22 +16,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tierkv_kvstore::hash_blocks;
 
-use super::{PrefillReply, WireEvent, WireRequest, WorkerInfo};
+use super::{PdWorker, PrefillReply, WireEvent, WireRequest, WorkerInfo};
+use crate::GenEvent;
 use crate::api::{ApiError, json_response, parse};
-use crate::{Engine, GenEvent};
 
-pub fn routes() -> Router<Engine> {
+/// The internal API of `worker` (merge it with the engine's OpenAI routes).
+pub fn router(worker: PdWorker) -> Router {
     Router::new()
         .route("/internal/generate", post(generate))
         .route("/internal/prefill", post(prefill))
         .route("/internal/info", get(info))
         .route("/internal/load", get(load))
+        .with_state(worker)
 }
 
-async fn generate(State(engine): State<Engine>, body: Bytes) -> Response {
+async fn generate(State(worker): State<PdWorker>, body: Bytes) -> Response {
     let result = async {
-        let req: WireRequest = parse(&body)?;
-        let rx = engine.generate(req.into_request()).await?;
+        let wire: WireRequest = parse(&body)?;
+        let rx = worker.engine.generate(worker.request(wire)).await?;
         Ok::<_, ApiError>(rx)
     };
     let rx = match result.await {
@@ -56,16 +58,17 @@ async fn generate(State(engine): State<Engine>, body: Bytes) -> Response {
         .unwrap_or_else(|e| ApiError::invalid(e.to_string()).into_response())
 }
 
-async fn prefill(State(engine): State<Engine>, body: Bytes) -> Response {
+async fn prefill(State(worker): State<PdWorker>, body: Bytes) -> Response {
+    let engine = &worker.engine;
     let result = async {
         let wire: WireRequest = parse(&body)?;
+        // A prefill worker computes the prompt itself.
         let mut req = wire.into_request();
         req.max_tokens = 1;
         req.await_publish = true;
-        req.prefill_candidates.clear();
         let ns = engine.namespace_for(req.cache_salt.as_deref())?;
         let hashes = hash_blocks(&ns, &req.prompt);
-        let _serving = engine.prefilling();
+        let _serving = worker.prefilling();
         let mut rx = engine.generate(req).await?;
         let (mut first, mut usage, mut stored) = (None, None, HashSet::new());
         // The channel closes once the request finished and every block it published
@@ -102,18 +105,18 @@ async fn prefill(State(engine): State<Engine>, body: Bytes) -> Response {
     }
 }
 
-async fn info(State(engine): State<Engine>) -> Response {
-    let (name, blocks) = engine.identity();
+async fn info(State(worker): State<PdWorker>) -> Response {
+    let engine = &worker.engine;
     json_response(serde_json::json!(WorkerInfo {
-        name,
-        role: engine.role(),
+        name: worker.name.clone(),
+        blocks: worker.blocks.clone(),
+        role: worker.role(),
         model_id: engine.model_id().to_string(),
         layout: *engine.namespace().layout(),
         max_context: engine.max_context(),
-        blocks,
     }))
 }
 
-async fn load(State(engine): State<Engine>) -> Response {
-    json_response(serde_json::json!(engine.load()))
+async fn load(State(worker): State<PdWorker>) -> Response {
+    json_response(serde_json::json!(worker.load()))
 }

@@ -19,10 +19,90 @@ mod remote_prefill;
 
 use serde::{Deserialize, Serialize};
 
-pub use config::{DisaggConfig, Role};
-pub(crate) use remote_prefill::RemotePrefill;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::{FinishReason, GenEvent, GenerateRequest, SamplingParams, Usage};
+pub use config::{DisaggConfig, Role};
+use remote_prefill::{RemotePrefill, ToPrefillWorkers};
+
+use crate::{Engine, FinishReason, GenEvent, GenerateRequest, Result, SamplingParams, Usage};
+
+/// An engine in a role of a disaggregated cluster: what the internal API serves.
+#[derive(Clone)]
+pub struct PdWorker {
+    pub engine: Engine,
+    role: Role,
+    /// Name and block service address advertised to the cluster.
+    name: String,
+    blocks: Option<String>,
+    /// Decode role: the path to the prefill workers.
+    remote: Option<Arc<RemotePrefill>>,
+    /// Remote prefills this worker is serving (prefill role).
+    prefilling: Arc<AtomicUsize>,
+}
+
+impl PdWorker {
+    pub fn new(
+        engine: Engine,
+        disagg: DisaggConfig,
+        name: String,
+        blocks: Option<String>,
+    ) -> Result<PdWorker> {
+        disagg.validate()?;
+        let remote = (disagg.role == Role::Decode)
+            .then(|| RemotePrefill::new(disagg.clone(), Arc::clone(engine.metrics())))
+            .transpose()?
+            .map(Arc::new);
+        Ok(PdWorker {
+            engine,
+            role: disagg.role,
+            name,
+            blocks,
+            remote,
+            prefilling: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// A request from the frontend with the prefill workers it attached: a decode
+    /// worker may hand its prompt to one of them.
+    fn request(&self, wire: WireRequest) -> GenerateRequest {
+        let candidates = wire.prefill_candidates.clone();
+        let mut req = wire.into_request();
+        req.prefill_elsewhere = self.remote.as_ref().map(|remote| {
+            Arc::new(ToPrefillWorkers {
+                remote: Arc::clone(remote),
+                candidates,
+            }) as Arc<dyn crate::scheduler::PrefillElsewhere>
+        });
+        req
+    }
+
+    /// The worker's queue, as `/internal/load` reports it.
+    pub fn load(&self) -> WorkerLoad {
+        let m = self.engine.metrics();
+        WorkerLoad {
+            running: m.running.get().max(0) as usize,
+            waiting: m.waiting.get().max(0) as usize,
+            prefilling: self.prefilling.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a remote prefill being served until the guard drops.
+    fn prefilling(&self) -> impl Drop + Send + 'static {
+        struct Guard(Arc<AtomicUsize>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.prefilling.fetch_add(1, Ordering::Relaxed);
+        Guard(Arc::clone(&self.prefilling))
+    }
+}
 
 /// A prefill worker the decode worker may use, as the frontend sees it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -73,6 +153,7 @@ impl WireRequest {
         }
     }
 
+    /// The request without its prefill candidates (see [`PdWorker`] for those).
     pub fn into_request(self) -> GenerateRequest {
         GenerateRequest {
             prompt: self.prompt,
@@ -85,7 +166,7 @@ impl WireRequest {
             stop_token_ids: self.stop_token_ids,
             ignore_eos: self.ignore_eos,
             cache_salt: self.cache_salt,
-            prefill_candidates: self.prefill_candidates,
+            prefill_elsewhere: None,
             await_publish: false,
         }
     }

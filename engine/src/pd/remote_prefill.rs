@@ -1,25 +1,22 @@
 //! The decode side of disaggregation: decide per request whether a prefill worker
-//! should compute the prompt, ask it, and fetch the blocks it published.
+//! should compute the prompt, ask it, and fetch the blocks it published. A request's
+//! [`ToPrefillWorkers`] is the scheduler's [`PrefillElsewhere`] seam.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use tierkv_kvstore::service::{BlockClient, BlockClientConfig};
 use tierkv_kvstore::{BlockHash, Namespace, TierKind};
 
 use super::{DisaggConfig, PrefillCandidate, PrefillReply, WireRequest};
 use crate::metrics::EngineMetrics;
+use crate::scheduler::{PrefillElsewhere, Prefilled};
 use crate::{EngineError, GenerateRequest, KvSource, Result};
 
-/// What a remote prefill produced.
-pub struct Prefilled {
-    pub first_token: u32,
-    /// Blocks fetched from the prefill worker, continuing the locally cached prefix.
-    pub blocks: Vec<(Bytes, KvSource)>,
-}
-
+/// A decode worker's path to its prefill workers, shared by its requests.
 pub struct RemotePrefill {
     config: DisaggConfig,
     http: reqwest::Client,
@@ -54,6 +51,7 @@ impl RemotePrefill {
     /// remote path failed).
     pub async fn prefill(
         &self,
+        candidates: &[PrefillCandidate],
         req: &mut GenerateRequest,
         ns: &Namespace,
         hashes: &[BlockHash],
@@ -61,7 +59,7 @@ impl RemotePrefill {
     ) -> Option<Prefilled> {
         let block = ns.layout().block_size as usize;
         let uncached = req.prompt.len().saturating_sub(have * block);
-        if req.prefill_candidates.is_empty() {
+        if candidates.is_empty() {
             self.decided("local_no_prefill_worker");
             return None;
         }
@@ -70,8 +68,7 @@ impl RemotePrefill {
             return None;
         }
         // The frontend lists them best first (most overlap, then shortest queue).
-        let Some(target) = req
-            .prefill_candidates
+        let Some(target) = candidates
             .iter()
             .find(|c| c.queue <= self.config.max_prefill_queue)
             .cloned()
@@ -193,6 +190,33 @@ impl RemotePrefill {
             .peer_fetch_seconds
             .observe(started.elapsed().as_secs_f64());
         out
+    }
+}
+
+/// One request's prefill workers (best first, from the frontend), as the scheduler's
+/// [`PrefillElsewhere`].
+pub struct ToPrefillWorkers {
+    pub(crate) remote: Arc<RemotePrefill>,
+    pub(crate) candidates: Vec<PrefillCandidate>,
+}
+
+impl std::fmt::Debug for ToPrefillWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToPrefillWorkers")
+            .field("candidates", &self.candidates)
+            .finish()
+    }
+}
+
+impl PrefillElsewhere for ToPrefillWorkers {
+    fn prefill<'a>(
+        &'a self,
+        req: &'a mut GenerateRequest,
+        ns: &'a Namespace,
+        hashes: &'a [BlockHash],
+        have: usize,
+    ) -> BoxFuture<'a, Option<Prefilled>> {
+        Box::pin(self.remote.prefill(&self.candidates, req, ns, hashes, have))
     }
 }
 

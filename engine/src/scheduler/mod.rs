@@ -10,25 +10,25 @@
 //! up is published to the store by a background task: the worker never waits on it.
 
 mod config;
+mod elsewhere;
 mod fetch;
 pub mod sampler;
 mod sequence;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tierkv_kvstore::{BlockHash, Namespace, TieredStore, hash_blocks};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::EngineConfig;
+pub use elsewhere::{PrefillElsewhere, Prefilled};
 pub use sampler::SamplingParams;
 
 use crate::kv::{KvPool, PoolUsage, ResidentSet};
 use crate::metrics::EngineMetrics;
 use crate::model::{LoadedModel, ModelConfig, TextCodec};
-use crate::pd::{DisaggConfig, RemotePrefill, Role, WorkerLoad};
 use crate::{EngineError, Result};
 
 /// Where the KV of a prompt token came from.
@@ -64,8 +64,8 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// Per-tenant salt: blocks are only shared between requests with the same salt.
     pub cache_salt: Option<String>,
-    /// Prefill workers a decode worker may hand the prompt to (from the frontend).
-    pub prefill_candidates: Vec<crate::pd::PrefillCandidate>,
+    /// Another worker that may compute the prompt (a decode worker's prefill workers).
+    pub prefill_elsewhere: Option<Arc<dyn PrefillElsewhere>>,
     /// Publish every full prompt block (also reused ones) without skipping, and report
     /// each stored block as [`GenEvent::Published`]: what a prefill worker does before
     /// it answers.
@@ -156,13 +156,6 @@ struct Inner {
     model_id: String,
     config: EngineConfig,
     metrics: Arc<EngineMetrics>,
-    disagg: DisaggConfig,
-    /// Decode role: the remote prefill path.
-    remote: Option<RemotePrefill>,
-    /// Remote prefills this worker is serving (prefill role).
-    prefilling: AtomicUsize,
-    /// Name and block service address advertised to a cluster.
-    identity: std::sync::OnceLock<(String, Option<String>)>,
 }
 
 impl Engine {
@@ -173,19 +166,7 @@ impl Engine {
         config: EngineConfig,
         metrics: Arc<EngineMetrics>,
     ) -> Result<Engine> {
-        Self::start_with_role(loaded, store, config, DisaggConfig::default(), metrics)
-    }
-
-    /// [`Engine::start`] in a role of a disaggregated cluster.
-    pub fn start_with_role(
-        loaded: LoadedModel,
-        store: TieredStore,
-        config: EngineConfig,
-        disagg: DisaggConfig,
-        metrics: Arc<EngineMetrics>,
-    ) -> Result<Engine> {
         config.validate()?;
-        disagg.validate()?;
         let LoadedModel { model, codec, id } = loaded;
         let model_config = model.config().clone();
         let layout = config.kv_layout(&model_config)?;
@@ -215,9 +196,6 @@ impl Engine {
             .name("tierkv-engine".into())
             .spawn(move || pool.install(move || worker.run(rx)))
             .map_err(EngineError::Io)?;
-        let remote = (disagg.role == Role::Decode)
-            .then(|| RemotePrefill::new(disagg.clone(), Arc::clone(&metrics)))
-            .transpose()?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 commands: tx,
@@ -229,10 +207,6 @@ impl Engine {
                 model_id: id,
                 config,
                 metrics,
-                disagg,
-                remote,
-                prefilling: AtomicUsize::new(0),
-                identity: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -258,10 +232,6 @@ impl Engine {
     pub fn metrics(&self) -> &Arc<EngineMetrics> {
         &self.inner.metrics
     }
-    pub fn role(&self) -> Role {
-        self.inner.disagg.role
-    }
-
     /// The namespace of a request with this salt.
     pub fn namespace_for(&self, cache_salt: Option<&str>) -> Result<Namespace> {
         match cache_salt {
@@ -272,43 +242,6 @@ impl Engine {
             }
             None => Ok(self.inner.namespace.clone()),
         }
-    }
-
-    /// Sets the name and block service address this worker advertises in
-    /// `/internal/info` (first call wins).
-    pub fn set_identity(&self, name: String, blocks: Option<String>) {
-        let _ = self.inner.identity.set((name, blocks));
-    }
-
-    /// Name (default: the model id) and block service address.
-    pub fn identity(&self) -> (String, Option<String>) {
-        self.inner
-            .identity
-            .get()
-            .cloned()
-            .unwrap_or_else(|| (self.inner.model_id.clone(), None))
-    }
-
-    /// The worker's queue, as `/internal/load` reports it.
-    pub fn load(&self) -> WorkerLoad {
-        let m = &self.inner.metrics;
-        WorkerLoad {
-            running: m.running.get().max(0) as usize,
-            waiting: m.waiting.get().max(0) as usize,
-            prefilling: self.inner.prefilling.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Counts a remote prefill being served until the guard drops.
-    pub fn prefilling(&self) -> impl Drop + Send + 'static {
-        struct Guard(Arc<Inner>);
-        impl Drop for Guard {
-            fn drop(&mut self) {
-                self.0.prefilling.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.inner.prefilling.fetch_add(1, Ordering::Relaxed);
-        Guard(Arc::clone(&self.inner))
     }
 
     /// The longest context a request may use (prompt plus generated tokens).
@@ -369,9 +302,9 @@ impl Engine {
             fetch::Fetched::default()
         };
         let mut first_token = None;
-        if let Some(remote) = &i.remote {
+        if let Some(elsewhere) = req.prefill_elsewhere.clone() {
             let have = resident + fetched.blocks.len();
-            if let Some(r) = remote.prefill(&mut req, &ns, &hashes, have).await {
+            if let Some(r) = elsewhere.prefill(&mut req, &ns, &hashes, have).await {
                 fetched.blocks.extend(r.blocks);
                 first_token = Some(r.first_token);
             }
