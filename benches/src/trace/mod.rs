@@ -2,6 +2,7 @@
 //! `timestamp` (ms), `input_length`, `output_length` and `hash_ids` — each id names one
 //! 512-token block of the prompt, and equal ids mean equal prefix content.
 
+mod curve;
 pub mod generate;
 pub mod replay;
 mod sim_tier;
