@@ -65,6 +65,11 @@ pub struct TuneArgs {
     /// against) instead of the curves plus an exact shortlist.
     #[arg(long)]
     pub exact: bool,
+    /// Modelled (host -> disk) points reaching the target that are simulated exactly,
+    /// cheapest first, each with its policy variants; 0 recommends from the exact
+    /// one-tier curves alone.
+    #[arg(long, default_value_t = 3)]
+    pub shortlist: usize,
 }
 
 /// How a point's figures were obtained.
@@ -118,8 +123,10 @@ struct TuneReport {
     /// The cheapest point saving more than the recommendation.
     next_better: Option<Point>,
     real_replay: Option<ReplayReport>,
-    /// Seconds the sweep took, and how many points were simulated.
+    /// Seconds the sweep took (of which the one-pass curves), and how many points
+    /// were simulated.
     sweep_s: f64,
+    curves_s: f64,
     simulated_points: usize,
 }
 
@@ -212,6 +219,7 @@ pub async fn tune(args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>
         }
         curves.push(curve);
     }
+    let curves_s = started.elapsed().as_secs_f64();
     let mut simulated_points = 0;
     if args.exact {
         let all: Vec<Point> = args
@@ -240,11 +248,12 @@ pub async fn tune(args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>
             .cloned()
             .collect();
         short.sort_by(|a, b| a.cost.total_cmp(&b.cost));
-        short.truncate(SHORTLIST);
+        short.truncate(args.shortlist);
         if let Some(top) = points
             .iter()
             .filter(|p| p.source == Source::Model)
             .max_by(|a, b| a.ttft_saved_s.total_cmp(&b.ttft_saved_s))
+            && args.shortlist > 0
             && !short.iter().any(|p| p.same_capacities(top))
         {
             short.push(top.clone());
@@ -280,7 +289,12 @@ pub async fn tune(args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>
     let recommended = points
         .iter()
         .filter(|p| p.exact() && p.ttft_saved_s >= args.target * best)
-        .min_by(|a, b| a.cost.total_cmp(&b.cost))
+        // The cheapest; of equal costs, the one saving most.
+        .min_by(|a, b| {
+            a.cost
+                .total_cmp(&b.cost)
+                .then(b.ttft_saved_s.total_cmp(&a.ttft_saved_s))
+        })
         .cloned()
         .context("no configuration reached the target")?;
     let next_cheaper = points
@@ -320,9 +334,10 @@ pub async fn tune(args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>
     sorted.sort_by(|a, b| b.ttft_saved_s.total_cmp(&a.ttft_saved_s));
     let accesses: u64 = curves.iter().map(|c| c.accesses).sum();
     println!(
-        "{} points in {sweep_s:.2} s ({} simulated, the rest from one pass per block size over {accesses} block accesses); best TTFT saving {best:.2} s; target {:.0}% of it",
+        "{} points in {sweep_s:.2} s: one pass per block size over {accesses} block accesses in {curves_s:.2} s, {} points simulated in {:.2} s; best TTFT saving {best:.2} s; target {:.0}% of it",
         points.len(),
         simulated_points,
+        sweep_s - curves_s,
         args.target * 100.0
     );
     println!(
@@ -388,6 +403,7 @@ pub async fn tune(args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>
             next_better,
             real_replay: real_replay.clone(),
             sweep_s,
+            curves_s,
             simulated_points,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -463,9 +479,6 @@ fn plot_sweep(points: &[Point], rec: &Point, dir: &std::path::Path) {
         crate::plot::line_chart_or_note(&dir.join(stem), title, "capacity (GiB)", y, &s);
     }
 }
-
-/// Modelled points simulated exactly, with their policy variants.
-const SHORTLIST: usize = 3;
 
 /// Largest hit-rate error of the exclusive host -> disk model against the simulation
 /// allowed on the generated traces of the tests (0.024 measured when written).
@@ -638,6 +651,7 @@ mod tests {
             dir: dir.path().join("real"),
             plots: Some(dir.path().join("plots")),
             exact: false,
+            shortlist: 3,
         })
         .await
         .unwrap();
@@ -689,6 +703,7 @@ mod tests {
             dir: dir.join("sim"),
             plots: None,
             exact: false,
+            shortlist: 3,
         }
     }
 
@@ -774,6 +789,7 @@ mod tests {
             dir: PathBuf::from("unused"),
             plots: None,
             exact: false,
+            shortlist: 3,
         };
         let err = tune(args.clone()).await.unwrap_err();
         assert!(err.to_string().contains("--target"), "{err}");
