@@ -59,6 +59,7 @@ impl Fenwick {
 /// distances, overall and split by the host capacities asked for.
 #[derive(Clone, Debug)]
 pub struct HitCurve {
+    pub block_tokens: u64,
     /// Block accesses (full prompt blocks over all requests).
     pub accesses: u64,
     /// Distinct blocks (the working set).
@@ -134,6 +135,7 @@ impl HitCurve {
             out
         };
         HitCurve {
+            block_tokens,
             accesses: accesses as u64,
             distinct,
             total: cumulate(total_hist),

@@ -1,0 +1,288 @@
+//! `tune` against the exhaustive simulation, and its flags.
+use super::sweep::*;
+use super::*;
+use crate::trace::TraceRecord;
+use crate::trace::generate::{GenArgs, generate};
+use tierkv_kvstore::StoreConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recommendation_is_a_valid_config_that_replays_as_simulated() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace_path = dir.path().join("t.jsonl");
+    let trace = generate(&GenArgs {
+        out: trace_path.clone(),
+        requests: 80,
+        users: 4,
+        turns: 3,
+        system_prompts: 2,
+        system_tokens: 1024,
+        user_tokens: 256,
+        output_tokens: 128,
+        documents: 2,
+        document_tokens: 2048,
+        document_share: 0.3,
+        zipf: 1.0,
+        rate: 50.0,
+        seed: 11,
+    })
+    .unwrap();
+    let text: String = trace
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(&trace_path, text).unwrap();
+    let out = dir.path().join("recommended.toml");
+    let (rec, real) = tune(TuneArgs {
+        trace: trace_path,
+        out: out.clone(),
+        json: None,
+        block_tokens: vec![64, 128],
+        bytes_per_token: 64,
+        prefill_tokens_per_s: 1000.0,
+        host_gbps: 10.0,
+        disk_gbps: 1.0,
+        host_cost: 10.0,
+        target: 0.8,
+        max_real_bytes: ByteSize(1 << 30),
+        dir: dir.path().join("real"),
+        plots: Some(dir.path().join("plots")),
+        exact: false,
+        shortlist: 3,
+        model: None,
+        tp: 1,
+        nodes: 1,
+        max_host_per_node: None,
+        max_disk_per_node: None,
+    })
+    .await
+    .unwrap();
+    let config = StoreConfig::from_file(&out).unwrap();
+    assert_eq!(config.slot_bytes.0, rec.block_tokens * 64);
+    assert!(rec.ttft_saved_s > 0.0);
+    let real = real.expect("small enough to replay for real");
+    assert!(
+        (real.hit_rate - rec.hit_rate).abs() < 1e-9,
+        "real {} vs simulated {}",
+        real.hit_rate,
+        rec.hit_rate
+    );
+}
+
+fn chat_trace(seed: u64, requests: usize) -> Vec<TraceRecord> {
+    generate(&GenArgs {
+        out: PathBuf::from("unused"),
+        requests,
+        users: 6,
+        turns: 4,
+        system_prompts: 3,
+        system_tokens: 1024,
+        user_tokens: 256,
+        output_tokens: 128,
+        documents: 3,
+        document_tokens: 2048,
+        document_share: 0.3,
+        zipf: 1.0,
+        rate: 50.0,
+        seed,
+    })
+    .unwrap()
+}
+
+fn args_for(trace_path: PathBuf, dir: &std::path::Path) -> TuneArgs {
+    TuneArgs {
+        trace: trace_path,
+        out: dir.join("rec.toml"),
+        json: None,
+        block_tokens: vec![64, 128],
+        bytes_per_token: 64,
+        prefill_tokens_per_s: 1000.0,
+        host_gbps: 10.0,
+        disk_gbps: 1.0,
+        host_cost: 10.0,
+        target: 0.8,
+        max_real_bytes: ByteSize(0),
+        dir: dir.join("sim"),
+        plots: None,
+        exact: false,
+        shortlist: 3,
+        model: None,
+        tp: 1,
+        nodes: 1,
+        max_host_per_node: None,
+        max_disk_per_node: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pass_curves_equal_the_simulation_for_one_tier_and_bound_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut worst_model = 0f64;
+    for seed in [1, 2, 3] {
+        let trace = chat_trace(seed, 120);
+        let args = args_for(PathBuf::from("unused"), dir.path());
+        for &bt in &args.block_tokens {
+            let grid = grid(&args, &trace, bt);
+            let caps: Vec<u64> = grid
+                .iter()
+                .map(|p| p.host_bytes / stride(&args, bt).0)
+                .collect();
+            let curve = HitCurve::measure(&trace, bt, &caps);
+            for p in grid.iter().filter(|p| !p.write_through && p.promote) {
+                let (h, d) = capacities(&args, p);
+                let mut sim = p.clone();
+                simulate(&mut sim, &args, &trace).await.unwrap();
+                if p.disk_bytes == 0 {
+                    assert_eq!(
+                        (curve.hits(h), 0),
+                        (sim.host_hits, sim.disk_hits),
+                        "seed {seed}, {bt}-token blocks, host {h} blocks"
+                    );
+                } else {
+                    let (host, disk) = curve.split(h, d).unwrap();
+                    let model = (host + disk) as f64 / curve.accesses as f64;
+                    worst_model = worst_model.max((model - sim.hit_rate).abs());
+                }
+            }
+        }
+    }
+    println!("exclusive model vs simulation: worst hit-rate error {worst_model:.4}");
+    assert!(worst_model < MODEL_BOUND, "model error {worst_model}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_sweep_recommends_what_the_exact_sweep_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace_path = dir.path().join("t.jsonl");
+    let text: String = chat_trace(7, 150)
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(&trace_path, text).unwrap();
+    let fast = tune(args_for(trace_path.clone(), dir.path()))
+        .await
+        .unwrap()
+        .0;
+    let exact = tune(TuneArgs {
+        exact: true,
+        ..args_for(trace_path, dir.path())
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(fast.exact());
+    // The fast sweep's pick is exact and reaches the target; it costs at most what
+    // the exhaustive sweep's pick does, or saves within the target of it.
+    assert!(
+        fast.cost <= exact.cost || fast.ttft_saved_s >= 0.8 * exact.ttft_saved_s,
+        "fast {fast:?} vs exact {exact:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_flags_are_refused() {
+    let args = TuneArgs {
+        trace: PathBuf::from("/nonexistent/trace.jsonl"),
+        out: PathBuf::from("unused"),
+        json: None,
+        block_tokens: vec![16],
+        bytes_per_token: 1,
+        prefill_tokens_per_s: 1.0,
+        host_gbps: 1.0,
+        disk_gbps: 1.0,
+        host_cost: 1.0,
+        target: 1.5,
+        max_real_bytes: ByteSize(0),
+        dir: PathBuf::from("unused"),
+        plots: None,
+        exact: false,
+        shortlist: 3,
+        model: None,
+        tp: 1,
+        nodes: 1,
+        max_host_per_node: None,
+        max_disk_per_node: None,
+    };
+    let err = tune(args.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("--target"), "{err}");
+    let err = tune(TuneArgs {
+        target: 0.9,
+        ..args
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("/nonexistent/trace.jsonl"),
+        "{err:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recommendation_under_a_per_node_cap_never_exceeds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace_path = dir.path().join("t.jsonl");
+    let text: String = chat_trace(9, 120)
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(&trace_path, text).unwrap();
+    let base = || TuneArgs {
+        bytes_per_token: 16384,
+        ..args_for(trace_path.clone(), dir.path())
+    };
+    let free = tune(base()).await.unwrap().0;
+    // Cap each of 2 nodes just under half the free recommendation's disk.
+    assert!(free.disk_bytes > 0, "{free:?}");
+    let cap = (free.disk_bytes - 1) / 2;
+    let capped = tune(TuneArgs {
+        nodes: 2,
+        max_disk_per_node: Some(ByteSize(cap)),
+        ..base()
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(
+        capped.disk_bytes.div_ceil(2) <= cap,
+        "{capped:?} over {cap} per node"
+    );
+    assert!(capped.disk_bytes < free.disk_bytes);
+    // The vLLM form of the recommendation is written beside the TOML.
+    let vllm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("rec.vllm.json")).unwrap())
+            .unwrap();
+    assert_eq!(vllm["kv_connector"], "TierkvConnector");
+    assert!(vllm["kv_connector_extra_config"]["config"]["tier"].is_array());
+    // A cap nothing fits is a clear error.
+    let err = tune(TuneArgs {
+        max_host_per_node: Some(ByteSize(1)),
+        ..base()
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("--max-host-per-node"), "{err}");
+}
+
+#[test]
+fn kv_bytes_per_token_come_from_a_model_name_or_its_config() {
+    // Qwen3-32B at TP 2: 64 layers x 2 x 4 KV heads x 128 x bf16 (the old default).
+    assert_eq!(plan_bytes("qwen3-32b", 2), 131_072);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576, "torch_dtype": "bfloat16"}"#,
+    )
+    .unwrap();
+    // SmolLM2-135M: 30 x 2 x 3 x 64 x 2 bytes.
+    assert_eq!(plan_bytes(config.to_str().unwrap(), 1), 23_040);
+    assert!(
+        super::plan::model_bytes_per_token("no-such-model", 1)
+            .unwrap_err()
+            .to_string()
+            .contains("not a known model")
+    );
+}
+
+fn plan_bytes(model: &str, tp: u64) -> u64 {
+    super::plan::model_bytes_per_token(model, tp).unwrap()
+}
