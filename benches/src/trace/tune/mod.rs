@@ -21,10 +21,10 @@ use anyhow::{Context, ensure};
 use serde::Serialize;
 use tierkv_kvstore::ByteSize;
 
-use super::curve::HitCurve;
 use super::replay::{ReplayReport, build_store, replay};
 use sweep::{
-    Point, Source, capacities, config_for, grid, price, progress_bar, replay_args, simulate, stride,
+    Point, Source, capacities, config_for, curve_for, grid, price, progress_bar, replay_args,
+    simulate,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -148,11 +148,7 @@ pub async fn tune(mut args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayRep
     let mut curves = Vec::new();
     for &bt in &args.block_tokens {
         let grid = grid(&args, &trace, bt);
-        let caps: Vec<u64> = grid
-            .iter()
-            .map(|p| p.host_bytes / stride(&args, bt).0)
-            .collect();
-        let curve = HitCurve::measure(&trace, bt, &caps);
+        let curve = curve_for(&args, &trace, bt, &grid);
         for mut p in grid {
             let (host_cap, disk_cap) = capacities(&args, &p);
             let hits = if p.disk_bytes == 0 {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tierkv_kvstore::{ByteSize, DiskSection, EvictPolicy, HostSection, StoreConfig, TierConfig};
 
 use super::TuneArgs;
+use crate::trace::curve::HitCurve;
 use crate::trace::replay::{ReplayArgs, build_store, replay};
 use crate::trace::{TraceRecord, block_hashes};
 
@@ -109,6 +110,20 @@ pub(super) fn stride(args: &TuneArgs, block_tokens: u64) -> (u64, u64) {
 pub(super) fn capacities(args: &TuneArgs, p: &Point) -> (u64, u64) {
     let (host, disk) = stride(args, p.block_tokens);
     (p.host_bytes / host, p.disk_bytes / disk)
+}
+
+/// The one-pass curve of `trace` at `bt`, split at every host capacity of `grid`.
+pub(super) fn curve_for(
+    args: &TuneArgs,
+    trace: &[TraceRecord],
+    bt: u64,
+    grid: &[Point],
+) -> HitCurve {
+    let caps: Vec<u64> = grid
+        .iter()
+        .map(|p| p.host_bytes / stride(args, bt).0)
+        .collect();
+    HitCurve::measure(trace, bt, &caps)
 }
 
 /// Every point of the sweep at one block size, not yet measured.

@@ -88,6 +88,17 @@ fn chat_trace(seed: u64, requests: usize) -> Vec<TraceRecord> {
     .unwrap()
 }
 
+/// A generated chat trace written as JSON lines in `dir`.
+fn write_trace(dir: &std::path::Path, seed: u64, requests: usize) -> PathBuf {
+    let path = dir.join("t.jsonl");
+    let text: String = chat_trace(seed, requests)
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 fn args_for(trace_path: PathBuf, dir: &std::path::Path) -> TuneArgs {
     TuneArgs {
         trace: trace_path,
@@ -122,11 +133,7 @@ async fn one_pass_curves_equal_the_simulation_for_one_tier_and_bound_the_model()
         let args = args_for(PathBuf::from("unused"), dir.path());
         for &bt in &args.block_tokens {
             let grid = grid(&args, &trace, bt);
-            let caps: Vec<u64> = grid
-                .iter()
-                .map(|p| p.host_bytes / stride(&args, bt).0)
-                .collect();
-            let curve = HitCurve::measure(&trace, bt, &caps);
+            let curve = curve_for(&args, &trace, bt, &grid);
             for p in grid.iter().filter(|p| !p.write_through && p.promote) {
                 let (h, d) = capacities(&args, p);
                 let mut sim = p.clone();
@@ -152,12 +159,7 @@ async fn one_pass_curves_equal_the_simulation_for_one_tier_and_bound_the_model()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fast_sweep_recommends_what_the_exact_sweep_does() {
     let dir = tempfile::tempdir().unwrap();
-    let trace_path = dir.path().join("t.jsonl");
-    let text: String = chat_trace(7, 150)
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap() + "\n")
-        .collect();
-    std::fs::write(&trace_path, text).unwrap();
+    let trace_path = write_trace(dir.path(), 7, 150);
     let fast = tune(args_for(trace_path.clone(), dir.path()))
         .await
         .unwrap()
@@ -219,12 +221,7 @@ async fn bad_flags_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recommendation_under_a_per_node_cap_never_exceeds_it() {
     let dir = tempfile::tempdir().unwrap();
-    let trace_path = dir.path().join("t.jsonl");
-    let text: String = chat_trace(9, 120)
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap() + "\n")
-        .collect();
-    std::fs::write(&trace_path, text).unwrap();
+    let trace_path = write_trace(dir.path(), 9, 120);
     let base = || TuneArgs {
         bytes_per_token: 16384,
         ..args_for(trace_path.clone(), dir.path())
