@@ -145,3 +145,40 @@ async fn identical_tokens_from_every_tier_block_16() {
 async fn identical_tokens_from_every_tier_block_128() {
     check_all(128, &[256, 300]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_records_lengths_and_chain_hashes_never_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path(), HOST, engine_config(16)).await;
+    let log_path = dir.path().join("requests.jsonl");
+    engine.log_requests(tierkv_engine::scheduler::RequestLog::open(&log_path).unwrap());
+    let shared: Vec<u32> = (0..40).map(|t| 100 + t).collect();
+    let mut longer = shared.clone();
+    longer.extend(300..330u32);
+    run(&engine, greedy_request(shared.clone(), 2)).await;
+    run(&engine, greedy_request(longer.clone(), 3)).await;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["input_length"], 40);
+    assert_eq!(lines[1]["input_length"], 70);
+    assert_eq!(lines[1]["output_length"], 3);
+    assert_eq!(lines[0]["block_tokens"], 16);
+    let hashes = |v: &serde_json::Value| -> Vec<String> {
+        v["block_hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (a, b) = (hashes(&lines[0]), hashes(&lines[1]));
+    assert_eq!((a.len(), b.len()), (2, 4), "full blocks only");
+    assert_eq!(a[..], b[..2], "a shared prefix has the same chain hashes");
+    assert!(a.iter().all(|h| h.len() == 32));
+    assert!(lines[0]["timestamp"].as_u64().unwrap() <= lines[1]["timestamp"].as_u64().unwrap());
+    assert!(lines[0].get("prompt").is_none() && lines[0].get("tokens").is_none());
+}

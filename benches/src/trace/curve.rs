@@ -174,6 +174,7 @@ mod tests {
                 input_length: ids.len() as u64 * 512,
                 output_length: 1,
                 hash_ids: ids.to_vec(),
+                ..TraceRecord::default()
             })
             .collect()
     }

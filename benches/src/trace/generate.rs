@@ -198,6 +198,7 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<Vec<TraceRecord>> {
             input_length,
             output_length: args.output_tokens,
             hash_ids,
+            ..TraceRecord::default()
         });
     }
     Ok(out)

@@ -1,6 +1,10 @@
-//! KV-cache workload traces in the public Mooncake format: one JSON object per line with
-//! `timestamp` (ms), `input_length`, `output_length` and `hash_ids` — each id names one
-//! 512-token block of the prompt, and equal ids mean equal prefix content.
+//! KV-cache workload traces, one JSON object per line with `timestamp` (ms),
+//! `input_length` and `output_length`, and either
+//! - `hash_ids` (the public Mooncake format): each id names one 512-token block of the
+//!   prompt, and equal ids mean equal prefix content; or
+//! - `block_tokens` and `block_hashes` (a tierkv request log, `tierkv engine
+//!   --request-log`, or TierkvConnector's `request_log`): the prompt's chain hashes
+//!   (32 hex digits) at that block size, replayable at any multiple of it.
 
 mod curve;
 pub mod generate;
@@ -17,18 +21,62 @@ use serde::{Deserialize, Serialize};
 pub const TRACE_BLOCK_TOKENS: u64 = 512;
 
 /// One request of a trace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraceRecord {
     /// Arrival time in milliseconds from the start of the trace.
     pub timestamp: u64,
     pub input_length: u64,
     pub output_length: u64,
+    /// Mooncake format: one id per 512-token block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_ids: Vec<u64>,
+    /// Request-log format: the block size of `block_hashes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_tokens: Option<u64>,
+    /// Request-log format: the chain hash of every full block of the prompt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_hashes")]
+    pub block_hashes: Vec<u128>,
+}
+
+/// `block_hashes` as 32-digit hex strings.
+mod hex_hashes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u128], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|h| format!("{h:032x}")))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u128>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|h| {
+                u128::from_str_radix(h, 16)
+                    .map_err(|_| serde::de::Error::custom(format!("block hash `{h}` is not hex")))
+            })
+            .collect()
+    }
 }
 
 impl TraceRecord {
     fn check(&self) -> Result<(), String> {
+        if let Some(bt) = self.block_tokens {
+            if bt == 0 || !self.hash_ids.is_empty() {
+                return Err("a request-log record has block_tokens > 0 and no hash_ids".into());
+            }
+            let full = self.input_length / bt;
+            if self.block_hashes.len() as u64 != full {
+                return Err(format!(
+                    "input_length {} has {full} full blocks of {bt} tokens, but {} block_hashes",
+                    self.input_length,
+                    self.block_hashes.len()
+                ));
+            }
+            return Ok(());
+        }
+        if !self.block_hashes.is_empty() {
+            return Err("block_hashes without block_tokens".into());
+        }
         let needed = self.input_length.div_ceil(TRACE_BLOCK_TOKENS);
         if self.hash_ids.len() as u64 != needed {
             return Err(format!(
@@ -71,6 +119,19 @@ pub fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<TraceRecord>> {
     Ok(out)
 }
 
+/// Checks that `block_tokens` can be replayed from `trace`: any size from Mooncake
+/// ids, a multiple of the logged size from a request log.
+pub fn check_block_tokens(trace: &[TraceRecord], block_tokens: u64) -> anyhow::Result<()> {
+    if let Some(logged) = trace.iter().find_map(|r| r.block_tokens)
+        && (block_tokens == 0 || !block_tokens.is_multiple_of(logged))
+    {
+        bail!(
+            "this request log has {logged}-token blocks: --block-tokens {block_tokens} is not a multiple of it"
+        );
+    }
+    Ok(())
+}
+
 pub fn load(path: &Path) -> anyhow::Result<Vec<TraceRecord>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading trace {}", path.display()))?;
@@ -81,6 +142,18 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TraceRecord>> {
 /// over the trace's 512-token ids, so equal id prefixes give equal hash prefixes. Only
 /// full blocks are hashed.
 pub fn block_hashes(rec: &TraceRecord, block_tokens: u64) -> Vec<u128> {
+    if let Some(logged) = rec.block_tokens {
+        // A block of `block_tokens` is named by the chain hash of its last logged
+        // sub-block (a chain hash names the whole prefix). Callers check the multiple.
+        let step = (block_tokens / logged.max(1)).max(1) as usize;
+        return rec
+            .block_hashes
+            .iter()
+            .skip(step - 1)
+            .step_by(step)
+            .copied()
+            .collect();
+    }
     let full = rec.input_length / block_tokens;
     let mut prev: u128 = 0x7472_6163_655f_7265_706c_6179; // "trace_replay"
     let mut out = Vec::with_capacity(full as usize);
@@ -111,6 +184,7 @@ mod tests {
             input_length: len,
             output_length: 10,
             hash_ids: ids.to_vec(),
+            ..TraceRecord::default()
         }
     }
 
@@ -151,5 +225,42 @@ mod tests {
         );
         assert!(format!("{:#}", parse(&back, "t").unwrap_err()).contains("back in time"));
         assert!(parse("", "empty").is_err());
+    }
+
+    #[test]
+    fn request_logs_replay_at_multiples_of_their_block_size() {
+        let text = concat!(
+            r#"{"timestamp":0,"input_length":40,"output_length":4,"block_tokens":16,"block_hashes":["0000000000000000000000000000000a","0000000000000000000000000000000b"]}"#,
+            "\n",
+            r#"{"timestamp":5,"input_length":70,"output_length":4,"block_tokens":16,"block_hashes":["0000000000000000000000000000000a","0000000000000000000000000000000b","0000000000000000000000000000000c","0000000000000000000000000000000d"]}"#,
+            "\n",
+        );
+        let t = parse(text, "log.jsonl").unwrap();
+        assert_eq!(block_hashes(&t[1], 16), [0xa, 0xb, 0xc, 0xd]);
+        assert_eq!(
+            block_hashes(&t[1], 32),
+            [0xb, 0xd],
+            "the last sub-block names a block"
+        );
+        assert_eq!(block_hashes(&t[0], 32), [0xb]);
+        assert!(check_block_tokens(&t, 48).is_ok());
+        let err = check_block_tokens(&t, 24).unwrap_err().to_string();
+        assert!(err.contains("multiple"), "{err}");
+        // Wrong counts and bad hex name the line.
+        let short = r#"{"timestamp":0,"input_length":40,"output_length":4,"block_tokens":16,"block_hashes":["0a"]}"#;
+        let err = format!("{:#}", parse(short, "log.jsonl").unwrap_err());
+        assert!(
+            err.contains("log.jsonl:1") && err.contains("2 full blocks"),
+            "{err}"
+        );
+        let bad = r#"{"timestamp":0,"input_length":16,"output_length":4,"block_tokens":16,"block_hashes":["xyz"]}"#;
+        let err = format!("{:#}", parse(bad, "log.jsonl").unwrap_err());
+        assert!(
+            err.contains("log.jsonl:1") && err.contains("not hex"),
+            "{err}"
+        );
+        // Round trip.
+        let again = parse(&(serde_json::to_string(&t[1]).unwrap() + "\n"), "x").unwrap();
+        assert_eq!(again[0], t[1]);
     }
 }

@@ -335,6 +335,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplayReport> {
     );
     anyhow::ensure!(args.speed >= 0.0, "--speed must be >= 0");
     let trace = super::load(&args.trace)?;
+    super::check_block_tokens(&trace, args.block_tokens)?;
     let mut config = match &args.config {
         Some(p) => StoreConfig::from_file(p)?,
         None => StoreConfig {
@@ -403,6 +404,7 @@ mod tests {
             input_length: ids.len() as u64 * 512,
             output_length: 1,
             hash_ids: ids.to_vec(),
+            ..TraceRecord::default()
         }
     }
 

@@ -61,6 +61,11 @@ pub struct EngineArgs {
     /// address's IP (127.0.0.1 when it listens on every interface).
     #[arg(long)]
     pub advertise_host: Option<String>,
+    /// Append one JSON line per request (arrival time, prompt and output lengths, the
+    /// prompt's block hashes; never its tokens) to this file: a trace for
+    /// `tierkv-bench replay` and `tune`. Default: no log.
+    #[arg(long)]
+    pub request_log: Option<PathBuf>,
 }
 
 /// The engine's configuration file.
@@ -132,6 +137,9 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(EngineMetrics::new());
     let role = disagg.role;
     let engine = Engine::start(loaded, store.clone(), engine_config, metrics)?;
+    if let Some(path) = &args.request_log {
+        engine.log_requests(tierkv_engine::scheduler::RequestLog::open(path)?);
+    }
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

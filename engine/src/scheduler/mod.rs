@@ -12,6 +12,7 @@
 mod config;
 mod elsewhere;
 mod fetch;
+mod request_log;
 pub mod sampler;
 mod sequence;
 mod worker;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use config::EngineConfig;
 pub use elsewhere::{PrefillElsewhere, Prefilled};
+pub use request_log::RequestLog;
 pub use sampler::SamplingParams;
 
 use crate::kv::{KvPool, PoolUsage, ResidentSet};
@@ -156,6 +158,8 @@ struct Inner {
     model_id: String,
     config: EngineConfig,
     metrics: Arc<EngineMetrics>,
+    /// Where each request is logged, once set (`tierkv engine --request-log`).
+    request_log: std::sync::OnceLock<RequestLog>,
 }
 
 impl Engine {
@@ -207,6 +211,7 @@ impl Engine {
                 model_id: id,
                 config,
                 metrics,
+                request_log: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -232,6 +237,11 @@ impl Engine {
     pub fn metrics(&self) -> &Arc<EngineMetrics> {
         &self.inner.metrics
     }
+    /// Logs every request from now on to `log` (the first call wins).
+    pub fn log_requests(&self, log: RequestLog) {
+        let _ = self.inner.request_log.set(log);
+    }
+
     /// The namespace of a request with this salt.
     pub fn namespace_for(&self, cache_salt: Option<&str>) -> Result<Namespace> {
         match cache_salt {
@@ -295,6 +305,9 @@ impl Engine {
         }
         let ns = self.namespace_for(req.cache_salt.as_deref())?;
         let hashes: Vec<BlockHash> = hash_blocks(&ns, &req.prompt);
+        if let Some(log) = i.request_log.get() {
+            log.record(req.prompt.len(), req.max_tokens, block as u32, &hashes);
+        }
         let resident = i.resident.prefix_len(&hashes);
         let mut fetched = if i.config.load_from_store {
             fetch::fetch_prefix(&i.store, &ns, &hashes, resident, i.config.fetch_concurrency).await

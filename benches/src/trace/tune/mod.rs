@@ -143,6 +143,9 @@ pub async fn tune(mut args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayRep
         "--target must be in 0..=1"
     );
     let trace = crate::trace::load(&args.trace)?;
+    for &bt in &args.block_tokens {
+        crate::trace::check_block_tokens(&trace, bt)?;
+    }
     let started = std::time::Instant::now();
     let mut points = Vec::new();
     let mut curves = Vec::new();
