@@ -46,8 +46,10 @@ class Server:
                 "config": {"data_dir": str(workdir / name), "tier": [{"kind": "host", "capacity": "256MiB"}]},
                 "rendezvous_dir": str(workdir / "rv"),
                 "token": TOKEN,
+                "request_log": str(workdir / f"{name}-requests.jsonl"),
             },
         }
+        self.request_log = workdir / f"{name}-requests.jsonl"
         self.log_path = workdir / f"vllm-{name}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
@@ -129,6 +131,12 @@ def test_decode_worker_fetches_the_prefill_workers_blocks(cluster, prompts):
         assert decoded["choices"][0]["text"] == local["choices"][0]["text"], name
     assert decode.metric("tierkv_vllm_peer_loaded_blocks_total") >= 2 + 3 + 1
     assert decode.metric("tierkv_vllm_peer_load_failures_total") == 0
+    # The decode worker's request log: one line per request, lengths and chain hashes.
+    lines = [json.loads(l) for l in decode.request_log.read_text().splitlines()]
+    assert [l["input_length"] for l in lines] == [len(prompts[n]) for n in ("p1", "p3", "p2")]
+    assert all(l["block_tokens"] == BLOCK and l["output_length"] == MAX_TOKENS for l in lines)
+    assert [len(l["block_hashes"]) for l in lines] == [len(prompts[n]) // BLOCK for n in ("p1", "p3", "p2")]
+    assert "prompt" not in lines[0] and "prompt_token_ids" not in lines[0]
 
 
 def test_a_short_prompt_has_nothing_to_fetch(cluster, prompts):

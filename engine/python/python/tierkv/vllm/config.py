@@ -47,6 +47,10 @@ class ConnectorConfig:
     #: worker said it stored (its saves finish in the background) before computing
     #: what is missing. Default 2 s.
     peer_wait_s: float = 2.0
+    #: Append one JSON line per request (arrival ms, prompt and output lengths, the
+    #: block size and the prompt's chain hashes of TP rank 0; never its tokens) to this
+    #: file: a trace for ``tierkv-bench replay`` and ``tune``. Default ``None``.
+    request_log: str | None = None
 
     @staticmethod
     def from_extra(extra: dict[str, Any] | None) -> "ConnectorConfig":

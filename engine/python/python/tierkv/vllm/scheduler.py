@@ -13,6 +13,7 @@ and this layout, and a block it cannot load is recomputed."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ class SchedulerSide:
         self._salted: dict[tuple[int, str], tierkv.Namespace] = {}
         self._lookups: list[tierkv.Store] = []
         self._events: list[Any] = []
+        self._log = open(cfg.request_log, "a") if cfg.request_log else None
+        self._log_start = time.monotonic()
         #: Lookups asked and tokens they found (reported in the log at shutdown).
         self.lookup_tokens = 0
         self.hit_tokens = 0
@@ -137,6 +140,7 @@ class SchedulerSide:
         state = self.requests.get(request.request_id)
         if state is None:
             state = self.requests[request.request_id] = _Request(request)
+            self._log_request(state, tokens, full)
         state.load = None
         state.peer_addrs = None
         if full == 0:
@@ -168,6 +172,28 @@ class SchedulerSide:
         state.load = (local, loadable)
         self.hit_tokens += (loadable - local) * b
         return (loadable - local) * b - (num_computed_tokens - local * b), False
+
+    def _log_request(self, state: _Request, tokens: list[int], full: int) -> None:
+        """One line of the request log (see ``ConnectorConfig.request_log``)."""
+        if self._log is None:
+            return
+        try:
+            self._connect()
+            self._extend_hashes(state, tokens, full)
+            chain = state.hashes[0][:full] if state.hashes else []
+        except (tierkv.TierkvError, TimeoutError, OSError) as e:
+            logger.warning("TierkvConnector: request log: no namespace yet: %s", e)
+            return
+        params = getattr(state.request, "sampling_params", None)
+        line = {
+            "timestamp": int((time.monotonic() - self._log_start) * 1000),
+            "input_length": len(tokens),
+            "output_length": int(getattr(params, "max_tokens", 0) or 0),
+            "block_tokens": self.block_size,
+            "block_hashes": [f"{h:032x}" for h in chain],
+        }
+        self._log.write(json.dumps(line) + "\n")
+        self._log.flush()
 
     def _peer(self, addr: str) -> tierkv.Store:
         client = self._peers.get(addr)
