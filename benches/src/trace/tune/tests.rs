@@ -33,26 +33,11 @@ async fn the_recommendation_is_a_valid_config_that_replays_as_simulated() {
     std::fs::write(&trace_path, text).unwrap();
     let out = dir.path().join("recommended.toml");
     let (rec, real) = tune(TuneArgs {
-        trace: trace_path,
         out: out.clone(),
-        json: None,
-        block_tokens: vec![64, 128],
-        bytes_per_token: 64,
-        prefill_tokens_per_s: 1000.0,
-        host_gbps: 10.0,
-        disk_gbps: 1.0,
-        host_cost: 10.0,
-        target: 0.8,
         max_real_bytes: ByteSize(1 << 30),
         dir: dir.path().join("real"),
         plots: Some(dir.path().join("plots")),
-        exact: false,
-        shortlist: 3,
-        model: None,
-        tp: 1,
-        nodes: 1,
-        max_host_per_node: None,
-        max_disk_per_node: None,
+        ..args_for(trace_path, dir.path())
     })
     .await
     .unwrap();
