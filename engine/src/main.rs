@@ -29,6 +29,9 @@ enum Command {
     /// Start a local disaggregated cluster: prefill and decode workers plus a
     /// frontend, all stopped by Ctrl-C.
     Up(Box<cli::up::UpArgs>),
+    /// Keep a worker that cannot register itself (vLLM with TierkvConnector) in etcd
+    /// while it is healthy.
+    Register(Box<cli::register::RegisterArgs>),
     /// Poke a running block service.
     Blocks(cli::blocks::BlocksArgs),
     /// Store configuration.
@@ -60,6 +63,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Engine(args) => cli::engine::run(*args).await,
         Command::Frontend(args) => cli::frontend::run(*args).await,
         Command::Up(args) => cli::up::run(*args).await,
+        Command::Register(args) => cli::register::run(*args).await,
         Command::Blocks(args) => cli::blocks::run(args).await,
         Command::Config(cmd) => cli::config::run(cmd).await,
     }

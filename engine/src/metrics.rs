@@ -37,6 +37,8 @@ pub const FRONTEND_WORKER_FAILURES: &str = "tierkv_frontend_worker_failures_tota
 pub const FRONTEND_WORKERS: &str = "tierkv_frontend_workers";
 pub const FRONTEND_INDEX_BLOCKS: &str = "tierkv_frontend_index_blocks";
 pub const FRONTEND_INFLIGHT: &str = "tierkv_frontend_requests_in_flight";
+pub const FRONTEND_PREFILL_DECISIONS: &str = "tierkv_frontend_prefill_decisions_total";
+pub const FRONTEND_REMOTE_PREFILL_SECONDS: &str = "tierkv_frontend_remote_prefill_seconds";
 
 pub struct EngineMetrics {
     registry: Registry,
@@ -207,6 +209,11 @@ pub struct FrontendMetrics {
     /// Blocks in the router's index, by `worker`.
     pub index_blocks: IntGaugeVec,
     pub in_flight: IntGauge,
+    /// Requests to decode workers that cannot choose for themselves (vLLM), by
+    /// `decision`: remote, local_short, local_busy, local_no_prefill_worker, fallback.
+    pub prefill_decisions: IntCounterVec,
+    /// vLLM decode workers: the prefill request (one output token) until its answer.
+    pub remote_prefill_seconds: Histogram,
 }
 
 impl FrontendMetrics {
@@ -247,6 +254,19 @@ impl FrontendMetrics {
         reg(Box::new(index_blocks.clone()));
         let in_flight = ok(IntGauge::new(FRONTEND_INFLIGHT, "Requests being served"));
         reg(Box::new(in_flight.clone()));
+        let prefill_decisions = ok(IntCounterVec::new(
+            Opts::new(
+                FRONTEND_PREFILL_DECISIONS,
+                "Where the frontend had a vLLM decode worker's prompt computed",
+            ),
+            &["decision"],
+        ));
+        reg(Box::new(prefill_decisions.clone()));
+        let remote_prefill_seconds = ok(Histogram::with_opts(HistogramOpts::new(
+            FRONTEND_REMOTE_PREFILL_SECONDS,
+            "A vLLM prefill worker's prefill request until its answer",
+        )));
+        reg(Box::new(remote_prefill_seconds.clone()));
         FrontendMetrics {
             registry,
             requests,
@@ -256,6 +276,8 @@ impl FrontendMetrics {
             workers,
             index_blocks,
             in_flight,
+            prefill_decisions,
+            remote_prefill_seconds,
         }
     }
 

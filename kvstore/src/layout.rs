@@ -123,6 +123,35 @@ impl KvLayout {
     }
 }
 
+impl std::str::FromStr for KvLayout {
+    type Err = KvStoreError;
+    /// The printed form, `L30xH3xD64xf16xB16`.
+    fn from_str(s: &str) -> Result<KvLayout> {
+        let bad =
+            || KvStoreError::Layout(format!("{s:?} is not a KV layout like L30xH3xD64xf16xB16"));
+        let parts: Vec<&str> = s.split('x').collect();
+        let [l, h, d, dtype, b] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let num = |p: &str, tag: char| -> Result<u32> {
+            p.strip_prefix(tag)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)
+        };
+        let dtype = [DType::F32, DType::F16, DType::Bf16, DType::F8e4m3]
+            .into_iter()
+            .find(|t| t.as_str() == *dtype)
+            .ok_or_else(bad)?;
+        KvLayout::new(
+            num(l, 'L')?,
+            num(h, 'H')?,
+            num(d, 'D')?,
+            dtype,
+            num(b, 'B')?,
+        )
+    }
+}
+
 impl std::fmt::Display for KvLayout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -87,6 +87,46 @@ impl Namespace {
         })
     }
 
+    /// The namespace whose canonical [`Namespace::name`] is `name`, as an outside
+    /// engine reports it (`model@L..xB..@tpRofS[@engine-layout]`). A salted name is
+    /// refused: its salt is only a digest there; salt the parsed namespace instead.
+    pub fn from_name(name: &str) -> Result<Namespace> {
+        let bad = |why: &str| crate::KvStoreError::Layout(format!("namespace {name:?}: {why}"));
+        let parts: Vec<&str> = name.split('@').collect();
+        // The model id may itself hold '@': the layout is the first part that parses
+        // as one and is followed by the rank.
+        let at = (1..parts.len().saturating_sub(1))
+            .find(|&i| parts[i].parse::<KvLayout>().is_ok() && parts[i + 1].starts_with("tp"))
+            .ok_or_else(|| bad("no KV layout and rank in it"))?;
+        let layout: KvLayout = parts[at].parse()?;
+        let (rank, size) = parts[at + 1]
+            .strip_prefix("tp")
+            .and_then(|r| r.split_once("of"))
+            .and_then(|(r, s)| Some((r.parse().ok()?, s.parse().ok()?)))
+            .ok_or_else(|| bad("its rank is not tpRofS"))?;
+        let rest = &parts[at + 2..];
+        if rest.iter().any(|p| p.starts_with("salt")) {
+            return Err(bad("salted names cannot be parsed back"));
+        }
+        let engine_layout = match rest {
+            [] => None,
+            [engine] => Some(engine.to_string()),
+            _ => return Err(bad("too many parts")),
+        };
+        let ns = Self::build(
+            parts[..at].join("@"),
+            layout,
+            rank,
+            size,
+            engine_layout,
+            None,
+        )?;
+        if ns.name != name {
+            return Err(bad("not in canonical form"));
+        }
+        Ok(ns)
+    }
+
     /// The same namespace with a tenant salt.
     pub fn salted(&self, salt: impl Into<String>) -> Result<Namespace> {
         Self::build(
@@ -178,5 +218,32 @@ mod tests {
         assert_eq!(salted.engine_layout(), Some("CPU_ATTN/vec"));
         assert!(base.with_engine_layout("a@b").is_err());
         assert!(Namespace::with_parts("m", l, 2, 2, None).is_err());
+    }
+
+    #[test]
+    fn a_name_parses_back_to_the_same_namespace() {
+        let l = KvLayout::new(30, 3, 64, DType::Bf16, 128).unwrap();
+        for ns in [
+            Namespace::new("/models/smollm2@main", l).unwrap(),
+            Namespace::with_parts("m", l, 1, 2, None)
+                .unwrap()
+                .with_engine_layout("CPU_ATTN/vec/abc")
+                .unwrap(),
+        ] {
+            let back = Namespace::from_name(ns.name()).unwrap();
+            assert_eq!(back, ns);
+            assert_eq!(back.seed(), ns.seed());
+        }
+        let salted = Namespace::new("m", l).unwrap().salted("t").unwrap();
+        for bad in [
+            salted.name(),
+            "m",
+            "m@L30xH3xD64xbf16xB128",
+            "m@L30xH3xD64xq4xB128@tp0of1",
+            "m@L30xH3xD64xbf16xB128@tp1of1",
+            "m@L30xH3xD64xbf16xB128@tp0of1@a@b",
+        ] {
+            assert!(Namespace::from_name(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! `tierkv-bench pd`: a concurrent workload against disaggregated clusters (xPyD) and,
 //! as the baseline in the same run, aggregated clusters with the same number of worker
-//! processes — all started with `tierkv up` and driven through its frontend with
-//! streaming requests. Reports TTFT and inter-token latency p50/p99 and throughput,
-//! with and without shared prompt prefixes.
+//! processes — all started with `tierkv up` (tierkv engines, or `--engine vllm`: vLLM
+//! workers with TierkvConnector) and driven through its frontend with streaming
+//! requests. Reports TTFT and inter-token latency p50/p99 and throughput, with and
+//! without shared prompt prefixes, and the share of TTFT spent moving KV blocks.
 
 mod client;
 
@@ -17,9 +18,20 @@ use tokio::process::Command;
 
 #[derive(clap::Args, Debug)]
 pub struct PdArgs {
-    /// The model (`scripts/fetch-model` prints the default's path).
+    /// The workers: tierkv or vllm (the vLLM venv of `scripts/vllm-env`).
+    #[arg(long, default_value = "tierkv")]
+    pub engine: String,
+    /// The model (`scripts/fetch-model` prints the default's path; `--hf` the
+    /// directory vLLM loads).
     #[arg(long)]
     pub model: PathBuf,
+    /// vllm: arguments for every `vllm serve`.
+    #[arg(
+        long,
+        default_value = "--dtype bfloat16 --max-model-len 4096 --enforce-eager",
+        allow_hyphen_values = true
+    )]
+    pub vllm_args: String,
     /// Disaggregated setups as `<P>p<D>d`; each also runs an aggregated cluster of
     /// P + D workers.
     #[arg(long, value_delimiter = ',', default_value = "1p1d,2p1d")]
@@ -135,6 +147,7 @@ struct Cluster {
     url: String,
     /// `/metrics` of each decode worker.
     decode_metrics: Vec<String>,
+    vllm: bool,
 }
 
 /// The sum of a Prometheus histogram, `name_sum`, summed over all its series.
@@ -146,8 +159,18 @@ fn histogram_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// (peer fetch seconds, TTFT seconds) summed over the decode workers.
-async fn transfer_seconds(http: &reqwest::Client, urls: &[String]) -> (f64, f64) {
+/// The sum of a Prometheus counter's samples.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// (seconds moving KV into decode workers, their TTFT seconds) summed over the decode
+/// workers. tierkv: fetches from prefill workers. vLLM: the connector's load time
+/// (every load from a store, peer loads included), over vLLM's own TTFT.
+async fn transfer_seconds(http: &reqwest::Client, urls: &[String], vllm: bool) -> (f64, f64) {
     let (mut fetch, mut ttft) = (0.0, 0.0);
     for u in urls {
         let Ok(resp) = http.get(u).send().await else {
@@ -156,8 +179,13 @@ async fn transfer_seconds(http: &reqwest::Client, urls: &[String]) -> (f64, f64)
         let Ok(text) = resp.text().await else {
             continue;
         };
-        fetch += histogram_sum(&text, "tierkv_engine_peer_fetch_seconds");
-        ttft += histogram_sum(&text, "tierkv_engine_time_to_first_token_seconds");
+        if vllm {
+            fetch += counter(&text, "tierkv_vllm_load_seconds_total");
+            ttft += histogram_sum(&text, "vllm:time_to_first_token_seconds");
+        } else {
+            fetch += histogram_sum(&text, "tierkv_engine_peer_fetch_seconds");
+            ttft += histogram_sum(&text, "tierkv_engine_time_to_first_token_seconds");
+        }
     }
     (fetch, ttft)
 }
@@ -171,18 +199,27 @@ async fn start_cluster(
 ) -> anyhow::Result<Cluster> {
     let data = args.dir.join(name);
     let _ = std::fs::remove_dir_all(&data);
-    let mut child = Command::new(tierkv)
-        .arg("up")
+    let vllm = args.engine == "vllm";
+    let mut cmd = Command::new(tierkv);
+    cmd.arg("up")
+        .args(["--engine", &args.engine])
         .args(["--prefill", &prefill.to_string()])
         .args(["--decode", &decode.to_string()])
         .args(["--aggregated", &aggregated.to_string()])
         .arg("--model")
         .arg(&args.model)
         .args(["--listen", "127.0.0.1:0", "--router", &args.router])
-        .arg("--config")
-        .arg(config)
         .arg("--data-dir")
-        .arg(&data)
+        .arg(&data);
+    if vllm {
+        cmd.arg(format!("--vllm-args={}", args.vllm_args)).args([
+            "--remote-prefill-min-tokens",
+            &args.remote_prefill_min_tokens.to_string(),
+        ]);
+    } else {
+        cmd.arg("--config").arg(config);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -193,8 +230,8 @@ async fn start_cluster(
     let mut decode_metrics = Vec::new();
     let found = tokio::time::timeout(Duration::from_secs(600), async {
         while let Some(line) = lines.next_line().await? {
-            // "tierkv up: decode-0 (decode) on http://HOST:PORT/v1, block service on ..."
-            if line.contains("(decode) on http://")
+            // "tierkv up: decode-0 (tierkv decode) on http://HOST:PORT/v1, block service on ..."
+            if line.contains(" decode) on http://")
                 && let Some(rest) = line.split("http://").nth(1)
             {
                 let addr = rest.split('/').next().unwrap_or_default();
@@ -218,6 +255,7 @@ async fn start_cluster(
         child,
         url,
         decode_metrics,
+        vllm,
     })
 }
 
@@ -228,7 +266,7 @@ async fn stop_cluster(mut c: Cluster) {
             .status()
             .await;
     }
-    if tokio::time::timeout(Duration::from_secs(30), c.child.wait())
+    if tokio::time::timeout(Duration::from_secs(60), c.child.wait())
         .await
         .is_err()
     {
@@ -249,7 +287,7 @@ async fn measure(
     let http = reqwest::Client::new();
     // One warm-up request so that start-up costs stay out of the figures.
     let _ = client::stream(&http, url, model, &[300, 301, 302, 303], 2).await;
-    let before = transfer_seconds(&http, &cluster.decode_metrics).await;
+    let before = transfer_seconds(&http, &cluster.decode_metrics, cluster.vllm).await;
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -286,7 +324,7 @@ async fn measure(
         }
     }
     let tps = tokens as f64 / started.elapsed().as_secs_f64();
-    let after = transfer_seconds(&http, &cluster.decode_metrics).await;
+    let after = transfer_seconds(&http, &cluster.decode_metrics, cluster.vllm).await;
     let (fetch, first) = (after.0 - before.0, after.1 - before.1);
     let share = (fetch > 0.0 && first > 0.0).then(|| fetch / first);
     Ok((ttft, itl, tps, failed, share))
@@ -312,12 +350,15 @@ pub async fn run(args: PdArgs) -> anyhow::Result<()> {
             args.concurrency.max(1),
         ),
     )?;
-    let model = args
-        .model
-        .file_stem()
-        .context("model name")?
-        .to_string_lossy()
-        .into_owned();
+    // The name `tierkv up` serves the model under.
+    let model = if args.model.is_dir() {
+        args.model.file_name()
+    } else {
+        args.model.file_stem()
+    }
+    .context("model name")?
+    .to_string_lossy()
+    .into_owned();
     let mut rows: Vec<Row> = Vec::new();
     for setup in &args.setups {
         let (p, d) = parse_setup(setup)?;
@@ -329,6 +370,7 @@ pub async fn run(args: PdArgs) -> anyhow::Result<()> {
                 (format!("aggregated x{}", p + d), (0, 0, p + d)),
                 (format!("{p}P{d}D"), (p, d, 0)),
             ] {
+                let label = format!("{} {label}", args.engine);
                 eprintln!("pd: {label}, {workload} workload ...");
                 let cluster = start_cluster(
                     &args,

@@ -42,7 +42,7 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60.
 def tierkv_bin() -> Path:
     path = REPO / "target" / "release" / "tierkv"
     if not path.exists():
-        subprocess.run(["cargo", "build", "--release", "-p", "tierkv-engine", "--bin", "tierkv"], cwd=REPO, check=True)
+        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=REPO, check=True)
     return path
 
 
@@ -166,6 +166,8 @@ def prompts(hf_model):
         "p3_300": make(3, 300),
         "p4": make(4, 200),
         "p5": make(5, 330),
+        # Fresh prompts for the frontend's tests (no worker has seen them before).
+        **{f"f{i}": make(10 + i, 300 + 40 * i) for i in range(10)},
     }
 
 

@@ -169,15 +169,14 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         None if http_addr.ip().is_unspecified() => "127.0.0.1".to_string(),
         None => http_addr.ip().to_string(),
     };
-    let spec = WorkerSpec {
-        name: args
-            .name
+    let spec = WorkerSpec::tierkv(
+        args.name
             .clone()
             .unwrap_or_else(|| format!("{role}-{}", http_addr.port())),
         role,
-        http: format!("http://{host}:{}", http_addr.port()),
-        blocks: Some(format!("{host}:{}", blocks_addr.port())),
-    };
+        format!("http://{host}:{}", http_addr.port()),
+        Some(format!("{host}:{}", blocks_addr.port())),
+    );
     let worker = PdWorker::new(
         engine.clone(),
         disagg,

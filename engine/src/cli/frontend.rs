@@ -51,11 +51,12 @@ fn read_file(path: &Path) -> anyhow::Result<FrontendConfig> {
 }
 
 /// Builds a frontend from `config` (plus etcd endpoints, if any) for the model at
-/// `model`.
+/// `model`; `block_token` authenticates it to the workers' block services.
 pub async fn start(
     model: &Path,
     served_model_name: Option<String>,
     mut config: FrontendConfig,
+    block_token: Option<String>,
 ) -> anyhow::Result<Frontend> {
     let path = model.to_path_buf();
     // Tokenizer, template and shape only: the frontend never runs the model.
@@ -72,7 +73,7 @@ pub async fn start(
         let client = EtcdClient::connect(&etcd.endpoints).await?;
         discovery.push(Box::new(EtcdDiscovery::new(client, etcd.prefix.clone())));
     }
-    let frontend = Frontend::start(text.codec, text.config, id, &config, discovery)?;
+    let frontend = Frontend::start(text.codec, text.config, id, &config, discovery, block_token)?;
     // Answer only once the listed workers joined: a request routed before would find
     // no worker.
     let deadline = std::time::Instant::now() + wait;
@@ -103,7 +104,15 @@ pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {
         etcd.prefix = args.etcd_prefix.clone();
         config.etcd = Some(etcd);
     }
-    let frontend = start(&args.model, args.served_model_name.clone(), config).await?;
+    // The block services' token (vLLM workers' TierkvConnector reads the same).
+    let block_token = std::env::var("TIERKV_TOKEN").ok().filter(|t| !t.is_empty());
+    let frontend = start(
+        &args.model,
+        args.served_model_name.clone(),
+        config,
+        block_token,
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -4,8 +4,10 @@ pub mod blocks;
 pub mod config;
 pub mod engine;
 pub mod frontend;
+pub mod register;
 pub mod serve;
 pub mod up;
+pub mod vllm_worker;
 
 use std::path::PathBuf;
 

@@ -24,6 +24,67 @@ pub struct WorkerSpec {
     pub http: String,
     /// Address of its block service, e.g. `10.0.0.5:9000`.
     pub blocks: Option<String>,
+    /// What runs there. Default `tierkv` (a `tierkv engine`).
+    #[serde(default, skip_serializing_if = "WorkerEngine::is_tierkv")]
+    pub engine: WorkerEngine,
+    /// vLLM workers: the canonical name of the KV namespace its TierkvConnector hashes
+    /// blocks in (TP rank 0; the connector logs it and writes it to its rendezvous
+    /// file), so that the frontend hashes prompts the same way. A tierkv engine says
+    /// it in `/internal/info` instead. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl WorkerSpec {
+    /// A tierkv engine worker.
+    pub fn tierkv(name: String, role: Role, http: String, blocks: Option<String>) -> WorkerSpec {
+        WorkerSpec {
+            name,
+            role,
+            http,
+            blocks,
+            engine: WorkerEngine::Tierkv,
+            namespace: None,
+        }
+    }
+}
+
+/// The engine behind a worker's HTTP address: it decides how the frontend talks to it.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerEngine {
+    /// `tierkv engine`: the internal API (`/internal/generate`, `/internal/load`); a
+    /// decode worker fetches remote prefills itself.
+    #[default]
+    Tierkv,
+    /// `vllm serve` with TierkvConnector: the OpenAI API with `kv_transfer_params`;
+    /// the frontend runs the prefill-then-decode flow and reads `/metrics` for load.
+    Vllm,
+}
+
+impl WorkerEngine {
+    pub fn is_tierkv(&self) -> bool {
+        *self == WorkerEngine::Tierkv
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WorkerEngine::Tierkv => "tierkv",
+            WorkerEngine::Vllm => "vllm",
+        }
+    }
+}
+
+impl std::str::FromStr for WorkerEngine {
+    type Err = crate::EngineError;
+    fn from_str(s: &str) -> crate::Result<WorkerEngine> {
+        match s {
+            "tierkv" => Ok(WorkerEngine::Tierkv),
+            "vllm" => Ok(WorkerEngine::Vllm),
+            other => Err(crate::EngineError::Config(format!(
+                "engine {other:?}: expected tierkv or vllm"
+            ))),
+        }
+    }
 }
 
 /// A change in the set of workers.

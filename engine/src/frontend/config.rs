@@ -23,6 +23,44 @@ pub struct FrontendConfig {
     pub workers: Vec<WorkerSpec>,
     /// Discover workers in etcd as well. Default: no etcd.
     pub etcd: Option<EtcdConfig>,
+    /// Conditional disaggregation for decode workers that leave it to the frontend
+    /// (vLLM); tierkv decode workers apply their own `[disagg]`.
+    pub prefill: PrefillConfig,
+}
+
+/// `[frontend.prefill]`: when the frontend has a prefill worker compute a vLLM decode
+/// worker's prompt.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefillConfig {
+    /// Only when at least this many prompt tokens are not in the decode worker's
+    /// store; shorter or mostly cached prompts are computed there. Default 512.
+    pub remote_prefill_min_tokens: usize,
+    /// Skip a prefill worker with more requests than this queued or running; with
+    /// every one over it, the decode worker computes the prompt. Default 4.
+    pub max_prefill_queue: usize,
+    /// A prefill request not answered within this many milliseconds is given up and
+    /// the decode worker computes the prompt. Default 30000.
+    pub prefill_timeout_ms: u64,
+}
+
+impl Default for PrefillConfig {
+    fn default() -> Self {
+        PrefillConfig {
+            remote_prefill_min_tokens: crate::pd::DEFAULT_REMOTE_PREFILL_MIN_TOKENS,
+            max_prefill_queue: crate::pd::DEFAULT_MAX_PREFILL_QUEUE,
+            prefill_timeout_ms: crate::pd::DEFAULT_PREFILL_TIMEOUT_MS,
+        }
+    }
+}
+
+impl PrefillConfig {
+    pub fn policy(&self) -> crate::pd::PrefillPolicy {
+        crate::pd::PrefillPolicy {
+            remote_prefill_min_tokens: self.remote_prefill_min_tokens,
+            max_prefill_queue: self.max_prefill_queue,
+        }
+    }
 }
 
 impl Default for FrontendConfig {
@@ -34,6 +72,7 @@ impl Default for FrontendConfig {
             worker_start_timeout_s: 60,
             workers: Vec::new(),
             etcd: None,
+            prefill: PrefillConfig::default(),
         }
     }
 }
@@ -48,6 +87,11 @@ impl FrontendConfig {
         if self.load_poll_ms == 0 {
             return Err(EngineError::Config(
                 "frontend.load_poll_ms must be positive".into(),
+            ));
+        }
+        if self.prefill.prefill_timeout_ms == 0 {
+            return Err(EngineError::Config(
+                "frontend.prefill.prefill_timeout_ms must be positive".into(),
             ));
         }
         let mut names = std::collections::HashSet::new();

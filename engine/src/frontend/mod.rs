@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tierkv_kvstore::hash_blocks;
 
-pub use config::FrontendConfig;
+pub use config::{FrontendConfig, PrefillConfig};
 pub use registry::Registry;
 
 use self::registry::PrefillReservation;
@@ -44,17 +44,20 @@ struct Inner {
     deciding: std::sync::Mutex<()>,
     http: reqwest::Client,
     metrics: Arc<FrontendMetrics>,
+    prefill: PrefillConfig,
 }
 
 impl Frontend {
     /// A frontend for the model `model_id` (tokenized by `codec`) that learns its
-    /// workers from `discovery`. Must be called inside a tokio runtime.
+    /// workers from `discovery`; `block_token` is the bearer token of the workers'
+    /// block services, if they ask for one. Must be called inside a tokio runtime.
     pub fn start(
         codec: TextCodec,
         model_config: ModelConfig,
         model_id: String,
         config: &FrontendConfig,
         discovery: Vec<Box<dyn Discovery>>,
+        block_token: Option<String>,
     ) -> Result<Frontend> {
         config.validate()?;
         let http = reqwest::Client::builder()
@@ -69,6 +72,7 @@ impl Frontend {
             Arc::clone(&metrics),
             Duration::from_millis(config.load_poll_ms),
             Duration::from_secs(config.worker_start_timeout_s),
+            block_token,
         );
         for d in discovery {
             registry.follow(d.watch());
@@ -87,6 +91,7 @@ impl Frontend {
                 deciding: std::sync::Mutex::new(()),
                 http,
                 metrics,
+                prefill: config.prefill.clone(),
             }),
         })
     }
@@ -177,12 +182,18 @@ impl Frontend {
                 (idx, reservation, candidates[idx].clone())
             };
             tried[idx] = true;
+            let cx = worker_client::Context {
+                http: &i.http,
+                metrics: &i.metrics,
+                prefill: &i.prefill,
+            };
+            let block = ns.layout().block_size as usize;
             match worker_client::start(
-                &i.http,
+                &cx,
                 reservation,
                 prefill_reservation.take(),
                 &wire,
-                Arc::clone(&i.metrics),
+                candidate.overlap_blocks * block,
             )
             .await
             {

@@ -13,6 +13,7 @@ use tierkv_kvstore::{BlockHash, Namespace, StoreEventKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::worker_client::{self, InfoPoll};
 use crate::discovery::{Change, WorkerSpec};
 use crate::metrics::FrontendMetrics;
 use crate::pd::{Role, WorkerInfo, WorkerLoad};
@@ -149,6 +150,8 @@ pub struct Registry {
     metrics: Arc<FrontendMetrics>,
     load_poll: Duration,
     start_timeout: Duration,
+    /// Bearer token for the workers' block services, if they ask for one.
+    block_token: Option<String>,
 }
 
 impl Registry {
@@ -158,6 +161,7 @@ impl Registry {
         metrics: Arc<FrontendMetrics>,
         load_poll: Duration,
         start_timeout: Duration,
+        block_token: Option<String>,
     ) -> Arc<Registry> {
         Arc::new(Registry {
             workers: RwLock::new(BTreeMap::new()),
@@ -167,6 +171,7 @@ impl Registry {
             metrics,
             load_poll,
             start_timeout,
+            block_token,
         })
     }
 
@@ -247,10 +252,10 @@ impl Registry {
     /// serves this model with the same KV layout as the others, and starts following
     /// its blocks and its queue.
     async fn add(self: Arc<Self>, spec: WorkerSpec) {
-        let info = match self.info(&spec).await {
-            Some(i) => i,
-            None => {
-                tracing::warn!(worker = %spec.name, http = %spec.http, "worker never answered /internal/info; ignored");
+        let (info, ns) = match self.info(&spec).await {
+            Ok(i) => i,
+            Err(why) => {
+                tracing::warn!(worker = %spec.name, http = %spec.http, engine = spec.engine.as_str(), "{why}; ignored");
                 return;
             }
         };
@@ -258,18 +263,11 @@ impl Registry {
             tracing::warn!(worker = %spec.name, model = %info.model_id, expected = %self.model_id, "worker serves another model; ignored");
             return;
         }
-        let ns = match Namespace::new(info.model_id.clone(), info.layout) {
-            Ok(ns) => ns,
-            Err(e) => {
-                tracing::warn!(worker = %spec.name, error = %e, "worker's KV layout is invalid; ignored");
-                return;
-            }
-        };
         {
             let mut current = self.namespace.write().unwrap_or_else(|p| p.into_inner());
             match &*current {
                 Some(c) if c.name() != ns.name() => {
-                    tracing::warn!(worker = %spec.name, layout = %ns.name(), expected = %c.name(), "worker's KV layout differs from the cluster's; ignored");
+                    tracing::warn!(worker = %spec.name, namespace = %ns.name(), expected = %c.name(), "worker's KV namespace differs from the cluster's; ignored");
                     return;
                 }
                 Some(_) => {}
@@ -299,30 +297,20 @@ impl Registry {
         self.update_gauges();
     }
 
-    async fn info(&self, spec: &WorkerSpec) -> Option<WorkerInfo> {
+    /// Asks a joining worker who it is until it answers or the start timeout passes.
+    async fn info(&self, spec: &WorkerSpec) -> Result<(WorkerInfo, Namespace), String> {
         let deadline = Instant::now() + self.start_timeout;
         while Instant::now() < deadline {
-            let got = self
-                .http
-                .get(format!("{}/internal/info", spec.http))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            if let Ok(r) = got
-                && r.status().is_success()
-                && let Ok(b) = r.bytes().await
-            {
-                match serde_json::from_slice::<WorkerInfo>(&b) {
-                    Ok(i) => return Some(i),
-                    Err(e) => {
-                        tracing::warn!(worker = %spec.name, error = %e, "bad /internal/info");
-                        return None;
-                    }
-                }
+            match worker_client::info(&self.http, spec).await {
+                InfoPoll::Ready(found) => return Ok(*found),
+                InfoPoll::Refused(why) => return Err(why),
+                InfoPoll::NotYet => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        None
+        Err(format!(
+            "worker did not answer within {:?}",
+            self.start_timeout
+        ))
     }
 
     fn poll_load(&self, worker: std::sync::Weak<Worker>) -> JoinHandle<()> {
@@ -330,17 +318,9 @@ impl Registry {
         tokio::spawn(async move {
             loop {
                 let Some(w) = worker.upgrade() else { return };
-                let url = format!("{}/internal/load", w.spec.http);
+                let spec = w.spec.clone();
                 drop(w);
-                let got = http.get(url).timeout(period * 5).send().await;
-                let load = match got {
-                    Ok(r) => r
-                        .bytes()
-                        .await
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<WorkerLoad>(&b).ok()),
-                    Err(_) => None,
-                };
+                let load = worker_client::load(&http, &spec, period * 5).await;
                 let Some(w) = worker.upgrade() else { return };
                 w.reachable.store(load.is_some(), Ordering::Relaxed);
                 if let Some(load) = load {
@@ -353,8 +333,10 @@ impl Registry {
 
     fn watch_blocks(&self, worker: std::sync::Weak<Worker>, addr: String) -> JoinHandle<()> {
         let metrics = Arc::clone(&self.metrics);
+        let mut config = BlockClientConfig::new(addr.clone());
+        config.token = self.block_token.clone();
         tokio::spawn(async move {
-            let client = match BlockClient::new(BlockClientConfig::new(addr.clone())) {
+            let client = match BlockClient::new(config) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(addr, error = %e, "cannot watch a worker's blocks");

@@ -77,7 +77,7 @@ impl ModelConfig {
 }
 
 /// `config.json` of a Hugging Face Qwen3 directory (the fields the engine uses).
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub(crate) struct HfQwen3Config {
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -100,7 +100,7 @@ pub(crate) struct HfQwen3Config {
     pub architectures: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum EosIds {
     One(u32),
@@ -118,6 +118,21 @@ fn default_max_positions() -> usize {
 }
 
 impl HfQwen3Config {
+    /// The shape of a directory whose text side alone is needed (a frontend tokenizes
+    /// and counts; it never runs the model): Llama directories are read too.
+    pub fn to_text_config(&self) -> Result<ModelConfig> {
+        if self.architectures.iter().any(|a| a == "LlamaForCausalLM") {
+            let mut c = Self {
+                architectures: Vec::new(),
+                ..self.clone()
+            }
+            .to_model_config()?;
+            c.architecture = Architecture::Llama;
+            return Ok(c);
+        }
+        self.to_model_config()
+    }
+
     pub fn to_model_config(&self) -> Result<ModelConfig> {
         if !self.architectures.is_empty()
             && !self.architectures.iter().any(|a| a == "Qwen3ForCausalLM")

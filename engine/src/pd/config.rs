@@ -65,18 +65,32 @@ pub struct DisaggConfig {
     pub prefill_timeout_ms: u64,
 }
 
+/// Defaults shared by `[disagg]` (tierkv decode workers) and `[frontend.prefill]`
+/// (the frontend choosing for vLLM decode workers).
+pub const DEFAULT_REMOTE_PREFILL_MIN_TOKENS: usize = 512;
+pub const DEFAULT_MAX_PREFILL_QUEUE: usize = 4;
+pub const DEFAULT_PREFILL_TIMEOUT_MS: u64 = 30_000;
+
 impl Default for DisaggConfig {
     fn default() -> Self {
         DisaggConfig {
             role: Role::Aggregated,
-            remote_prefill_min_tokens: 512,
-            max_prefill_queue: 4,
-            prefill_timeout_ms: 30_000,
+            remote_prefill_min_tokens: DEFAULT_REMOTE_PREFILL_MIN_TOKENS,
+            max_prefill_queue: DEFAULT_MAX_PREFILL_QUEUE,
+            prefill_timeout_ms: DEFAULT_PREFILL_TIMEOUT_MS,
         }
     }
 }
 
 impl DisaggConfig {
+    /// The conditional-disaggregation thresholds.
+    pub fn policy(&self) -> super::PrefillPolicy {
+        super::PrefillPolicy {
+            remote_prefill_min_tokens: self.remote_prefill_min_tokens,
+            max_prefill_queue: self.max_prefill_queue,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.prefill_timeout_ms == 0 {
             return Err(EngineError::Config(

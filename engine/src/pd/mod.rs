@@ -14,6 +14,7 @@
 //! locally: the tokens are the same either way.
 
 mod config;
+mod decision;
 pub mod internal_api;
 mod remote_prefill;
 
@@ -22,7 +23,11 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub use config::{DisaggConfig, Role};
+pub use config::{
+    DEFAULT_MAX_PREFILL_QUEUE, DEFAULT_PREFILL_TIMEOUT_MS, DEFAULT_REMOTE_PREFILL_MIN_TOKENS,
+    DisaggConfig, Role,
+};
+pub use decision::{LocalReason, PrefillDecision, PrefillPolicy, decide};
 use remote_prefill::{RemotePrefill, ToPrefillWorkers};
 
 use crate::{Engine, FinishReason, GenEvent, GenerateRequest, Result, SamplingParams, Usage};

@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use tierkv_kvstore::service::{BlockClient, BlockClientConfig};
 use tierkv_kvstore::{BlockHash, Namespace, TierKind};
 
+use super::decision::{PrefillDecision, decide};
 use super::{DisaggConfig, PrefillCandidate, PrefillReply, WireRequest};
 use crate::metrics::EngineMetrics;
 use crate::scheduler::{PrefillElsewhere, Prefilled};
@@ -58,23 +59,17 @@ impl RemotePrefill {
         have: usize,
     ) -> Option<Prefilled> {
         let block = ns.layout().block_size as usize;
-        let uncached = req.prompt.len().saturating_sub(have * block);
-        if candidates.is_empty() {
-            self.decided("local_no_prefill_worker");
-            return None;
-        }
-        if uncached < self.config.remote_prefill_min_tokens {
-            self.decided("local_short");
-            return None;
-        }
-        // The frontend lists them best first (most overlap, then shortest queue).
-        let Some(target) = candidates
-            .iter()
-            .find(|c| c.queue <= self.config.max_prefill_queue)
-            .cloned()
-        else {
-            self.decided("local_busy");
-            return None;
+        let target = match decide(
+            &self.config.policy(),
+            req.prompt.len(),
+            have * block,
+            candidates,
+        ) {
+            PrefillDecision::Remote(c) => c.clone(),
+            PrefillDecision::Local(why) => {
+                self.decided(why.as_str());
+                return None;
+            }
         };
         if req.sampling.temperature > 0.0 && req.sampling.seed.is_none() {
             // Both workers must draw from the same generator.

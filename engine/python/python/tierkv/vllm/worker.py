@@ -132,7 +132,10 @@ class WorkerSide:
             addr = self.store.serve(self.cfg.serve_addr, token=token)
         self._rendezvous_file = rendezvous.path(self.cfg.rendezvous_dir, self.engine_id, self.tp_rank)
         rendezvous.publish(
-            self._rendezvous_file, {"namespace": info, "addr": addr, "token": token, "pid": os.getpid()}
+            self._rendezvous_file,
+            # `namespace_name`: what a tierkv frontend hashes this worker's prompts in
+            # (`tierkv register` reads it from here).
+            {"namespace": info, "namespace_name": self.namespace.name, "addr": addr, "token": token, "pid": os.getpid()},
         )
         self._reported = self._snapshot()
         logger.info(
