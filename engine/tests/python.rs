@@ -55,6 +55,5 @@ fn python_package() {
 
 #[test]
 fn vllm_connector() {
-    // One after the other: each vLLM process takes ~5 GB.
-    pytest(&["test_vllm.py", "test_vllm_pd.py", "test_vllm_up.py"]);
+    pytest(&["test_vllm.py", "test_vllm_pd.py"]);
 }
