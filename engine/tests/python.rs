@@ -55,5 +55,6 @@ fn python_package() {
 
 #[test]
 fn vllm_connector() {
-    pytest(&["test_vllm.py", "test_vllm_pd.py"]);
+    // One after the other: each vLLM process takes ~5 GB.
+    pytest(&["test_vllm.py", "test_vllm_pd.py", "test_vllm_up.py"]);
 }
