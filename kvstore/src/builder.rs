@@ -115,15 +115,15 @@ impl TieredStoreBuilder {
     pub async fn build(self) -> Result<TieredStore> {
         let slot_bytes = self.slot_bytes;
         let mut tiers: Vec<(Arc<dyn Tier>, TierPolicy)> = Vec::new();
-        let mut shared_host = None;
+        let mut top_host = None;
         for (pending, policy) in self.tiers {
             let tier: Arc<dyn Tier> = match pending {
                 PendingTier::Host(mut c) => {
                     c.slot_bytes = slot_bytes;
                     let shared = c.shared;
                     let host = HostTier::new(c)?;
-                    if tiers.is_empty() && shared {
-                        shared_host = Some(host.clone());
+                    if tiers.is_empty() {
+                        top_host = Some((host.clone(), shared));
                     }
                     Arc::new(host)
                 }
@@ -147,6 +147,6 @@ impl TieredStoreBuilder {
             };
             tiers.push((tier, policy));
         }
-        TieredStore::build(tiers, self.options, shared_host).await
+        TieredStore::build(tiers, self.options, top_host).await
     }
 }

@@ -40,6 +40,10 @@ pub enum PyTierkvError {
     /// An operation the kind of store cannot do (e.g. `serve` on a sidecar client).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A GPU copy that could not run (no GPU, a bad address, a driver error).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(tierkv_tiers::TierError),
     #[error("the store is closed")]
     Closed,
     #[error("cannot start the tokio runtime: {0}")]

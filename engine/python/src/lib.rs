@@ -6,6 +6,9 @@
 //!   `tierkv serve` sidecar (`Store.connect`), with the same methods: put / get /
 //!   contains / lookup / stats, whole-block copies to and from caller memory, and
 //!   background saves.
+//! - `gpu` (feature `cuda`): an engine's KV cache tensors on a GPU (`GpuKv`), offloaded
+//!   into the host tier and onboarded back by the transfer engine (`save_gpu`,
+//!   `load_gpu`).
 //! - [`memory`]: caller memory regions (e.g. a KV cache tensor) registered once, so that
 //!   every copy to or from an address is bounds-checked instead of trusted.
 //!
@@ -15,6 +18,9 @@
 mod backend;
 mod counters;
 mod error;
+#[cfg(feature = "cuda")]
+mod gpu;
+mod logging;
 mod memory;
 mod namespace;
 mod runtime;
@@ -31,6 +37,12 @@ fn _tierkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memory::register_memory, m)?)?;
     m.add_function(wrap_pyfunction!(memory::unregister_memory, m)?)?;
     m.add_function(wrap_pyfunction!(namespace::namespace_id, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::init_logging, m)?)?;
+    #[cfg(feature = "cuda")]
+    {
+        m.add_class::<gpu::PyGpuKv>()?;
+        m.add_function(wrap_pyfunction!(gpu::gpu_available, m)?)?;
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

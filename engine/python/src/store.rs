@@ -343,6 +343,77 @@ impl PyStore {
         })
     }
 
+    /// GPU `save`: offloads blocks `[(hash, block_id)]` of `kv` (an engine's KV cache on
+    /// a GPU) and stores them in the background. The copies run on the GPU after the
+    /// work queued so far on `stream` (the engine's current CUDA stream; 0: the default
+    /// stream) and have finished when this returns, so the blocks may be reused; with an
+    /// embedded store they land straight in (pinned) host-tier slots. Returns how many
+    /// blocks were queued, as `save`.
+    #[cfg(feature = "cuda")]
+    #[pyo3(signature = (ns, kv, blocks, stream = 0))]
+    fn save_gpu(
+        &self,
+        py: Python<'_>,
+        ns: &PyNamespace,
+        kv: &crate::gpu::PyGpuKv,
+        blocks: Vec<(u128, u32)>,
+        stream: usize,
+    ) -> PyResult<usize> {
+        let n = blocks.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let t0 = Instant::now();
+        let landed =
+            py.detach(|| crate::gpu::offload(&self.backend, &ns.ns, kv, &blocks, stream))?;
+        IoCounters::add_time(&self.counters.save_nanos, t0.elapsed());
+        Ok(if self.saver.enqueue(ns.ns.clone(), landed) {
+            n
+        } else {
+            0
+        })
+    }
+
+    /// GPU `load`: onboards the leading blocks of `[(hash, block_id)]` the store holds
+    /// into `kv` and returns how many, as `load` (a missing or untrusted block ends the
+    /// run; the caller recomputes from there). The copies run on the GPU after the work
+    /// queued so far on `stream` and have landed when this returns.
+    #[cfg(feature = "cuda")]
+    #[pyo3(signature = (ns, kv, blocks, stream = 0))]
+    fn load_gpu(
+        &self,
+        py: Python<'_>,
+        ns: &PyNamespace,
+        kv: &crate::gpu::PyGpuKv,
+        blocks: Vec<(u128, u32)>,
+        stream: usize,
+    ) -> PyResult<usize> {
+        if blocks.is_empty() {
+            return Ok(0);
+        }
+        let t0 = Instant::now();
+        let loaded =
+            match py.detach(|| crate::gpu::onboard(&self.backend, &ns.ns, kv, &blocks, stream)) {
+                Ok(n) => n,
+                // Bad arguments are the caller's to see; a failed fetch or copy is a miss.
+                Err(e @ (PyTierkvError::RangeSize { .. } | PyTierkvError::Argument(_))) => {
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns.ns.name(), error = %e, "GPU load failed");
+                    0
+                }
+            };
+        let c = &self.counters;
+        c.loaded_blocks.fetch_add(loaded as u64, Relaxed);
+        c.loaded_bytes
+            .fetch_add((loaded * kv.block_bytes_of()) as u64, Relaxed);
+        c.load_failed
+            .fetch_add((blocks.len() - loaded) as u64, Relaxed);
+        IoCounters::add_time(&c.load_nanos, t0.elapsed());
+        Ok(loaded)
+    }
+
     /// Waits until every block `save` queued before this call is stored; returns false
     /// if `timeout_s` passed first.
     #[pyo3(signature = (timeout_s = None))]

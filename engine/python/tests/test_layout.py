@@ -8,7 +8,7 @@ import ctypes
 import pytest
 import torch
 
-from tierkv.vllm.layout import block_map
+from tierkv.layout import block_map
 
 N, B, H, D, LAYERS = 6, 16, 2, 8, 3
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
-use tierkv_tiers::{BlockKey, HostTier, PutOutcome, Tier, TierError};
+use tierkv_tiers::{BlockKey, HostTier, PutOutcome, StagedSlot, Tier, TierError};
 use tokio::sync::broadcast;
 
 use crate::config::EvictPolicy;
@@ -47,8 +47,9 @@ pub(crate) struct Inner {
     seq: AtomicU64,
     /// Woken whenever an eviction or a put finishes, for puts waiting for room.
     room: tokio::sync::Notify,
-    /// The top tier, when it is a host tier with a shared (memfd) slab.
-    shared_host: Option<HostTier>,
+    /// The top tier when it is a host tier, and whether its slab is shared (memfd)
+    /// with same-host clients.
+    top_host: Option<(HostTier, bool)>,
 }
 
 /// The tiered KV block store. Cheap to clone (shared state).
@@ -66,7 +67,7 @@ impl TieredStore {
     pub(crate) async fn build(
         tiers: Vec<(Arc<dyn Tier>, TierPolicy)>,
         options: StoreOptions,
-        shared_host: Option<HostTier>,
+        top_host: Option<(HostTier, bool)>,
     ) -> Result<TieredStore> {
         if tiers.is_empty() || tiers.len() > 8 {
             return Err(KvStoreError::Config(format!(
@@ -114,7 +115,7 @@ impl TieredStore {
                 events,
                 seq: AtomicU64::new(0),
                 room: tokio::sync::Notify::new(),
-                shared_host,
+                top_host,
             }),
         };
         if let Some(queue) = promotion_queue {
@@ -280,6 +281,27 @@ impl TieredStore {
         entry.counters.evictions.fetch_add(1, Relaxed);
         self.emit(StoreEventKind::Removed, t, victim);
         Ok(())
+    }
+
+    /// A slot of the top host tier for an in-place writer (the GPU offload path copies
+    /// a block straight into it; a `put` of [`StagedSlot::into_bytes`] then adopts it),
+    /// evicting (and demoting) the least recently used block when none is free. `None`
+    /// when the top tier is not a host tier or nothing can be evicted.
+    pub async fn stage_top(&self) -> Result<Option<StagedSlot>> {
+        let Some((host, _)) = self.inner.top_host.as_ref() else {
+            return Ok(None);
+        };
+        for _ in 0..8 {
+            if let Some(slot) = host.stage() {
+                return Ok(Some(slot));
+            }
+            let victim = lock(&self.inner.index).victim(0);
+            match victim {
+                Some(v) => self.evict(0, v).await?,
+                None => return Ok(None),
+            }
+        }
+        Ok(host.stage())
     }
 
     /// Whether a tier below `t` that takes puts already holds `key`.
@@ -544,7 +566,17 @@ impl TieredStore {
 
     /// The top tier when its slab is shared with same-host clients.
     pub fn shared_host(&self) -> Option<&HostTier> {
-        self.inner.shared_host.as_ref()
+        self.inner
+            .top_host
+            .as_ref()
+            .and_then(|(host, shared)| shared.then_some(host))
+    }
+
+    /// The top tier when it is a host tier: a same-process writer (the GPU offload
+    /// path) stages slots there and fills them in place, and a `put` of the staged
+    /// bytes adopts the slot without a copy. Pinned when the slab is pinned.
+    pub fn top_host(&self) -> Option<&HostTier> {
+        self.inner.top_host.as_ref().map(|(host, _)| host)
     }
 
     /// Largest payload a put accepts.

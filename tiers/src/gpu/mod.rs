@@ -6,9 +6,12 @@
 //! binary built with the feature runs on machines without a GPU (everything here then
 //! reports [`TierError::Gpu`] instead of working, and the host tier stays unpinned).
 //!
-//! - [`HbmPool`]: device memory for KV blocks in the two layouts engines use
+//! - [`DeviceBlocks`]: KV blocks in device memory as the transfer engine sees them —
+//!   each block is pieces of one size at known addresses. Two implementations:
+//!   [`HbmPool`], device memory tierkv allocates in the two layouts engines use
 //!   ([`GpuLayout::LayerSeparate`], as vLLM and SGLang keep it, and
-//!   [`GpuLayout::BlockContiguous`]).
+//!   [`GpuLayout::BlockContiguous`]), and [`EngineKv`], an engine's own KV cache tensors
+//!   (vLLM's, from `register_kv_caches`) described by where each block's pieces lie.
 //! - [`TransferEngine`]: offload (HBM -> pinned host) and onboard (pinned host -> HBM) of
 //!   scattered blocks, converting between the GPU layout and the store's block layout
 //!   with gather/scatter kernels compiled at run time by NVRTC into a staging buffer,
@@ -20,6 +23,7 @@
 //!   transfer of one round overlapped with the disk I/O of the previous.
 
 pub mod disk_path;
+mod engine_kv;
 mod kernels;
 mod pinned;
 mod pool;
@@ -28,14 +32,36 @@ mod transfer;
 use std::sync::{Arc, OnceLock};
 
 pub use cudarc::driver::CudaContext;
+use cudarc::driver::sys::CUdeviceptr;
+pub use engine_kv::{EngineKv, PieceGroup};
 pub use pinned::{PinMethod, PinnedBuffer, register_host, touch_pages, unregister_host};
 pub use pool::{BlockGeometry, GpuLayout, HbmPool};
-pub use transfer::{TransferConfig, TransferEngine, TransferStats};
+pub use transfer::{EngineStream, TransferConfig, TransferEngine, TransferStats};
 
 use crate::{Result, TierError};
 
 pub(crate) fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> TierError + '_ {
     move |e| TierError::Gpu(format!("{what}: {e}"))
+}
+
+/// KV blocks in device memory as the [`TransferEngine`] reads and writes them: block
+/// `b` is [`pieces_per_block`](Self::pieces_per_block) pieces of
+/// [`piece_bytes`](Self::piece_bytes) each, and in the store's block layout they follow
+/// one another in piece order. One piece per block means the block is one contiguous run
+/// (copied directly); more are gathered and scattered by kernels, so every piece address
+/// and size must be a multiple of 16 bytes.
+pub trait DeviceBlocks: Send + Sync {
+    /// The context the memory belongs to.
+    fn context(&self) -> &Arc<CudaContext>;
+    fn num_blocks(&self) -> usize;
+    fn pieces_per_block(&self) -> usize;
+    fn piece_bytes(&self) -> usize;
+    /// Device address of piece `piece` of block `block`; an error outside the blocks.
+    fn piece_addr(&self, block: u32, piece: usize) -> Result<CUdeviceptr>;
+    /// Bytes of one block in the store's layout.
+    fn block_bytes(&self) -> usize {
+        self.pieces_per_block() * self.piece_bytes()
+    }
 }
 
 /// Whether a CUDA driver and at least one GPU are present.
@@ -46,6 +72,31 @@ pub fn cuda_available() -> bool {
     }
     cudarc::driver::result::init().is_ok()
         && cudarc::driver::result::device::get_count().is_ok_and(|n| n > 0)
+}
+
+/// The primary context of GPU `ordinal` (the one the CUDA runtime, and so PyTorch, uses
+/// for that device), shared by everything in this process.
+pub fn device_context(ordinal: usize) -> Result<Arc<CudaContext>> {
+    static CTXS: std::sync::Mutex<Vec<(usize, Arc<CudaContext>)>> =
+        std::sync::Mutex::new(Vec::new());
+    if ordinal == 0 {
+        return require_context();
+    }
+    if !cuda_available() {
+        return Err(TierError::Gpu(format!(
+            "GPU {ordinal}: no CUDA driver or no GPU on this machine (feature `cuda`)"
+        )));
+    }
+    let mut ctxs = CTXS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, c)) = ctxs.iter().find(|(o, _)| *o == ordinal) {
+        return Ok(Arc::clone(c));
+    }
+    let ctx = CudaContext::new(ordinal)
+        .map_err(|e| TierError::Gpu(format!("CUDA context of GPU {ordinal}: {e}")))?;
+    ctxs.push((ordinal, Arc::clone(&ctx)));
+    Ok(ctx)
 }
 
 /// The primary context of GPU 0, shared by everything in this process; `None` without

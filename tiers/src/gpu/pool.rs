@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaContext, result};
 
-use super::gpu_err;
+use super::{DeviceBlocks, gpu_err};
 use crate::{Result, TierError};
 
 /// How an engine keeps KV in HBM.
@@ -216,6 +216,37 @@ impl HbmPool {
                 .map_err(gpu_err("filling a block"))?;
         }
         Ok(())
+    }
+}
+
+impl DeviceBlocks for HbmPool {
+    fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+    /// Layer-separate: one piece per layer; block-contiguous: the whole block.
+    fn pieces_per_block(&self) -> usize {
+        match self.layout {
+            GpuLayout::LayerSeparate => self.geometry.num_layers,
+            GpuLayout::BlockContiguous => 1,
+        }
+    }
+    fn piece_bytes(&self) -> usize {
+        match self.layout {
+            GpuLayout::LayerSeparate => self.geometry.layer_bytes,
+            GpuLayout::BlockContiguous => self.geometry.block_bytes(),
+        }
+    }
+    fn piece_addr(&self, block: u32, piece: usize) -> Result<CUdeviceptr> {
+        match self.layout {
+            GpuLayout::LayerSeparate => self.piece_ptr(block, piece),
+            GpuLayout::BlockContiguous if piece == 0 => self.block_ptr(block),
+            GpuLayout::BlockContiguous => Err(TierError::Gpu(format!(
+                "a block-contiguous block is one piece, not {piece}"
+            ))),
+        }
     }
 }
 

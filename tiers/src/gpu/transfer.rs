@@ -18,7 +18,7 @@ use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg, resul
 use tokio::sync::Mutex;
 
 use super::kernels::{CHUNK_BYTES, Kernels, THREADS};
-use super::{GpuLayout, HbmPool, gpu_err};
+use super::{DeviceBlocks, gpu_err};
 use crate::{Result, TierError};
 
 /// Knobs of a [`TransferEngine`].
@@ -48,6 +48,69 @@ pub struct TransferStats {
 impl TransferStats {
     pub fn gb_per_s(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64() / 1e9
+    }
+}
+
+/// A stream of the engine's (for PyTorch, `torch.cuda.current_stream().cuda_stream`),
+/// so that a transfer is ordered after the work the engine queued on it.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineStream(sys::CUstream);
+
+// SAFETY: a stream handle is an opaque driver object usable from any thread with its
+// context bound.
+unsafe impl Send for EngineStream {}
+// SAFETY: as above; recording an event on it is thread-safe in the driver.
+unsafe impl Sync for EngineStream {}
+
+impl EngineStream {
+    /// # Safety
+    /// `raw` must be a live stream of the context the transfers use (0 is the legacy
+    /// default stream) for as long as this value is used.
+    pub unsafe fn from_raw(raw: usize) -> EngineStream {
+        EngineStream(raw as sys::CUstream)
+    }
+
+    /// Marks the work queued on the stream so far: a transfer given the event starts
+    /// after that work (the engine's forward pass that wrote the blocks, or that still
+    /// reads blocks about to be overwritten). Call it in the engine's thread, in order
+    /// with its launches.
+    pub fn record(&self, ctx: &Arc<CudaContext>) -> Result<EngineEvent> {
+        ctx.bind_to_thread()
+            .map_err(gpu_err("binding the context"))?;
+        let mut event: sys::CUevent = std::ptr::null_mut();
+        // SAFETY: an out-parameter on the stack; flags are a valid constant.
+        let r = unsafe {
+            sys::cuEventCreate(
+                &mut event,
+                sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
+            )
+        };
+        check(r, "creating an event")?;
+        let event = EngineEvent(event);
+        // SAFETY: `event` was just created in this context and `self.0` is a live stream
+        // of it (from_raw's contract); on error `event` is destroyed by its Drop.
+        check(
+            unsafe { sys::cuEventRecord(event.0, self.0) },
+            "recording an event on the engine's stream",
+        )?;
+        Ok(event)
+    }
+}
+
+/// An event recorded on an [`EngineStream`] (see [`EngineStream::record`]).
+#[derive(Debug)]
+pub struct EngineEvent(sys::CUevent);
+
+// SAFETY: an event handle is an opaque driver object, usable from any thread.
+unsafe impl Send for EngineEvent {}
+// SAFETY: as above; waiting on it does not mutate it.
+unsafe impl Sync for EngineEvent {}
+
+impl Drop for EngineEvent {
+    fn drop(&mut self) {
+        // SAFETY: created by cuEventCreate and destroyed once; the driver defers the
+        // release until queued waits on it are done.
+        let _ = unsafe { sys::cuEventDestroy_v2(self.0) };
     }
 }
 
@@ -142,18 +205,35 @@ impl TransferEngine {
         })
     }
 
+    /// The context this engine's streams and kernels belong to.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// Copies blocks `blocks` of `pool` into `dst` (one slice of one block each, in the
     /// store's layout). `dst` should be pinned memory: pageable memory works, slowly.
     pub async fn offload(
         &self,
-        pool: &HbmPool,
+        pool: &dyn DeviceBlocks,
         blocks: &[u32],
         dst: &mut [&mut [u8]],
+    ) -> Result<TransferStats> {
+        self.offload_after(pool, blocks, dst, None).await
+    }
+
+    /// [`offload`](Self::offload), started on the GPU only after the work `after`
+    /// marks (the forward pass that wrote the blocks).
+    pub async fn offload_after(
+        &self,
+        pool: &dyn DeviceBlocks,
+        blocks: &[u32],
+        dst: &mut [&mut [u8]],
+        after: Option<&EngineEvent>,
     ) -> Result<TransferStats> {
         let ptrs: Vec<usize> = dst.iter_mut().map(|d| d.as_mut_ptr() as usize).collect();
         let lens: Vec<usize> = dst.iter().map(|d| d.len()).collect();
         // `dst` stays mutably borrowed until the copies completed (or were waited for).
-        self.run(Direction::Offload, pool, blocks, &ptrs, &lens)
+        self.run(Direction::Offload, pool, blocks, &ptrs, &lens, after)
             .await
     }
 
@@ -161,26 +241,44 @@ impl TransferEngine {
     /// `pool`.
     pub async fn onboard(
         &self,
-        pool: &HbmPool,
+        pool: &dyn DeviceBlocks,
         blocks: &[u32],
         src: &[&[u8]],
     ) -> Result<TransferStats> {
+        self.onboard_after(pool, blocks, src, None).await
+    }
+
+    /// [`onboard`](Self::onboard), started on the GPU only after the work `after`
+    /// marks (kernels that may still read the blocks being overwritten).
+    pub async fn onboard_after(
+        &self,
+        pool: &dyn DeviceBlocks,
+        blocks: &[u32],
+        src: &[&[u8]],
+        after: Option<&EngineEvent>,
+    ) -> Result<TransferStats> {
         let ptrs: Vec<usize> = src.iter().map(|s| s.as_ptr() as usize).collect();
         let lens: Vec<usize> = src.iter().map(|s| s.len()).collect();
-        self.run(Direction::Onboard, pool, blocks, &ptrs, &lens)
+        self.run(Direction::Onboard, pool, blocks, &ptrs, &lens, after)
             .await
     }
 
     async fn run(
         &self,
         dir: Direction,
-        pool: &HbmPool,
+        pool: &dyn DeviceBlocks,
         blocks: &[u32],
         host: &[usize],
         lens: &[usize],
+        after: Option<&EngineEvent>,
     ) -> Result<TransferStats> {
-        let g = pool.geometry();
-        let block_bytes = g.block_bytes();
+        if !Arc::ptr_eq(pool.context(), &self.ctx) {
+            return Err(TierError::Gpu(
+                "the blocks belong to another GPU than this transfer engine's".into(),
+            ));
+        }
+        let (pieces_per_block, piece_bytes) = (pool.pieces_per_block(), pool.piece_bytes());
+        let block_bytes = pool.block_bytes();
         if host.len() != blocks.len() {
             return Err(TierError::Gpu(format!(
                 "{} blocks but {} host buffers",
@@ -210,11 +308,18 @@ impl TransferEngine {
         let stream = Arc::clone(&lane.stream);
         let cu_stream = stream.cu_stream();
         let guard = FinishOnDrop(Some(&stream));
-        match pool.layout() {
-            GpuLayout::BlockContiguous => {
+        if let Some(event) = after {
+            // SAFETY: a live lane stream and a live recorded event of this context.
+            check(
+                unsafe { sys::cuStreamWaitEvent(cu_stream, event.0, 0) },
+                "ordering after the engine's stream",
+            )?;
+        }
+        match pieces_per_block {
+            1 => {
                 let mut pairs = Vec::with_capacity(blocks.len());
                 for (&b, &h) in blocks.iter().zip(host) {
-                    pairs.push((h, pool.block_ptr(b)?));
+                    pairs.push((h, pool.piece_addr(b, 0)?));
                 }
                 // SAFETY: every device address is one block inside the pool; every host
                 // address is a buffer of exactly one block that the caller keeps
@@ -222,15 +327,15 @@ impl TransferEngine {
                 // completed (or `guard` synchronised it).
                 unsafe { copy_runs(&dir, &pairs, block_bytes, cu_stream) }?;
             }
-            GpuLayout::LayerSeparate => {
+            _ => {
                 let per_round = (self.config.staging_bytes / block_bytes).max(1);
                 lane.staging
                     .ensure(per_round.min(blocks.len()).max(1) * block_bytes)?;
                 // Every piece's device address, in store order, uploaded once.
-                let mut table = Vec::with_capacity(blocks.len() * g.num_layers);
+                let mut table = Vec::with_capacity(blocks.len() * pieces_per_block);
                 for &b in blocks {
-                    for layer in 0..g.num_layers {
-                        table.push(pool.piece_ptr(b, layer)?);
+                    for piece in 0..pieces_per_block {
+                        table.push(pool.piece_addr(b, piece)?);
                     }
                 }
                 // The previous transfer on this lane may still read the table.
@@ -243,18 +348,14 @@ impl TransferEngine {
                 let staging = lane.staging.ptr;
                 for (round, chunk) in blocks.chunks(per_round).enumerate() {
                     let first = round * per_round;
-                    let table_at = lane.table.ptr + (first * g.num_layers * 8) as u64;
-                    let pieces = (chunk.len() * g.num_layers) as u32;
+                    let table_at = lane.table.ptr + (first * pieces_per_block * 8) as u64;
+                    let pieces = (chunk.len() * pieces_per_block) as u32;
                     let cfg = LaunchConfig {
-                        grid_dim: (
-                            pieces,
-                            (g.layer_bytes as u64).div_ceil(CHUNK_BYTES) as u32,
-                            1,
-                        ),
+                        grid_dim: (pieces, (piece_bytes as u64).div_ceil(CHUNK_BYTES) as u32, 1),
                         block_dim: (THREADS, 1, 1),
                         shared_mem_bytes: 0,
                     };
-                    let (piece_bytes, chunk_bytes) = (g.layer_bytes as u64, CHUNK_BYTES);
+                    let (piece_bytes, chunk_bytes) = (piece_bytes as u64, CHUNK_BYTES);
                     let pairs: Vec<(usize, CUdeviceptr)> = host[first..first + chunk.len()]
                         .iter()
                         .enumerate()
@@ -276,9 +377,10 @@ impl TransferEngine {
                         .arg(&piece_bytes)
                         .arg(&chunk_bytes);
                     // SAFETY: the kernel reads `pieces` addresses from the table (all
-                    // inside the pool, checked by piece_ptr) and `pieces * piece_bytes`
-                    // bytes of staging (it holds `per_round` blocks); piece_bytes is a
-                    // multiple of 16 and every address 16-byte aligned (validated).
+                    // inside the blocks, checked by piece_addr) and `pieces * piece_bytes`
+                    // bytes of staging (it holds `per_round` blocks); with more than one
+                    // piece per block, piece_bytes is a multiple of 16 and every address
+                    // 16-byte aligned (validated by HbmPool and EngineKv).
                     unsafe { launch.launch(cfg) }
                         .map_err(gpu_err("launching a transfer kernel"))?;
                     if let Direction::Offload = dir {
@@ -338,12 +440,12 @@ impl TransferEngine {
     /// block) straight from the pool into `dst`. Small pieces make this slow.
     pub async fn offload_per_piece(
         &self,
-        pool: &HbmPool,
+        pool: &dyn DeviceBlocks,
         blocks: &[u32],
         dst: &mut [&mut [u8]],
     ) -> Result<TransferStats> {
-        let g = pool.geometry();
-        if dst.len() != blocks.len() || dst.iter().any(|d| d.len() != g.block_bytes()) {
+        let piece_bytes = pool.piece_bytes();
+        if dst.len() != blocks.len() || dst.iter().any(|d| d.len() != pool.block_bytes()) {
             return Err(TierError::Gpu("one host block per block is needed".into()));
         }
         let lane = self.offload.lock().await;
@@ -353,15 +455,15 @@ impl TransferEngine {
         let started = Instant::now();
         let guard = FinishOnDrop(Some(&lane.stream));
         for (&b, d) in blocks.iter().zip(dst.iter_mut()) {
-            for (layer, piece) in d.chunks_exact_mut(g.layer_bytes).enumerate() {
-                let src = pool.piece_ptr(b, layer)?;
+            for (i, piece) in d.chunks_exact_mut(piece_bytes).enumerate() {
+                let src = pool.piece_addr(b, i)?;
                 // SAFETY: `src` is one piece inside the pool and `piece` is exactly as
                 // long, borrowed until the stream completed (or `guard` synchronised).
                 let r = unsafe {
                     sys::cuMemcpyDtoHAsync_v2(
                         piece.as_mut_ptr().cast(),
                         src,
-                        g.layer_bytes,
+                        piece_bytes,
                         lane.stream.cu_stream(),
                     )
                 };
@@ -372,7 +474,7 @@ impl TransferEngine {
         std::mem::forget(guard);
         Ok(TransferStats {
             blocks: blocks.len(),
-            bytes: blocks.len() * g.block_bytes(),
+            bytes: blocks.len() * pool.block_bytes(),
             elapsed: started.elapsed(),
         })
     }

@@ -7,6 +7,9 @@
 - ``connect(addr)``: a client of a ``tierkv serve`` sidecar; the same methods.
 - ``register_memory(addr, nbytes)`` / ``register_tensor(t)``: memory that whole-block
   copies (``put_from``, ``get_into``, ``save``, ``load``) may read and write.
+- ``gpu_kv(kv_caches, num_blocks)``: an engine's KV cache tensors on a GPU, for
+  ``Store.save_gpu`` / ``Store.load_gpu`` (the transfer engine gathers and scatters the
+  blocks on the GPU; ``gpu_available()`` says whether this machine can).
 - ``tierkv.vllm.TierkvConnector``: the vLLM KV connector.
 
 Every I/O call releases the GIL; errors are ``TierkvError`` with the Rust message.
@@ -18,6 +21,7 @@ import json
 import os
 from typing import Any
 
+from . import _tierkv
 from ._tierkv import (
     Namespace,
     Store,
@@ -34,12 +38,19 @@ __all__ = [
     "TierkvError",
     "__version__",
     "connect",
+    "gpu_available",
+    "gpu_kv",
     "namespace_id",
     "open_store",
     "register_memory",
     "register_tensor",
     "unregister_memory",
 ]
+
+# The Rust side's logs (store, block service, clients) go to stderr when TIERKV_LOG
+# holds a filter (e.g. ``info``, ``tierkv_kvstore=debug``); off otherwise.
+if os.environ.get("TIERKV_LOG"):
+    _tierkv.init_logging(os.environ["TIERKV_LOG"])
 
 #: Bytes of copied blocks ``save`` may keep waiting for storage (256 MiB).
 DEFAULT_SAVE_QUEUE_BYTES = 256 << 20
@@ -109,3 +120,38 @@ def register_tensor(tensor: Any) -> tuple[int, int]:
     addr, nbytes = storage.data_ptr(), storage.nbytes()
     register_memory(addr, nbytes)
     return addr, nbytes
+
+
+def gpu_available() -> bool:
+    """Whether this build and machine can copy blocks to and from GPU memory."""
+    probe = getattr(_tierkv, "gpu_available", None)
+    return bool(probe and probe())
+
+
+def gpu_kv(kv_caches: Any, num_blocks: int) -> Any:
+    """Describes an engine's KV cache tensors on one GPU (vLLM's ``kv_caches``: a dict of
+    layer name -> tensor, or a list) for ``Store.save_gpu`` / ``Store.load_gpu``.
+
+    Any layout with a dense block dimension of size ``num_blocks`` works
+    (FlashAttention's ``[2, N, B, H, D]``, FlashInfer's ``[N, 2, B, H, D]``, per-layer
+    views of a cross-layer tensor): a block is its pieces in layer order, the same bytes
+    as the CPU path's ``save``/``load`` ranges. The tensors are kept alive by the result.
+    """
+    from .layout import block_map
+
+    tensors = list(kv_caches.values()) if isinstance(kv_caches, dict) else list(kv_caches)
+    if not tensors:
+        raise TierkvError("gpu_kv: no KV cache tensors")
+    devices = {t.device for t in tensors}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        raise TierkvError(f"gpu_kv: the tensors must all be on one CUDA device, not {devices}")
+    if not hasattr(_tierkv, "GpuKv"):
+        raise TierkvError("gpu_kv: this tierkv build has no GPU support (feature `cuda`)")
+    try:
+        bmap = block_map({str(i): t for i, t in enumerate(tensors)}, num_blocks)
+    except ValueError as e:
+        raise TierkvError(str(e)) from None
+    groups = [(lr.base + outer, lr.block_stride) for lr in bmap.layers for outer in lr.outers]
+    piece = bmap.layers[0].run_bytes
+    device = next(iter(devices)).index or 0
+    return _tierkv.GpuKv(device, groups, piece, num_blocks, tensors)

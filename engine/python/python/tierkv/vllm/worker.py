@@ -18,7 +18,7 @@ import tierkv
 
 from . import rendezvous
 from .config import ConnectorConfig
-from .layout import BlockMap, block_map
+from ..layout import BlockMap, block_map
 from .metadata import TierkvMetadata
 
 # A child of vLLM's logger: its handler, format and level (VLLM_LOGGING_LEVEL).
