@@ -169,7 +169,7 @@ fn counter(text: &str, name: &str) -> f64 {
 
 /// (seconds moving KV into decode workers, their TTFT seconds) summed over the decode
 /// workers. tierkv: fetches from prefill workers. vLLM: the connector's load time
-/// (every load from a store, peer loads included), over vLLM's own TTFT.
+/// (loads from its own store and from prefill workers), over vLLM's own TTFT.
 async fn transfer_seconds(http: &reqwest::Client, urls: &[String], vllm: bool) -> (f64, f64) {
     let (mut fetch, mut ttft) = (0.0, 0.0);
     for u in urls {
@@ -180,7 +180,8 @@ async fn transfer_seconds(http: &reqwest::Client, urls: &[String], vllm: bool) -
             continue;
         };
         if vllm {
-            fetch += counter(&text, "tierkv_vllm_load_seconds_total");
+            fetch += counter(&text, "tierkv_vllm_load_seconds_total")
+                + counter(&text, "tierkv_vllm_peer_load_seconds_total");
             ttft += histogram_sum(&text, "vllm:time_to_first_token_seconds");
         } else {
             fetch += histogram_sum(&text, "tierkv_engine_peer_fetch_seconds");

@@ -55,7 +55,7 @@ def test_decode_worker_fetches_the_prefill_workers_blocks(cluster, prompts):
         assert cached(decoded) == full_blocks(len(prompt)), (name, decoded.get("usage"))
         assert decoded["choices"][0]["text"] == local["choices"][0]["text"], name
     assert decode.metric("tierkv_vllm_peer_loaded_blocks_total") >= 2 + 3 + 1
-    assert decode.metric("tierkv_vllm_peer_load_failures_total") == 0
+    assert decode.metric("tierkv_vllm_peer_load_failures_total") == 0, decode.tierkv_log()
     # The decode worker's request log: one line per request, lengths and chain hashes.
     lines = [json.loads(l) for l in decode.request_log.read_text().splitlines()]
     assert [l["input_length"] for l in lines] == [len(prompts[n]) for n in ("p1", "p3", "p2")]

@@ -53,7 +53,8 @@ class Server:
              "--kv-transfer-config", json.dumps(transfer)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+            # TIERKV_LOG: the connector's Rust side logs its warnings into the same log.
+            env={"TIERKV_LOG": "warn", **os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
             # Its own process group: `kill` takes vLLM's engine processes down with it.
             start_new_session=True,
         )
@@ -77,6 +78,11 @@ class Server:
 
     def metric(self, name: str) -> float:
         return metric(self.port, name)
+
+    def tierkv_log(self) -> str:
+        """The lines of this worker's log that tierkv wrote (connector and Rust side)."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(l for l in lines if "tierkv" in l.lower() or " WARN " in l)[-4000:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -26,6 +26,7 @@ PROM_COUNTERS = {
     "tierkv_vllm_save_failures_total": ("save_failed", "KV blocks whose store failed"),
     "tierkv_vllm_peer_loaded_blocks_total": ("peer_loaded_blocks", "KV blocks loaded from prefill workers' block services"),
     "tierkv_vllm_peer_load_failures_total": ("peer_load_failed", "KV blocks a prefill worker could not deliver (recomputed)"),
+    "tierkv_vllm_peer_load_seconds_total": ("peer_load_seconds", "Time spent loading KV blocks from prefill workers"),
 }
 TIER_HITS = "tierkv_vllm_tier_hits_total"
 

@@ -2,7 +2,11 @@
 layout from ``register_kv_caches``, opens the store (embedded, serving its lookups to the
 scheduler) or connects to the sidecar, loads planned blocks whole before the forward
 pass, and saves completed blocks without stalling it (their bytes are copied out at
-the end of the step and stored in the background)."""
+the end of the step and stored in the background).
+
+A KV cache on the CPU is copied through registered memory ranges; one on a GPU through
+the transfer engine (``Store.save_gpu`` / ``load_gpu``: gather/scatter kernels into the
+pinned host tier), ordered after the work queued on the forward pass's stream."""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ _STORE_IO_KEYS = (
     "load_failed",
     "load_seconds",
 )
-_IO_KEYS = (*_STORE_IO_KEYS, "peer_loaded_blocks", "peer_load_failed")
+_IO_KEYS = (*_STORE_IO_KEYS, "peer_loaded_blocks", "peer_load_failed", "peer_load_seconds")
 
 
 class WorkerSide:
@@ -50,6 +54,8 @@ class WorkerSide:
         #: Blocks loaded from prefill workers, and loads of them that failed.
         self.peer_loaded_blocks = 0
         self.peer_load_failed = 0
+        #: Seconds the finished loads from prefill workers took (fetch and copy).
+        self.peer_load_seconds = 0.0
         self.vllm_config = vllm_config
         self.engine_id = engine_id
         self.tp_rank = tp_rank
@@ -58,6 +64,8 @@ class WorkerSide:
         self.blocks: BlockMap | None = None
         self._salted: dict[str, tierkv.Namespace] = {}
         self._regions: list[int] = []
+        #: The KV cache as the GPU transfer engine sees it, when it is on a GPU.
+        self.gpu_kv: Any = None
         self._invalid: set[int] = set()
         self._reported: dict[str, Any] = {}
         self._reported_at = 0.0
@@ -91,19 +99,19 @@ class WorkerSide:
                 f"{self.namespace.block_bytes} bytes, but the KV cache tensors hold "
                 f"{self.blocks.block_bytes} per block (layout {self.blocks.signature})"
             )
-        seen = set()
-        for t in kv_caches.values():
-            storage = t.untyped_storage()
-            if storage.data_ptr() in seen:
-                continue
-            seen.add(storage.data_ptr())
-            if first.device.type != "cpu":
-                raise ValueError(
-                    "TierkvConnector copies between the store and CPU KV caches; "
-                    f"this KV cache is on {first.device}"
-                )
-            tierkv.register_memory(storage.data_ptr(), storage.nbytes())
-            self._regions.append(storage.data_ptr())
+        if first.device.type == "cuda":
+            self.gpu_kv = tierkv.gpu_kv(kv_caches, num_blocks)
+        elif first.device.type != "cpu":
+            raise ValueError(f"TierkvConnector copies KV caches on the CPU or a CUDA GPU, not on {first.device}")
+        else:
+            seen = set()
+            for t in kv_caches.values():
+                storage = t.untyped_storage()
+                if storage.data_ptr() in seen:
+                    continue
+                seen.add(storage.data_ptr())
+                tierkv.register_memory(storage.data_ptr(), storage.nbytes())
+                self._regions.append(storage.data_ptr())
         if self.cfg.sidecar:
             self.store = tierkv.connect(
                 self.cfg.sidecar,
@@ -163,6 +171,23 @@ class WorkerSide:
         assert self.blocks is not None
         return [(h, self.blocks.ranges(b)) for h, b in zip(t.hashes[self.tp_rank], t.block_ids)]
 
+    def _load(self, store: tierkv.Store, t: Any, stream: int | None = None) -> int:
+        """Loads a transfer's leading blocks from `store` into the KV cache; how many."""
+        ns = self._ns(t.cache_salt)
+        if self.gpu_kv is None:
+            return store.load(ns, self._blocks(t))
+        blocks = list(zip(t.hashes[self.tp_rank], t.block_ids))
+        return store.load_gpu(ns, self.gpu_kv, blocks, _current_stream() if stream is None else stream)
+
+    def _save(self, t: Any) -> None:
+        assert self.store is not None
+        ns = self._ns(t.cache_salt)
+        if self.gpu_kv is None:
+            self.store.save(ns, self._blocks(t))
+        else:
+            blocks = list(zip(t.hashes[self.tp_rank], t.block_ids))
+            self.store.save_gpu(ns, self.gpu_kv, blocks, _current_stream())
+
     def start_load_kv(self, meta: TierkvMetadata) -> None:
         if self.store is None or self.blocks is None:
             return
@@ -171,9 +196,9 @@ class WorkerSide:
             if t.peer_addrs is not None:
                 self._start_peer_load(t)
                 continue
-            blocks = self._blocks(t)
+            blocks = t.block_ids
             try:
-                loaded = self.store.load(self._ns(t.cache_salt), blocks)
+                loaded = self._load(self.store, t)
             except tierkv.TierkvError as e:
                 logger.warning("TierkvConnector: load of %s failed: %s", t.req_id, e)
                 loaded = 0
@@ -194,7 +219,7 @@ class WorkerSide:
             self._active = True
             try:
                 # Copies the bytes out now; the store writes them in the background.
-                self.store.save(self._ns(t.cache_salt), self._blocks(t))
+                self._save(t)
             except tierkv.TierkvError as e:
                 logger.warning("TierkvConnector: save of %s failed: %s", t.req_id, e)
 
@@ -213,8 +238,13 @@ class WorkerSide:
         if self._peer_pool is None:
             self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tierkv-peer-load")
         addr = t.peer_addrs[self.tp_rank]
-        ns, blocks = self._ns(t.cache_salt), self._blocks(t)
-        future = self._peer_pool.submit(lambda: self._peer(addr).load(ns, blocks))
+        # On a GPU the copy is ordered after everything queued on the legacy default
+        # stream (blocks that were just freed may still be read by the last step).
+        def load() -> tuple[int, float]:
+            t0 = time.perf_counter()
+            return self._load(self._peer(addr), t, stream=0), time.perf_counter() - t0
+
+        future = self._peer_pool.submit(load)
         self._peer_loads[t.req_id] = (future, list(t.block_ids))
 
     def finished_peer_loads(self) -> set[str]:
@@ -228,7 +258,8 @@ class WorkerSide:
             done.add(req_id)
             self._active = True
             try:
-                loaded = int(future.result())
+                loaded, seconds = future.result()
+                self.peer_load_seconds += seconds
             except (tierkv.TierkvError, OSError, ValueError) as e:
                 logger.warning("TierkvConnector: load of %s from the prefill worker failed: %s", req_id, e)
                 loaded = 0
@@ -257,6 +288,7 @@ class WorkerSide:
         snap: dict[str, Any] = {k: s["io"][k] for k in _STORE_IO_KEYS}
         snap["peer_loaded_blocks"] = self.peer_loaded_blocks
         snap["peer_load_failed"] = self.peer_load_failed
+        snap["peer_load_seconds"] = self.peer_load_seconds
         snap["tier_hits"] = {t["name"]: t["hits"] for t in s["tiers"]}
         return snap
 
@@ -302,6 +334,13 @@ class WorkerSide:
         for addr in self._regions:
             tierkv.unregister_memory(addr)
         self._regions.clear()
+
+
+def _current_stream() -> int:
+    """The raw handle of torch's current CUDA stream (the forward pass's)."""
+    import torch
+
+    return torch.cuda.current_stream().cuda_stream
 
 
 def _backend_name(vllm_config: Any, layer_name: str) -> str:
