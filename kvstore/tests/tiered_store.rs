@@ -510,3 +510,55 @@ async fn the_builder_sets_one_slot_size_on_every_tier_and_demotes_like_a_config(
         Err(KvStoreError::Config(_))
     ));
 }
+
+/// An in-place writer (the GPU offload path) stages slots of the host tier, fills them,
+/// and the put adopts them without a copy; with no slot free, staging evicts (demotes)
+/// the least recently used block first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_host_slots_are_adopted_and_make_room_by_demoting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TieredStore::open(&config(dir.path(), "", false))
+        .await
+        .unwrap();
+    let (ns, hashes) = (ns(), chain(6, 3));
+    for (i, h) in hashes[..4].iter().enumerate() {
+        store.put(&ns, *h, block(i as u64)).await.unwrap();
+    }
+    assert_eq!(store.locate_prefix(&ns, &hashes[..4]), [0, 0, 0, 0]);
+    // Host is full (4 slots): staging demotes the oldest block to disk.
+    let slot = store.stage_top().await.unwrap().expect("a host slot");
+    assert_eq!(store.locate_prefix(&ns, &hashes[..4]), [1, 0, 0, 0]);
+    let want = block(100);
+    // SAFETY: the slot is staged for this test alone and holds 4 KiB.
+    unsafe { std::ptr::copy_nonoverlapping(want.as_ptr(), slot.as_mut_ptr(), want.len()) };
+    let offset = slot.offset();
+    let staged = slot.into_bytes(want.len());
+    assert_eq!(
+        store.put(&ns, hashes[4], staged).await.unwrap(),
+        PutOutcome::Stored
+    );
+    let got = store.get(&ns, hashes[4]).await.unwrap().unwrap();
+    assert_eq!(got, want);
+    let host = store.top_host().expect("the top tier is a host tier");
+    assert_eq!(
+        host.offset_of(&got),
+        Some(offset),
+        "the put adopted the staged slot: no copy"
+    );
+    assert!(
+        store.shared_host().is_none(),
+        "this host tier is not shared"
+    );
+    // A dropped staged slot goes back to the tier unused.
+    let before = store.stats().tiers[0].tier.blocks;
+    drop(store.stage_top().await.unwrap().expect("a host slot"));
+    assert_eq!(
+        store.stats().tiers[0].tier.blocks,
+        before - 1,
+        "staging made room"
+    );
+    assert!(
+        store.stage_top().await.unwrap().is_some(),
+        "the dropped slot is free again"
+    );
+}

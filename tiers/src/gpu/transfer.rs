@@ -21,6 +21,10 @@ use super::kernels::{CHUNK_BYTES, Kernels, THREADS};
 use super::{DeviceBlocks, gpu_err};
 use crate::{Result, TierError};
 
+/// How long a transfer's completion is polled before the wait moves to a blocking
+/// thread.
+const SPIN_BEFORE_BLOCKING: Duration = Duration::from_micros(200);
+
 /// Knobs of a [`TransferEngine`].
 #[derive(Clone, Debug)]
 pub struct TransferConfig {
@@ -147,11 +151,52 @@ impl Drop for DeviceBuf {
     }
 }
 
-/// One direction: its stream, staging buffer and piece-address table.
+/// Pinned host memory for the piece table, so that its upload is one asynchronous copy
+/// on the lane's stream (no host-side wait on the lane or on the engine's stream).
+struct HostTable {
+    ptr: *mut u64,
+    cap: usize,
+}
+
+impl HostTable {
+    /// Room for `n` addresses. Only called at the start of a transfer, when no queued
+    /// work reads the table (every transfer completes, or is synchronised, before it
+    /// releases its lane).
+    fn ensure(&mut self, n: usize) -> Result<&mut [u64]> {
+        if self.cap < n {
+            if self.cap > 0 {
+                // SAFETY: allocated below by malloc_host; nothing queued reads it.
+                let _ = unsafe { result::free_host(self.ptr.cast()) };
+                self.cap = 0;
+            }
+            let cap = n.next_power_of_two().max(512);
+            // SAFETY: a plain pinned allocation in the bound context.
+            let ptr = unsafe { result::malloc_host(cap * 8, 0) }
+                .map_err(gpu_err("allocating the pinned piece table"))?;
+            self.ptr = ptr.cast();
+            self.cap = cap;
+        }
+        // SAFETY: `ptr` holds `cap >= n` u64s, owned by this lane (behind its mutex).
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, n) })
+    }
+}
+
+impl Drop for HostTable {
+    fn drop(&mut self) {
+        if self.cap > 0 {
+            // SAFETY: allocated by malloc_host, freed once.
+            let _ = unsafe { result::free_host(self.ptr.cast()) };
+        }
+    }
+}
+
+/// One direction: its stream, staging buffer and piece-address table (on the device,
+/// and its pinned host copy).
 struct Lane {
     stream: Arc<CudaStream>,
     staging: DeviceBuf,
     table: DeviceBuf,
+    host_table: HostTable,
 }
 
 /// Synchronises a stream if a transfer is abandoned before it completed, so that no
@@ -174,7 +219,8 @@ pub struct TransferEngine {
     onboard: Mutex<Lane>,
 }
 
-// SAFETY: the lanes' device pointers are integers guarded by the mutexes; CUDA objects
+// SAFETY: the lanes' device pointers are integers and their pinned tables are owned
+// memory, all guarded by the mutexes; CUDA objects
 // are used with their context bound.
 unsafe impl Send for TransferEngine {}
 // SAFETY: as above.
@@ -194,6 +240,10 @@ impl TransferEngine {
                 stream: ctx.new_stream().map_err(gpu_err("creating a stream"))?,
                 staging: DeviceBuf { ptr: 0, len: 0 },
                 table: DeviceBuf { ptr: 0, len: 0 },
+                host_table: HostTable {
+                    ptr: std::ptr::null_mut(),
+                    cap: 0,
+                },
             }))
         };
         Ok(TransferEngine {
@@ -331,20 +381,35 @@ impl TransferEngine {
                 let per_round = (self.config.staging_bytes / block_bytes).max(1);
                 lane.staging
                     .ensure(per_round.min(blocks.len()).max(1) * block_bytes)?;
-                // Every piece's device address, in store order, uploaded once.
-                let mut table = Vec::with_capacity(blocks.len() * pieces_per_block);
+                // Every piece's device address, in store order, uploaded once by an
+                // asynchronous copy on the lane's stream: ordered after the wait for
+                // the engine's event, with no host-side wait.
+                let n = blocks.len() * pieces_per_block;
+                let host_table = lane.host_table.ensure(n)?;
+                let mut i = 0;
                 for &b in blocks {
                     for piece in 0..pieces_per_block {
-                        table.push(pool.piece_addr(b, piece)?);
+                        host_table[i] = pool.piece_addr(b, piece)?;
+                        i += 1;
                     }
                 }
-                // The previous transfer on this lane may still read the table.
-                stream.synchronize().map_err(gpu_err("stream"))?;
-                lane.table.ensure(table.len() * 8)?;
-                // SAFETY: the table buffer holds `table.len() * 8` bytes and no queued
-                // work reads it (synchronised above).
-                unsafe { result::memcpy_htod_sync(lane.table.ptr, &table) }
-                    .map_err(gpu_err("uploading the piece table"))?;
+                let host_table = host_table.as_ptr();
+                lane.table.ensure(n * 8)?;
+                // SAFETY: both tables hold `n * 8` bytes; no queued work touches them
+                // (the lane is idle when a transfer takes it, see HostTable::ensure),
+                // and the host table is not written again before this transfer
+                // completes (or `guard` synchronises the stream).
+                check(
+                    unsafe {
+                        sys::cuMemcpyHtoDAsync_v2(
+                            lane.table.ptr,
+                            host_table.cast(),
+                            n * 8,
+                            cu_stream,
+                        )
+                    },
+                    "uploading the piece table",
+                )?;
                 let staging = lane.staging.ptr;
                 for (round, chunk) in blocks.chunks(per_round).enumerate() {
                     let first = round * per_round;
@@ -485,6 +550,15 @@ impl TransferEngine {
         let event = stream
             .record_event(None)
             .map_err(gpu_err("recording an event"))?;
+        // Small transfers finish within microseconds: poll briefly before paying for a
+        // hop to a blocking thread.
+        let polled = Instant::now();
+        while polled.elapsed() < SPIN_BEFORE_BLOCKING {
+            if event.try_is_complete().map_err(gpu_err("transfer"))? {
+                return Ok(());
+            }
+            tokio::task::yield_now().await;
+        }
         let ctx = Arc::clone(&self.ctx);
         tokio::task::spawn_blocking(move || {
             ctx.bind_to_thread()?;
