@@ -236,7 +236,9 @@ class WorkerSide:
         """Fetches a request's blocks from the prefill worker of this rank into the KV
         cache in the background; `finished_peer_loads` reports it done."""
         if self._peer_pool is None:
-            self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tierkv-peer-load")
+            self._peer_pool = ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="tierkv-peer-load", initializer=_run_on_every_core
+            )
         addr = t.peer_addrs[self.tp_rank]
         # On a GPU the copy is ordered after everything queued on the legacy default
         # stream (blocks that were just freed may still be read by the last step).
@@ -334,6 +336,17 @@ class WorkerSide:
         for addr in self._regions:
             tierkv.unregister_memory(addr)
         self._regions.clear()
+
+
+def _run_on_every_core() -> None:
+    """vLLM's CPU backend binds its main thread to one core and threads started from it
+    inherit that core, where they starve behind the engine's busy threads: let this one
+    (a load thread) run anywhere."""
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        except OSError:
+            pass
 
 
 def _current_stream() -> int:
