@@ -82,7 +82,7 @@ impl PyGpuKv {
     }
 
     #[getter]
-    fn block_bytes(&self) -> usize {
+    pub(crate) fn block_bytes(&self) -> usize {
         self.kv.block_bytes()
     }
 
@@ -103,12 +103,6 @@ impl PyGpuKv {
             self.kv.pieces_per_block(),
             self.kv.piece_bytes()
         )
-    }
-}
-
-impl PyGpuKv {
-    pub fn block_bytes_of(&self) -> usize {
-        self.kv.block_bytes()
     }
 }
 

@@ -407,7 +407,7 @@ impl PyStore {
         let c = &self.counters;
         c.loaded_blocks.fetch_add(loaded as u64, Relaxed);
         c.loaded_bytes
-            .fetch_add((loaded * kv.block_bytes_of()) as u64, Relaxed);
+            .fetch_add((loaded * kv.block_bytes()) as u64, Relaxed);
         c.load_failed
             .fetch_add((blocks.len() - loaded) as u64, Relaxed);
         IoCounters::add_time(&c.load_nanos, t0.elapsed());
