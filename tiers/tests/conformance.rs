@@ -318,6 +318,77 @@ async fn disk_corruption_is_a_miss_never_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_slot_buffers_write_from_and_read_into_the_callers_memory() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tier = DiskTier::open(disk_config(dir.path())).unwrap();
+    // A buffer over the caller's own (4 KiB-aligned) memory, as the GPU path pins it.
+    let layout = std::alloc::Layout::from_size_align(2 * tier.slot_stride(), 4096).unwrap();
+    // SAFETY (test): freed at the end, after every buffer over it is dropped.
+    let region = unsafe { std::alloc::alloc_zeroed(layout) };
+    let mut mine = unsafe { tier.slot_buffer_in(region, tier.slot_stride()) }.unwrap();
+    let data = payload(7, 20_000);
+    mine.payload_mut()[..data.len()].copy_from_slice(&data);
+    let (mine, outcome) = tier.put_from_buffer(key(7), mine, data.len()).await;
+    assert_eq!(outcome.unwrap(), PutOutcome::Stored);
+    let mine = mine.expect("the buffer comes back");
+    // The written block is an ordinary block of the tier, and the buffer came back.
+    assert_eq!(tier.get(key(7)).await.unwrap().unwrap(), data);
+    let (mine, outcome) = tier.put_from_buffer(key(7), mine, data.len()).await;
+    assert_eq!(outcome.unwrap(), PutOutcome::AlreadyPresent);
+    let mine = mine.unwrap();
+
+    // Read back into another buffer (owned by the tier's allocator).
+    tier.put(key(8), payload(8, SLOT)).await.unwrap();
+    let other = tier.slot_buffer();
+    let (other, got) = tier.get_into_buffer(key(8), other).await;
+    assert_eq!(got.unwrap(), Some(SLOT));
+    let other = other.unwrap();
+    assert_eq!(&other.payload()[..SLOT], &payload(8, SLOT)[..]);
+    let (other, got) = tier.get_into_buffer(key(99), other).await;
+    assert_eq!(got.unwrap(), None, "a block the tier lacks");
+    let other = other.unwrap();
+
+    // A damaged block read into a buffer is a miss, never data, and is dropped.
+    let off = tier.slot_offset(key(7)).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tier.data_file())
+        .unwrap();
+    file.write_all_at(&[0xff ^ data[9]], off + 64 + 9).unwrap();
+    file.sync_all().unwrap();
+    let (mine, got) = tier.get_into_buffer(key(7), mine).await;
+    assert_eq!(got.unwrap(), None);
+    assert_eq!(tier.stats().corrupt_blocks, 1);
+    assert!(!tier.contains(key(7)).await.unwrap());
+
+    // Bad lengths and buffers are errors, not partial writes.
+    let (other, r) = tier.put_from_buffer(key(9), other, 0).await;
+    assert!(matches!(r, Err(TierError::Empty(_))));
+    let (other, r) = tier.put_from_buffer(key(9), other.unwrap(), SLOT + 1).await;
+    assert!(matches!(r, Err(TierError::TooLarge { .. })));
+    assert!(other.is_some(), "a refused buffer comes back");
+    assert!(!tier.contains(key(9)).await.unwrap());
+    assert!(unsafe { tier.slot_buffer_in(region.add(8), tier.slot_stride()) }.is_err());
+    assert!(unsafe { tier.slot_buffer_in(region, tier.slot_stride() - 4096) }.is_err());
+    let small = DiskTier::open(DiskTierConfig {
+        path: dir.path().join("small"),
+        slot_bytes: 4000,
+        capacity_bytes: 1 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let (back, r) = tier.get_into_buffer(key(8), small.slot_buffer()).await;
+    assert!(
+        r.is_err() && back.is_some(),
+        "a buffer of a tier with smaller slots is refused"
+    );
+    drop(mine);
+    // SAFETY (test): no buffer over the region is alive any more.
+    unsafe { std::alloc::dealloc(region, layout) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_refuses_a_file_of_the_wrong_size_or_geometry() {
     let dir = tempfile::tempdir().unwrap();
     let config = disk_config(dir.path());

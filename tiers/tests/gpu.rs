@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use tierkv_tiers::gpu::{
-    BlockGeometry, CudaContext, GpuLayout, HbmPool, PinMethod, PinnedBuffer, TransferConfig,
-    TransferEngine, disk_path, require_context,
+    BlockGeometry, CudaContext, EngineStream, GpuLayout, HbmPool, PinMethod, PinnedBuffer,
+    TransferConfig, TransferEngine, disk_path, require_context,
 };
 use tierkv_tiers::{BlockKey, DiskTier, DiskTierConfig, HostTier, HostTierConfig, Tier};
 
@@ -87,7 +87,14 @@ async fn round_trip(layout: GpuLayout, block_size: usize, staging_bytes: usize, 
     let g = BlockGeometry::new(4, block_size, 8, 128, 2);
     let n = 48;
     let (pool, truth) = random_pool(&ctx, layout, g, n, &mut rng);
-    let engine = TransferEngine::new(&ctx, TransferConfig { staging_bytes }).expect("engine");
+    let engine = TransferEngine::new(
+        &ctx,
+        TransferConfig {
+            staging_bytes,
+            ..TransferConfig::default()
+        },
+    )
+    .expect("engine");
     let subset = interleaved_subset(n, &mut rng);
     let bb = g.block_bytes();
     let mut host =
@@ -195,12 +202,8 @@ async fn hbm_to_disk_and_back() {
         ..DiskTierConfig::default()
     })
     .expect("disk tier");
-    let bb = g.block_bytes();
-    let mut bounce = [
-        PinnedBuffer::new(&ctx, 3 * bb, PinMethod::HostAlloc).expect("bounce"),
-        PinnedBuffer::new(&ctx, 3 * bb, PinMethod::MmapTouchRegister { threads: 4 })
-            .expect("bounce"),
-    ];
+    // Fewer staging slots than blocks: buffers are reused while others are on disk.
+    let mut staging = disk_path::DiskStaging::new(&ctx, &disk, 6).expect("staging");
     let blocks: Vec<u32> = (0..n as u32).rev().collect();
     let keys: Vec<BlockKey> = blocks
         .iter()
@@ -209,7 +212,7 @@ async fn hbm_to_disk_and_back() {
             hash: 1000 + b as u128,
         })
         .collect();
-    disk_path::hbm_to_disk(&engine, &pool, &blocks, &keys, &disk, &mut bounce)
+    disk_path::hbm_to_disk(&engine, &pool, &blocks, &keys, &disk, &mut staging)
         .await
         .expect("to disk");
     for (&b, &k) in blocks.iter().zip(&keys) {
@@ -220,7 +223,7 @@ async fn hbm_to_disk_and_back() {
         );
         pool.fill_block(b, 0).expect("scribble");
     }
-    disk_path::disk_to_hbm(&engine, &pool, &blocks, &keys, &disk, &mut bounce)
+    disk_path::disk_to_hbm(&engine, &pool, &blocks, &keys, &disk, &mut staging)
         .await
         .expect("from disk");
     for (b, want) in truth.iter().enumerate() {
@@ -229,6 +232,55 @@ async fn hbm_to_disk_and_back() {
             "block {b} after disk"
         );
     }
+    // A block the disk does not hold is an error, and the staging stays whole for
+    // the next transfer.
+    let missing = [BlockKey {
+        namespace: 1,
+        hash: 99_999,
+    }];
+    assert!(
+        disk_path::disk_to_hbm(&engine, &pool, &[0], &missing, &disk, &mut staging)
+            .await
+            .is_err()
+    );
+    // A damaged block on disk is refused, never copied into HBM.
+    let off = disk.slot_offset(keys[0]).expect("on disk");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk.data_file())
+        .expect("data file");
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x5a], off + 64 + 100).expect("damage");
+    file.sync_all().expect("sync");
+    pool.fill_block(blocks[0], 7).expect("scribble");
+    assert!(
+        disk_path::disk_to_hbm(
+            &engine,
+            &pool,
+            &blocks[..1],
+            &keys[..1],
+            &disk,
+            &mut staging
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        pool.read_block(blocks[0])
+            .expect("read")
+            .iter()
+            .all(|&x| x == 7),
+        "nothing of a damaged block reached HBM"
+    );
+    disk_path::disk_to_hbm(
+        &engine,
+        &pool,
+        &blocks[1..],
+        &keys[1..],
+        &disk,
+        &mut staging,
+    )
+    .await
+    .expect("the staging is whole after errors");
 }
 
 #[test]
@@ -286,4 +338,54 @@ async fn consecutive_blocks_round_trip_through_merged_copies() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_wise_offload_lands_every_layer_of_every_block() {
+    let ctx = ctx();
+    let mut rng = Rng(13);
+    let g = BlockGeometry::new(6, 16, 8, 128, 2);
+    let n = 24;
+    let (pool, truth) = random_pool(&ctx, GpuLayout::LayerSeparate, g, n, &mut rng);
+    let engine = Arc::new(TransferEngine::new(&ctx, TransferConfig::default()).expect("engine"));
+    let subset = interleaved_subset(n, &mut rng);
+    let bb = g.block_bytes();
+    let stream = EngineStream::default_stream();
+    for round in 0..3 {
+        // More jobs than lanes, one after another, as consecutive steps.
+        let mut host =
+            PinnedBuffer::new(&ctx, subset.len() * bb, PinMethod::HostAlloc).expect("pinned");
+        let base = host.as_mut_ptr() as usize;
+        let addrs: Vec<usize> = (0..subset.len()).map(|i| base + i * bb).collect();
+        // SAFETY (test): `pool` outlives the job.
+        let mut job = unsafe { engine.begin_layered_offload(&pool, &subset, 1) }
+            .await
+            .expect("begin");
+        assert_eq!(job.layers(), 6);
+        // Layers in an odd order, one skipped (finish copies it), one twice.
+        for l in [3, 0, 5, 1, 3, 2] {
+            let ev = stream.record(&ctx).expect("event");
+            job.layer(l, &ev).expect("layer");
+        }
+        assert!(job.layer(6, &stream.record(&ctx).expect("event")).is_err());
+        let ev = stream.record(&ctx).expect("event");
+        // SAFETY (test): `host` outlives the copy and is not touched until it completed.
+        let in_flight = unsafe { job.finish(&ev, &stream, &addrs) }.expect("finish");
+        let stats = in_flight.wait().await.expect("wait");
+        assert_eq!(stats.bytes, subset.len() * bb);
+        for (i, &b) in subset.iter().enumerate() {
+            assert!(
+                host.as_slice()[i * bb..(i + 1) * bb] == truth[b as usize][..],
+                "round {round}: block {b}"
+            );
+        }
+    }
+    // A block pool of one run per block has no layers to save one by one.
+    let contiguous = HbmPool::new(&ctx, GpuLayout::BlockContiguous, g, 2).expect("pool");
+    // SAFETY (test): refused before any copy is queued.
+    assert!(
+        unsafe { engine.begin_layered_offload(&contiguous, &[0], 1) }
+            .await
+            .is_err()
+    );
 }

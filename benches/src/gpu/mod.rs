@@ -325,11 +325,9 @@ async fn disk_round_trip(
         io_threads: args.disk_io_threads.max(1),
         ..DiskTierConfig::default()
     })?;
-    let round = (64 << 20) / bb * bb;
-    let mut bounce = [
-        PinnedBuffer::new(ctx, round.max(bb), PinMethod::HostAlloc)?,
-        PinnedBuffer::new(ctx, round.max(bb), PinMethod::HostAlloc)?,
-    ];
+    // Twice the I/O the tier keeps in flight: half on disk, half being copied.
+    let in_flight = DiskTierConfig::default().queue_depth as usize * args.disk_io_threads.max(1);
+    let mut staging = disk_path::DiskStaging::new(ctx, &disk, 2 * in_flight)?;
     let blocks = scattered(n, n, 7);
     let keys: Vec<BlockKey> = blocks
         .iter()
@@ -338,8 +336,16 @@ async fn disk_round_trip(
             hash: 1 + b as u128,
         })
         .collect();
-    let w = disk_path::hbm_to_disk(engine, &pool, &blocks, &keys, &disk, &mut bounce).await?;
-    let r = disk_path::disk_to_hbm(engine, &pool, &blocks, &keys, &disk, &mut bounce).await?;
+    let w = disk_path::hbm_to_disk(engine, &pool, &blocks, &keys, &disk, &mut staging).await?;
+    for b in 0..n as u32 {
+        pool.fill_block(b, 0)?;
+    }
+    let r = disk_path::disk_to_hbm(engine, &pool, &blocks, &keys, &disk, &mut staging).await?;
+    for b in 0..n as u32 {
+        if pool.read_block(b)?.iter().any(|&x| x != ((b as u8) | 1)) {
+            anyhow::bail!("disk round trip: block {b} came back different");
+        }
+    }
 
     // Baseline: the same bytes written and read with O_DIRECT in 16 MiB requests.
     let path = args.dir.join("o_direct.dat");

@@ -41,6 +41,7 @@ fn _tierkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(feature = "cuda")]
     {
         m.add_class::<gpu::PyGpuKv>()?;
+        m.add_class::<gpu::PyLayeredSave>()?;
         m.add_function(wrap_pyfunction!(gpu::gpu_available, m)?)?;
     }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -1,6 +1,10 @@
 //! Background saves: the caller's bytes are copied out at once, stored by one task in
 //! the order given; a full queue skips (and counts) instead of blocking the caller.
 
+#[cfg(feature = "cuda")]
+use std::future::Future;
+#[cfg(feature = "cuda")]
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
@@ -12,10 +16,22 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backend::Backend;
 use crate::counters::IoCounters;
 
+/// Blocks whose bytes are still on their way (a GPU copy in flight): the saving task
+/// waits for them, in queue order, then stores them.
+#[cfg(feature = "cuda")]
+pub type Deferred = Pin<Box<dyn Future<Output = Result<Vec<(u128, Bytes)>, String>> + Send>>;
+
 enum Job {
     Save {
         ns: Namespace,
         blocks: Vec<(u128, Bytes)>,
+        bytes: usize,
+    },
+    #[cfg(feature = "cuda")]
+    Deferred {
+        ns: Namespace,
+        blocks: Deferred,
+        count: usize,
         bytes: usize,
     },
     Flush(oneshot::Sender<()>),
@@ -36,6 +52,8 @@ impl std::fmt::Debug for Job {
             Job::Save { blocks, bytes, .. } => {
                 write!(f, "Save({} blocks, {bytes} B)", blocks.len())
             }
+            #[cfg(feature = "cuda")]
+            Job::Deferred { count, bytes, .. } => write!(f, "Deferred({count} blocks, {bytes} B)"),
             Job::Flush(_) => f.write_str("Flush"),
         }
     }
@@ -60,16 +78,29 @@ impl Saver {
                         let _ = done.send(());
                     }
                     Job::Save { ns, blocks, bytes } => {
-                        let n = blocks.len() as u64;
                         let t0 = Instant::now();
-                        match backend.put_many(&ns, blocks).await {
-                            Ok(_) => {}
+                        store(&backend, &task_counters, &ns, blocks).await;
+                        IoCounters::add_time(&task_counters.save_nanos, t0.elapsed());
+                        pending.fetch_sub(bytes, Relaxed);
+                    }
+                    #[cfg(feature = "cuda")]
+                    Job::Deferred {
+                        ns,
+                        blocks,
+                        count,
+                        bytes,
+                    } => {
+                        match blocks.await {
+                            Ok(blocks) => {
+                                let t0 = Instant::now();
+                                store(&backend, &task_counters, &ns, blocks).await;
+                                IoCounters::add_time(&task_counters.save_nanos, t0.elapsed());
+                            }
                             Err(e) => {
-                                task_counters.save_failed.fetch_add(n, Relaxed);
-                                tracing::warn!(namespace = %ns.name(), blocks = n, error = %e, "background save failed");
+                                task_counters.save_failed.fetch_add(count as u64, Relaxed);
+                                tracing::warn!(namespace = %ns.name(), blocks = count, error = %e, "background save failed");
                             }
                         }
-                        IoCounters::add_time(&task_counters.save_nanos, t0.elapsed());
                         pending.fetch_sub(bytes, Relaxed);
                     }
                 }
@@ -88,13 +119,7 @@ impl Saver {
     pub fn enqueue(&self, ns: Namespace, blocks: Vec<(u128, Bytes)>) -> bool {
         let bytes: usize = blocks.iter().map(|(_, d)| d.len()).sum();
         let n = blocks.len() as u64;
-        let admitted = self
-            .pending_bytes
-            .fetch_update(Relaxed, Relaxed, |p| {
-                (p + bytes <= self.limit_bytes || p == 0).then_some(p + bytes)
-            })
-            .is_ok();
-        if !admitted {
+        if !self.admit(bytes) {
             self.counters.save_skipped.fetch_add(n, Relaxed);
             return false;
         }
@@ -110,6 +135,49 @@ impl Saver {
         true
     }
 
+    /// Queues `count` blocks of `bytes` in all that `blocks` yields once their copy has
+    /// landed; when the queue holds too many bytes (or the task is gone) they are
+    /// counted skipped and `blocks` is handed back (it must still be awaited before the
+    /// memory it copies into is released).
+    #[cfg(feature = "cuda")]
+    pub fn enqueue_deferred(
+        &self,
+        ns: Namespace,
+        blocks: Deferred,
+        count: usize,
+        bytes: usize,
+    ) -> Result<(), Deferred> {
+        if !self.admit(bytes) {
+            self.counters.save_skipped.fetch_add(count as u64, Relaxed);
+            return Err(blocks);
+        }
+        let job = Job::Deferred {
+            ns,
+            blocks,
+            count,
+            bytes,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
+            self.pending_bytes.fetch_sub(bytes, Relaxed);
+            self.counters.save_skipped.fetch_add(count as u64, Relaxed);
+            return match job {
+                Job::Deferred { blocks, .. } => Err(blocks),
+                _ => Ok(()),
+            };
+        }
+        self.counters.saved_blocks.fetch_add(count as u64, Relaxed);
+        self.counters.saved_bytes.fetch_add(bytes as u64, Relaxed);
+        Ok(())
+    }
+
+    fn admit(&self, bytes: usize) -> bool {
+        self.pending_bytes
+            .fetch_update(Relaxed, Relaxed, |p| {
+                (p + bytes <= self.limit_bytes || p == 0).then_some(p + bytes)
+            })
+            .is_ok()
+    }
+
     /// Bytes waiting to be stored.
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes.load(Relaxed)
@@ -120,5 +188,18 @@ impl Saver {
         let (done, wait) = oneshot::channel();
         let _ = self.tx.send(Job::Flush(done));
         wait
+    }
+}
+
+async fn store(
+    backend: &Backend,
+    counters: &IoCounters,
+    ns: &Namespace,
+    blocks: Vec<(u128, Bytes)>,
+) {
+    let n = blocks.len() as u64;
+    if let Err(e) = backend.put_many(ns, blocks).await {
+        counters.save_failed.fetch_add(n, Relaxed);
+        tracing::warn!(namespace = %ns.name(), blocks = n, error = %e, "background save failed");
     }
 }

@@ -31,7 +31,7 @@ type BlockRanges = (u128, Vec<Range>);
 #[derive(Debug)]
 pub struct PyStore {
     backend: Arc<Backend>,
-    saver: Saver,
+    saver: Arc<Saver>,
     counters: Arc<IoCounters>,
 }
 
@@ -92,12 +92,12 @@ impl PyStore {
     fn new(backend: Backend, save_queue_bytes: usize) -> PyResult<PyStore> {
         let backend = Arc::new(backend);
         let counters = Arc::new(IoCounters::default());
-        let saver = Saver::start(
+        let saver = Arc::new(Saver::start(
             runtime()?,
             Arc::clone(&backend),
             Arc::clone(&counters),
             save_queue_bytes,
-        );
+        ));
         Ok(PyStore {
             backend,
             saver,
@@ -372,6 +372,30 @@ impl PyStore {
         } else {
             0
         })
+    }
+
+    /// Starts a layer-wise GPU save of `[(hash, block_id)]` (see `LayeredSave`): call
+    /// `layer(i, stream)` right after layer `i` wrote its K/V, then `finish(stream)`.
+    /// `None` when it cannot be done layer by layer (a layout whose blocks are one run,
+    /// more blocks than the layer-wise staging holds, a sidecar): use `save_gpu` at the
+    /// end of the step then.
+    #[cfg(feature = "cuda")]
+    fn begin_save_gpu(
+        &self,
+        py: Python<'_>,
+        ns: &PyNamespace,
+        kv: &crate::gpu::PyGpuKv,
+        blocks: Vec<(u128, u32)>,
+    ) -> PyResult<Option<crate::gpu::PyLayeredSave>> {
+        if blocks.is_empty() {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let job = py.detach(|| {
+            crate::gpu::begin_layered(&self.backend, &ns.ns, kv, &blocks, Arc::clone(&self.saver))
+        })?;
+        IoCounters::add_time(&self.counters.save_nanos, t0.elapsed());
+        Ok(job)
     }
 
     /// GPU `load`: onboards the leading blocks of `[(hash, block_id)]` the store holds

@@ -4,8 +4,9 @@
 //! arbitrary device addresses, and a contiguous staging buffer in which the pieces lie
 //! one after another in list order — the store's block layout when the list is
 //! (block 0 layer 0, block 0 layer 1, ..., block 1 layer 0, ...). `gather` copies pieces
-//! into staging, `scatter` back out. Grid: x = piece, y = 64 KiB chunk of the piece;
-//! each thread moves 16 bytes at a time.
+//! into staging, `scatter` back out; `copy_pieces` copies pieces between pairs of
+//! addresses (a layer of many blocks into their places in staging). Grid: x = piece,
+//! y = 64 KiB chunk of the piece; each thread moves 16 bytes at a time.
 
 use std::sync::Arc;
 
@@ -40,6 +41,19 @@ extern "C" __global__ void scatter_pieces(const u64* __restrict__ pieces, u64 st
     const u64 n = (end - begin) / 16;
     for (u64 i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
 }
+
+// Layer-wise saves: `pairs[2p]` is piece p's source, `pairs[2p + 1]` its destination.
+extern "C" __global__ void copy_pieces(const u64* __restrict__ pairs, u64 piece_bytes,
+                                       u64 chunk_bytes) {
+    const u64 piece = blockIdx.x;
+    const u64 begin = (u64)blockIdx.y * chunk_bytes;
+    u64 end = begin + chunk_bytes;
+    if (end > piece_bytes) end = piece_bytes;
+    const uint4* src = (const uint4*)(pairs[2 * piece] + begin);
+    uint4* dst = (uint4*)(pairs[2 * piece + 1] + begin);
+    const u64 n = (end - begin) / 16;
+    for (u64 i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+}
 "#;
 
 /// Bytes of a piece one thread block copies.
@@ -50,6 +64,8 @@ pub const THREADS: u32 = 256;
 pub struct Kernels {
     pub gather: CudaFunction,
     pub scatter: CudaFunction,
+    /// Copies pieces between addresses given in pairs (layer-wise saves).
+    pub copy_pairs: CudaFunction,
 }
 
 impl Kernels {
@@ -66,6 +82,9 @@ impl Kernels {
             scatter: module
                 .load_function("scatter_pieces")
                 .map_err(gpu_err("scatter_pieces"))?,
+            copy_pairs: module
+                .load_function("copy_pieces")
+                .map_err(gpu_err("copy_pieces"))?,
         })
     }
 }

@@ -17,6 +17,10 @@
 //!   with gather/scatter kernels compiled at run time by NVRTC into a staging buffer,
 //!   plus large asynchronous copies; one stream per direction; completion is a CUDA event
 //!   awaited from tokio.
+//! - [`LayeredOffload`]: one step's save, layer by layer while the forward pass runs:
+//!   each layer's pieces copied into staging as soon as the layer is written, whole
+//!   blocks to host during the next step; the engine's stream waits (on the GPU) only
+//!   until the pieces have been read.
 //! - [`PinnedBuffer`]: page-locked host memory, by `cuMemHostAlloc` or by mmap + parallel
 //!   first touch + `cuMemHostRegister`.
 //! - [`disk_path`]: HBM -> disk and disk -> HBM through pinned bounce buffers, the
@@ -25,6 +29,7 @@
 pub mod disk_path;
 mod engine_kv;
 mod kernels;
+mod layered;
 mod pinned;
 mod pool;
 mod transfer;
@@ -34,9 +39,10 @@ use std::sync::{Arc, OnceLock};
 pub use cudarc::driver::CudaContext;
 use cudarc::driver::sys::CUdeviceptr;
 pub use engine_kv::{EngineKv, PieceGroup};
+pub use layered::{LayeredOffload, OffloadInFlight};
 pub use pinned::{PinMethod, PinnedBuffer, register_host, touch_pages, unregister_host};
 pub use pool::{BlockGeometry, GpuLayout, HbmPool};
-pub use transfer::{EngineStream, TransferConfig, TransferEngine, TransferStats};
+pub use transfer::{EngineEvent, EngineStream, TransferConfig, TransferEngine, TransferStats};
 
 use crate::{Result, TierError};
 

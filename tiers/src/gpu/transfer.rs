@@ -31,12 +31,16 @@ pub struct TransferConfig {
     /// Device staging memory per direction (layer-separate pools); raised to one block
     /// if smaller. Default 256 MiB.
     pub staging_bytes: usize,
+    /// Device staging memory per layer-wise offload lane (two lanes): the most one
+    /// step's layer-wise save may hold. Default 512 MiB.
+    pub layered_staging_bytes: usize,
 }
 
 impl Default for TransferConfig {
     fn default() -> Self {
         TransferConfig {
             staging_bytes: 256 << 20,
+            layered_staging_bytes: 512 << 20,
         }
     }
 }
@@ -58,7 +62,7 @@ impl TransferStats {
 /// A stream of the engine's (for PyTorch, `torch.cuda.current_stream().cuda_stream`),
 /// so that a transfer is ordered after the work the engine queued on it.
 #[derive(Clone, Copy, Debug)]
-pub struct EngineStream(sys::CUstream);
+pub struct EngineStream(pub(super) sys::CUstream);
 
 // SAFETY: a stream handle is an opaque driver object usable from any thread with its
 // context bound.
@@ -74,6 +78,11 @@ impl EngineStream {
         EngineStream(raw as sys::CUstream)
     }
 
+    /// The legacy default stream (handle 0), valid in every context.
+    pub fn default_stream() -> EngineStream {
+        EngineStream(std::ptr::null_mut())
+    }
+
     /// Marks the work queued on the stream so far: a transfer given the event starts
     /// after that work (the engine's forward pass that wrote the blocks, or that still
     /// reads blocks about to be overwritten). Call it in the engine's thread, in order
@@ -81,6 +90,39 @@ impl EngineStream {
     pub fn record(&self, ctx: &Arc<CudaContext>) -> Result<EngineEvent> {
         ctx.bind_to_thread()
             .map_err(gpu_err("binding the context"))?;
+        let event = EngineEvent::new()?;
+        // SAFETY: `event` was just created in this context and `self.0` is a live stream
+        // of it (from_raw's contract); on error `event` is destroyed by its Drop.
+        check(
+            unsafe { sys::cuEventRecord(event.0, self.0) },
+            "recording an event on the engine's stream",
+        )?;
+        Ok(event)
+    }
+
+    /// Makes the work queued on the engine's stream from now on wait, on the GPU, until
+    /// `event` has happened (the host does not wait).
+    pub(super) fn wait_for(&self, event: &EngineEvent) -> Result<()> {
+        // SAFETY: a live stream (from_raw's contract) and a live event of its context.
+        check(
+            unsafe { sys::cuStreamWaitEvent(self.0, event.0, 0) },
+            "ordering the engine's stream after a transfer",
+        )
+    }
+}
+
+/// An event recorded on an [`EngineStream`] (see [`EngineStream::record`]).
+#[derive(Debug)]
+pub struct EngineEvent(pub(super) sys::CUevent);
+
+// SAFETY: an event handle is an opaque driver object, usable from any thread.
+unsafe impl Send for EngineEvent {}
+// SAFETY: as above; waiting on it does not mutate it.
+unsafe impl Sync for EngineEvent {}
+
+impl EngineEvent {
+    /// A new event in the context bound to this thread (not yet recorded).
+    pub(super) fn new() -> Result<EngineEvent> {
         let mut event: sys::CUevent = std::ptr::null_mut();
         // SAFETY: an out-parameter on the stack; flags are a valid constant.
         let r = unsafe {
@@ -90,25 +132,18 @@ impl EngineStream {
             )
         };
         check(r, "creating an event")?;
-        let event = EngineEvent(event);
-        // SAFETY: `event` was just created in this context and `self.0` is a live stream
-        // of it (from_raw's contract); on error `event` is destroyed by its Drop.
+        Ok(EngineEvent(event))
+    }
+
+    /// Records the event on `stream` (of the bound context).
+    pub(super) fn record_on(&self, stream: sys::CUstream) -> Result<()> {
+        // SAFETY: a live event and a live stream of the bound context.
         check(
-            unsafe { sys::cuEventRecord(event.0, self.0) },
-            "recording an event on the engine's stream",
-        )?;
-        Ok(event)
+            unsafe { sys::cuEventRecord(self.0, stream) },
+            "recording an event",
+        )
     }
 }
-
-/// An event recorded on an [`EngineStream`] (see [`EngineStream::record`]).
-#[derive(Debug)]
-pub struct EngineEvent(sys::CUevent);
-
-// SAFETY: an event handle is an opaque driver object, usable from any thread.
-unsafe impl Send for EngineEvent {}
-// SAFETY: as above; waiting on it does not mutate it.
-unsafe impl Sync for EngineEvent {}
 
 impl Drop for EngineEvent {
     fn drop(&mut self) {
@@ -119,13 +154,13 @@ impl Drop for EngineEvent {
 }
 
 /// A device buffer that grows on demand.
-struct DeviceBuf {
-    ptr: CUdeviceptr,
+pub(super) struct DeviceBuf {
+    pub(super) ptr: CUdeviceptr,
     len: usize,
 }
 
 impl DeviceBuf {
-    fn ensure(&mut self, len: usize) -> Result<()> {
+    pub(super) fn ensure(&mut self, len: usize) -> Result<()> {
         if self.len >= len {
             return Ok(());
         }
@@ -153,16 +188,22 @@ impl Drop for DeviceBuf {
 
 /// Pinned host memory for the piece table, so that its upload is one asynchronous copy
 /// on the lane's stream (no host-side wait on the lane or on the engine's stream).
-struct HostTable {
+pub(super) struct HostTable {
     ptr: *mut u64,
     cap: usize,
 }
+
+// SAFETY: the table is pinned memory this value owns alone; it is written only through
+// `&mut self` (behind its lane's mutex) and read by the GPU in stream order.
+unsafe impl Send for HostTable {}
+// SAFETY: as above; a shared reference gives no access to the memory.
+unsafe impl Sync for HostTable {}
 
 impl HostTable {
     /// Room for `n` addresses. Only called at the start of a transfer, when no queued
     /// work reads the table (every transfer completes, or is synchronised, before it
     /// releases its lane).
-    fn ensure(&mut self, n: usize) -> Result<&mut [u64]> {
+    pub(super) fn ensure(&mut self, n: usize) -> Result<&mut [u64]> {
         if self.cap < n {
             if self.cap > 0 {
                 // SAFETY: allocated below by malloc_host; nothing queued reads it.
@@ -192,16 +233,16 @@ impl Drop for HostTable {
 
 /// One direction: its stream, staging buffer and piece-address table (on the device,
 /// and its pinned host copy).
-struct Lane {
-    stream: Arc<CudaStream>,
-    staging: DeviceBuf,
-    table: DeviceBuf,
-    host_table: HostTable,
+pub(super) struct Lane {
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) staging: DeviceBuf,
+    pub(super) table: DeviceBuf,
+    pub(super) host_table: HostTable,
 }
 
 /// Synchronises a stream if a transfer is abandoned before it completed, so that no
 /// copy lands in host memory whose borrow has ended.
-struct FinishOnDrop<'a>(Option<&'a CudaStream>);
+pub(super) struct FinishOnDrop<'a>(pub(super) Option<&'a CudaStream>);
 
 impl Drop for FinishOnDrop<'_> {
     fn drop(&mut self) {
@@ -213,10 +254,14 @@ impl Drop for FinishOnDrop<'_> {
 
 pub struct TransferEngine {
     ctx: Arc<CudaContext>,
-    kernels: Kernels,
-    config: TransferConfig,
+    pub(super) kernels: Kernels,
+    pub(super) config: TransferConfig,
     offload: Mutex<Lane>,
     onboard: Mutex<Lane>,
+    /// Two lanes for layer-wise offloads (see [`super::LayeredOffload`]): one job's
+    /// copy to host can run while the next step's layers are gathered on the other.
+    pub(super) layered: [Arc<Mutex<Lane>>; 2],
+    pub(super) next_layered: std::sync::atomic::AtomicUsize,
 }
 
 // SAFETY: the lanes' device pointers are integers and their pinned tables are owned
@@ -226,7 +271,7 @@ unsafe impl Send for TransferEngine {}
 // SAFETY: as above.
 unsafe impl Sync for TransferEngine {}
 
-enum Direction {
+pub(super) enum Direction {
     Offload,
     Onboard,
 }
@@ -252,6 +297,8 @@ impl TransferEngine {
             config,
             offload: lane()?,
             onboard: lane()?,
+            layered: [Arc::new(lane()?), Arc::new(lane()?)],
+            next_layered: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -546,7 +593,7 @@ impl TransferEngine {
 
     /// Resolves when the work queued on `stream` so far has completed: a CUDA event,
     /// waited for on a blocking thread so that no runtime worker stalls.
-    async fn completion(&self, stream: &CudaStream) -> Result<()> {
+    pub(super) async fn completion(&self, stream: &CudaStream) -> Result<()> {
         let event = stream
             .record_event(None)
             .map_err(gpu_err("recording an event"))?;
@@ -577,7 +624,7 @@ impl TransferEngine {
 /// # Safety
 /// Every pair must address `len` bytes of host and device memory that stay valid, and
 /// untouched by anything else, until the stream has executed the copies.
-unsafe fn copy_runs(
+pub(super) unsafe fn copy_runs(
     dir: &Direction,
     pairs: &[(usize, CUdeviceptr)],
     len: usize,
@@ -607,7 +654,7 @@ unsafe fn copy_runs(
     Ok(())
 }
 
-fn check(r: sys::CUresult, what: &str) -> Result<()> {
+pub(super) fn check(r: sys::CUresult, what: &str) -> Result<()> {
     if r == sys::CUresult::CUDA_SUCCESS {
         Ok(())
     } else {

@@ -8,13 +8,16 @@ use std::sync::{Arc, Mutex};
 use super::DIRECT_IO_ALIGN;
 use crate::tier::lock;
 
-/// A heap buffer aligned to [`DIRECT_IO_ALIGN`], zero-initialised at allocation.
+/// A heap buffer aligned to [`DIRECT_IO_ALIGN`], zero-initialised at allocation; or a
+/// window of the caller's memory ([`AlignedBuf::borrowed`]), which it does not free.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     cap: usize,
+    owned: bool,
 }
 
-// SAFETY: the buffer owns its allocation exclusively, like a `Vec<u8>`.
+// SAFETY: the buffer uses its memory exclusively, like a `Vec<u8>` (a borrowed window
+// by `borrowed`'s contract).
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared references only read.
 unsafe impl Sync for AlignedBuf {}
@@ -32,7 +35,26 @@ impl AlignedBuf {
         };
         // SAFETY: `ptr` is a fresh allocation of `cap` bytes; writing initialises them.
         unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, cap) };
-        AlignedBuf { ptr, cap }
+        AlignedBuf {
+            ptr,
+            cap,
+            owned: true,
+        }
+    }
+
+    /// A buffer over `cap` bytes at `ptr`, which must be aligned to
+    /// [`DIRECT_IO_ALIGN`]; dropping it frees nothing.
+    ///
+    /// # Safety
+    /// The memory must stay valid, and be used by nothing but this value, for as long
+    /// as this value (or the I/O it travels with) lives — including I/O in flight in a
+    /// ring that was abandoned, whose buffers are never handed back.
+    pub unsafe fn borrowed(ptr: NonNull<u8>, cap: usize) -> AlignedBuf {
+        AlignedBuf {
+            ptr,
+            cap,
+            owned: false,
+        }
     }
 
     fn layout(cap: usize) -> Layout {
@@ -65,8 +87,10 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with exactly this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+        if self.owned {
+            // SAFETY: allocated in `new` with exactly this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use super::slots::{Reservation, SlotTable};
 use super::{PutOutcome, Tier, TierKind, lock};
 use crate::defaults;
 use crate::header::{self, HEADER_LEN};
-use crate::io::{BufPool, IoKind, PooledBuf, UringPool, align_up};
+use crate::io::{AlignedBuf, BufPool, IoKind, PooledBuf, UringPool, align_up};
 use crate::{BlockKey, Result, TierCounters, TierError, TierStats};
 
 /// Configuration of a [`DiskTier`].
@@ -85,24 +85,24 @@ impl DiskTierConfig {
 
 const DATA_FILE: &str = "blocks.dat";
 
-struct Inner {
-    name: String,
+pub(super) struct Inner {
+    pub(super) name: String,
     dir: PathBuf,
-    slot_bytes: usize,
-    slot_stride: usize,
+    pub(super) slot_bytes: usize,
+    pub(super) slot_stride: usize,
     sync_writes: bool,
     file: Arc<File>,
     index: DiskIndex,
-    table: Mutex<SlotTable>,
+    pub(super) table: Mutex<SlotTable>,
     bufs: Arc<BufPool>,
     uring: UringPool,
-    counters: TierCounters,
+    pub(super) counters: TierCounters,
 }
 
 /// A block pool in a file of slots on local NVMe. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct DiskTier {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl DiskTier {
@@ -171,6 +171,20 @@ impl DiskTier {
                 counters: TierCounters::default(),
             }),
         })
+    }
+
+    /// A free slot for `key`; `None` when the block is already present.
+    pub(super) fn reserve(&self, key: BlockKey) -> Result<Option<u32>> {
+        // Bind first: the table's lock must be released before `capacity_blocks` takes it.
+        let reservation = lock(&self.inner.table).reserve(key);
+        match reservation {
+            Reservation::Present => Ok(None),
+            Reservation::Full => Err(TierError::Full {
+                tier: self.inner.name.clone(),
+                capacity_blocks: self.capacity_blocks(),
+            }),
+            Reservation::Reserved(slot) => Ok(Some(slot)),
+        }
     }
 
     /// Path of the slot file (tests use it to damage blocks on purpose).
@@ -289,62 +303,157 @@ impl Inner {
 
     async fn write_slot(&self, key: BlockKey, slot: u32, data: &[u8]) -> Result<()> {
         let mut buf = self.bufs.take();
-        let total = HEADER_LEN + data.len();
+        buf.full_mut()[HEADER_LEN..HEADER_LEN + data.len()].copy_from_slice(data);
+        let (buf, result) = self
+            .write_slot_from(key, slot, buf.into_inner(), data.len())
+            .await;
+        if let Some(buf) = buf {
+            drop(PooledBuf::from_parts(buf, &self.bufs));
+        }
+        result
+    }
+
+    /// Writes slot `slot` from `buf`, whose `len` payload bytes already follow the
+    /// header's place; hands the buffer back unless the I/O threads are gone.
+    pub(super) async fn write_slot_from(
+        &self,
+        key: BlockKey,
+        slot: u32,
+        mut buf: AlignedBuf,
+        len: usize,
+    ) -> (Option<AlignedBuf>, Result<()>) {
+        let total = HEADER_LEN + len;
+        let padded = align_up(total);
         {
-            let b = buf.full_mut();
-            b[..HEADER_LEN].copy_from_slice(&header::encode(key, data));
-            b[HEADER_LEN..total].copy_from_slice(data);
-            let padded = align_up(total);
+            let b = buf.as_mut_slice();
+            let head = header::encode(key, &b[HEADER_LEN..total]);
+            b[..HEADER_LEN].copy_from_slice(&head);
             b[total..padded].fill(0);
         }
         let offset = slot as u64 * self.slot_stride as u64;
-        let done = self
+        let submitted = self
             .uring
             .submit(
                 IoKind::Write,
                 Arc::clone(&self.file),
-                buf.into_inner(),
+                buf,
                 offset,
-                align_up(total),
+                padded,
                 self.sync_writes,
             )
-            .await
-            .map_err(|_| TierError::Closed(self.name.clone()))?;
-        drop(PooledBuf::from_parts(done.buf, &self.bufs));
-        done.result
-            .map_err(|e| self.io_error(&format!("writing slot {slot}"), e))?;
-        self.index.put(key, slot, data.len() as u64).await
+            .await;
+        let Ok(done) = submitted else {
+            return (None, Err(TierError::Closed(self.name.clone())));
+        };
+        if let Err(e) = done.result {
+            let e = self.io_error(&format!("writing slot {slot}"), e);
+            return (Some(done.buf), Err(e));
+        }
+        (Some(done.buf), self.index.put(key, slot, len as u64).await)
     }
 
     /// Reads and verifies a slot. `Ok(None)`: the slot does not hold this block.
     async fn read_slot(&self, key: BlockKey, slot: u32, len: u64) -> Result<Option<Bytes>> {
+        let (buf, result) = self
+            .read_slot_into(key, slot, len, self.bufs.take().into_inner())
+            .await;
+        let Some(buf) = buf else {
+            return Err(TierError::Closed(self.name.clone()));
+        };
+        let mut buf = PooledBuf::from_parts(buf, &self.bufs);
+        if !result? {
+            return Ok(None);
+        }
+        buf.set_range(HEADER_LEN..HEADER_LEN + len as usize);
+        Ok(Some(Bytes::from_owner(buf)))
+    }
+
+    /// Reads slot `slot` into `buf` and verifies it holds `key` with `len` bytes
+    /// (`Ok(false)`: it does not, counted as corrupt); hands the buffer back unless the
+    /// I/O threads are gone.
+    pub(super) async fn read_slot_into(
+        &self,
+        key: BlockKey,
+        slot: u32,
+        len: u64,
+        buf: AlignedBuf,
+    ) -> (Option<AlignedBuf>, Result<bool>) {
         let total = HEADER_LEN + len as usize;
         let offset = slot as u64 * self.slot_stride as u64;
-        let done = self
+        let submitted = self
             .uring
             .submit(
                 IoKind::Read,
                 Arc::clone(&self.file),
-                self.bufs.take().into_inner(),
+                buf,
                 offset,
                 align_up(total),
                 false,
             )
-            .await
-            .map_err(|_| TierError::Closed(self.name.clone()))?;
-        let mut buf = PooledBuf::from_parts(done.buf, &self.bufs);
-        done.result
-            .map_err(|e| self.io_error(&format!("reading slot {slot}"), e))?;
-        match header::verify(buf.full(), key, Some(len)) {
-            Ok(_) => {
-                buf.set_range(HEADER_LEN..total);
-                Ok(Some(Bytes::from_owner(buf)))
-            }
+            .await;
+        let Ok(done) = submitted else {
+            return (None, Err(TierError::Closed(self.name.clone())));
+        };
+        if let Err(e) = done.result {
+            let e = self.io_error(&format!("reading slot {slot}"), e);
+            return (Some(done.buf), Err(e));
+        }
+        let verdict = header::verify(&done.buf.as_slice()[..total], key, Some(len));
+        match verdict {
+            Ok(_) => (Some(done.buf), Ok(true)),
             Err(why) => {
                 TierCounters::add(&self.counters.corrupt_blocks, 1);
                 tracing::warn!(tier = %self.name, %key, slot, %why, "corrupt block on disk; dropping it");
-                Ok(None)
+                (Some(done.buf), Ok(false))
             }
+        }
+    }
+
+    /// Settles a put's slot after its write: committed (and counted) or released.
+    pub(super) async fn settle_write(
+        &self,
+        key: BlockKey,
+        slot: u32,
+        len: u64,
+        written: Result<()>,
+    ) -> Result<PutOutcome> {
+        match written {
+            Ok(()) => {
+                if !lock(&self.table).commit(slot, len) {
+                    // Removed while being written: drop the index entry we just wrote.
+                    self.index.delete(key).await?;
+                }
+                TierCounters::add(&self.counters.puts, 1);
+                TierCounters::add(&self.counters.put_bytes, len);
+                Ok(PutOutcome::Stored)
+            }
+            Err(e) => {
+                lock(&self.table).abort(key, slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// Settles a get after its read (the slot's reader released): counted, and a slot
+    /// that did not hold the block forgotten.
+    pub(super) async fn settle_read(
+        &self,
+        key: BlockKey,
+        len: u64,
+        found: Result<bool>,
+    ) -> Result<bool> {
+        match found {
+            Ok(true) => {
+                TierCounters::add(&self.counters.hits, 1);
+                TierCounters::add(&self.counters.get_bytes, len);
+                Ok(true)
+            }
+            Ok(false) => {
+                TierCounters::add(&self.counters.misses, 1);
+                self.forget(key).await?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -383,38 +492,17 @@ impl Tier for DiskTier {
 
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
         check_payload(&self.inner.name, self.inner.slot_bytes, &data)?;
-        // Bind first: the table's lock must be released before `capacity_blocks` takes it.
-        let reservation = lock(&self.inner.table).reserve(key);
-        let slot = match reservation {
-            Reservation::Present => return Ok(PutOutcome::AlreadyPresent),
-            Reservation::Full => {
-                return Err(TierError::Full {
-                    tier: self.inner.name.clone(),
-                    capacity_blocks: self.capacity_blocks(),
-                });
-            }
-            Reservation::Reserved(slot) => slot,
+        let Some(slot) = self.reserve(key)? else {
+            return Ok(PutOutcome::AlreadyPresent);
         };
         // The write runs as its own task so that a caller that gives up half-way
         // cannot leave the slot reserved forever or reuse it while the kernel writes.
         let inner = Arc::clone(&self.inner);
         let task = tokio::spawn(async move {
-            let len = data.len() as u64;
-            match inner.write_slot(key, slot, &data).await {
-                Ok(()) => {
-                    if !lock(&inner.table).commit(slot, len) {
-                        // Removed while being written: drop the index entry we just wrote.
-                        inner.index.delete(key).await?;
-                    }
-                    TierCounters::add(&inner.counters.puts, 1);
-                    TierCounters::add(&inner.counters.put_bytes, len);
-                    Ok(PutOutcome::Stored)
-                }
-                Err(e) => {
-                    lock(&inner.table).abort(key, slot);
-                    Err(e)
-                }
-            }
+            let written = inner.write_slot(key, slot, &data).await;
+            inner
+                .settle_write(key, slot, data.len() as u64, written)
+                .await
         });
         task.await
             .map_err(|e| TierError::io("disk put task", std::io::Error::other(e.to_string())))?
@@ -430,19 +518,11 @@ impl Tier for DiskTier {
         let task = tokio::spawn(async move {
             let result = inner.read_slot(key, slot, len).await;
             lock(&inner.table).release_reader(slot);
-            match result {
-                Ok(Some(data)) => {
-                    TierCounters::add(&inner.counters.hits, 1);
-                    TierCounters::add(&inner.counters.get_bytes, len);
-                    Ok(Some(data))
-                }
-                Ok(None) => {
-                    TierCounters::add(&inner.counters.misses, 1);
-                    inner.forget(key).await?;
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            }
+            let (data, found) = match result {
+                Ok(data) => (data.clone(), Ok(data.is_some())),
+                Err(e) => (None, Err(e)),
+            };
+            inner.settle_read(key, len, found).await.map(|_| data)
         });
         task.await
             .map_err(|e| TierError::io("disk get task", std::io::Error::other(e.to_string())))?

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::{BlockKey, Result, TierStats};
 
 pub mod disk;
+pub(crate) mod disk_buffers;
 mod disk_index;
 pub mod host;
 pub mod object;

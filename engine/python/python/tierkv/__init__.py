@@ -154,4 +154,8 @@ def gpu_kv(kv_caches: Any, num_blocks: int) -> Any:
     groups = [(lr.base + outer, lr.block_stride) for lr in bmap.layers for outer in lr.outers]
     piece = bmap.layers[0].run_bytes
     device = next(iter(devices)).index or 0
-    return _tierkv.GpuKv(device, groups, piece, num_blocks, tensors)
+    per_layer = {len(lr.outers) for lr in bmap.layers}
+    # A block's pieces are its layers' in order: saved layer by layer when all layers
+    # have as many (`Store.begin_save_gpu`).
+    pieces_per_layer = per_layer.pop() if len(per_layer) == 1 else len(groups)
+    return _tierkv.GpuKv(device, groups, piece, num_blocks, tensors, pieces_per_layer)

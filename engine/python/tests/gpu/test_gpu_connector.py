@@ -105,3 +105,36 @@ def test_a_decode_worker_loads_the_prefill_workers_blocks_on_the_gpu(tmp_path):
     finally:
         decode.shutdown()
         prefill.shutdown()
+
+
+def test_layer_wise_saves_run_while_the_forward_computes_and_never_block_it(tmp_path):
+    """vLLM calls `save_kv_layer` right after each attention layer and `wait_for_save`
+    after the forward: each layer's copy is queued as it is written, the host returns
+    before the GPU has finished, and the next step may overwrite the blocks at once."""
+    w, caches = worker(tmp_path, "layered", "kv_both")
+    try:
+        meta = TierkvMetadata(saves=[transfer("r1", [4, 6], [31, 32]), transfer("r2", [8], [33])])
+        stream = torch.cuda.current_stream()
+        t0 = time.perf_counter()
+        for layer, (name, t) in enumerate(caches.items()):
+            torch.cuda._sleep(50_000_000)  # the layer's compute
+            for i, b in enumerate([4, 6, 8]):
+                t[:, b].fill_(float(3 + layer * 10 + i))
+            w.save_kv_layer(meta, name)
+        w.wait_for_save(meta)
+        host_s = time.perf_counter() - t0
+        assert not stream.query(), "wait_for_save returned before the forward finished"
+        # The next step reuses the blocks on the same stream.
+        for t in caches.values():
+            t[:, [4, 6, 8]].fill_(-1.0)
+        torch.cuda.synchronize()
+        gpu_s = time.perf_counter() - t0
+        assert host_s < gpu_s / 2, (host_s, gpu_s)
+        assert w.store.flush(timeout_s=60)
+        w.start_load_kv(TierkvMetadata(loads=[transfer("r3", [10, 11, 12], [31, 32, 33])]))
+        seen = [tuple(t[:, b].float().mean().item() for b in (10, 11, 12)) for t in caches.values()]
+        assert seen == [(3 + layer * 10, 4 + layer * 10, 5 + layer * 10) for layer in range(L)]
+        assert w.take_invalid_blocks() == set()
+        assert w.stats_delta()["saved_blocks"] == 3
+    finally:
+        w.shutdown()

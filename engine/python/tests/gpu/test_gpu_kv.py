@@ -178,3 +178,61 @@ def test_bad_input_is_an_error(tmp_path):
     with pytest.raises(tierkv.TierkvError, match="multiples of 16"):
         tierkv._tierkv.GpuKv(0, [(t.data_ptr() + 8, piece), (t.data_ptr() + 64, piece)], piece, 2, ts)
     assert s.stats()["io"]["saved_blocks"] == 0
+
+
+@pytest.mark.parametrize("layout", ["flash_attn", "flashinfer", "cross_layer"])
+@pytest.mark.parametrize("block", [16, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16", "fp8"])
+def test_a_layer_wise_save_copies_each_layer_as_written_and_never_blocks(tmp_path, layout, block, dtype):
+    ts = layers(layout, block, dtype)
+    kv = tierkv.gpu_kv(ts, N)
+    ns = namespace(dtype, block, layout)
+    s = store(tmp_path, kv.block_bytes, False)
+    want = [block_bytes_of(ts, layout, b) for b in SAVED]
+    hashes = [2000 + i for i in range(len(SAVED))]
+    stream = torch.cuda.current_stream()
+    job = s.begin_save_gpu(ns, kv, list(zip(hashes, SAVED)))
+    assert job is not None and job.layers == L
+    # The "forward": each layer first computes a while, then writes its K/V, then the
+    # layer's copy is queued; the host never waits for the GPU meanwhile.
+    scratch = [t.clone() for t in ts]
+    clear(ts)
+    for layer, t in enumerate(ts):
+        torch.cuda._sleep(20_000_000)
+        t.view(torch.uint8).copy_(scratch[layer].view(torch.uint8))
+        job.layer(layer, stream.cuda_stream)
+    assert job.finish(stream.cuda_stream) == len(SAVED)
+    assert not stream.query(), "the host did not wait for the forward pass"
+    # The next step overwrites the saved blocks on the same stream right away: the
+    # stream waited (on the GPU) until they were read, so the copies are intact.
+    for t in ts:
+        t.view(torch.uint8).fill_(0xAB)
+    assert s.flush(timeout_s=60)
+    clear(ts)
+    assert s.load_gpu(ns, kv, list(zip(hashes, INTO)), stream.cuda_stream) == len(SAVED)
+    torch.cuda.synchronize()
+    for b, w in zip(INTO, want):
+        assert block_bytes_of(ts, layout, b) == w, (layout, b)
+    with pytest.raises(tierkv.TierkvError, match="finished"):
+        job.layer(0, stream.cuda_stream)
+
+
+def test_a_layer_wise_save_left_unfinished_saves_nothing_and_frees_its_lane(tmp_path):
+    ts = layers("flash_attn", 16, torch.bfloat16)
+    kv = tierkv.gpu_kv(ts, N)
+    ns = namespace(torch.bfloat16, 16, "flash_attn")
+    s = store(tmp_path, kv.block_bytes, False)
+    stream = torch.cuda.current_stream().cuda_stream
+    for round_ in range(3):  # more jobs than lanes: each dropped job released its own
+        job = s.begin_save_gpu(ns, kv, [(3000 + round_, 1)])
+        job.layer(0, stream)
+        with pytest.raises(tierkv.TierkvError, match="layer 9 of 3"):
+            job.layer(9, stream)
+        del job
+    assert s.flush(timeout_s=60)
+    assert s.load_gpu(ns, kv, [(3000, 2)], stream) == 0, "an unfinished save stored nothing"
+    assert s.stats()["io"]["saved_blocks"] == 0
+    # Too many blocks for the layer-wise staging, or a layout of one run per block:
+    # no layer-wise job (the caller saves at the end of the step).
+    cross = tierkv._tierkv.GpuKv(0, [(ts[0].data_ptr(), 1 << 14)], 1 << 14, 4, ts)
+    assert s.begin_save_gpu(tierkv.Namespace("one-run", 1, 1, 1024, "bf16", 4), cross, [(1, 0)]) is None

@@ -47,6 +47,10 @@ class ConnectorConfig:
     #: worker said it stored (its saves finish in the background) before computing
     #: what is missing. Default 2 s.
     peer_wait_s: float = 2.0
+    #: KV cache on a GPU: the layers one copy into the layer-wise save's staging
+    #: takes (every this many layers the blocks' newest layers are copied while the
+    #: next layers compute). Default 1: each layer as soon as it is written.
+    save_layers_per_copy: int = 1
     #: Append one JSON line per request (arrival ms, prompt and output lengths, the
     #: block size and the prompt's chain hashes of TP rank 0; never its tokens) to this
     #: file: a trace for ``tierkv-bench replay`` and ``tune``. Default ``None``.
@@ -65,6 +69,8 @@ class ConnectorConfig:
         if extra.get("token") is None and os.environ.get("TIERKV_TOKEN"):
             extra["token"] = os.environ["TIERKV_TOKEN"]
         cfg = ConnectorConfig(**extra)
+        if cfg.save_layers_per_copy < 1:
+            raise ValueError("TierkvConnector: save_layers_per_copy must be at least 1")
         if cfg.sidecar is not None and cfg.config is not None:
             raise ValueError(
                 "TierkvConnector: give `config` (embedded store) or `sidecar`, not both"

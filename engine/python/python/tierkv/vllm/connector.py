@@ -83,8 +83,12 @@ class TierkvConnector(KVConnectorBase_V1):
         return
 
     def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any, **kwargs: Any) -> None:
-        # Whole blocks (all layers) are saved once the step's forward pass is done.
-        return
+        # On a GPU each layer's copy is queued as soon as the layer is written; on the
+        # CPU whole blocks are copied once the step's forward pass is done.
+        assert self._worker is not None
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, TierkvMetadata)
+        self._worker.save_kv_layer(meta, layer_name)
 
     def wait_for_save(self) -> None:
         assert self._worker is not None

@@ -2,7 +2,8 @@
 layout from ``register_kv_caches``, opens the store (embedded, serving its lookups to the
 scheduler) or connects to the sidecar, loads planned blocks whole before the forward
 pass, and saves completed blocks without stalling it (their bytes are copied out at
-the end of the step and stored in the background).
+the end of the step — on a GPU, layer by layer while the forward pass runs — and
+stored in the background).
 
 A KV cache on the CPU is copied through registered memory ranges; one on a GPU through
 the transfer engine (``Store.save_gpu`` / ``load_gpu``: gather/scatter kernels into the
@@ -66,6 +67,15 @@ class WorkerSide:
         self._regions: list[int] = []
         #: The KV cache as the GPU transfer engine sees it, when it is on a GPU.
         self.gpu_kv: Any = None
+        #: Layer name -> its index in a block (the order of ``kv_caches``).
+        self._layer_index: dict[str, int] = {}
+        #: This step's layer-wise GPU saves: its metadata, and per save its job (or
+        #: None: saved whole at the end of the step).
+        self._layered_meta: TierkvMetadata | None = None
+        self._layered: list[tuple[Any, Any]] = []
+        self._layered_stream = 0
+        #: Layers written since the last copy was queued (see `save_layers_per_copy`).
+        self._layered_pending: list[int] = []
         self._invalid: set[int] = set()
         self._reported: dict[str, Any] = {}
         self._reported_at = 0.0
@@ -99,6 +109,7 @@ class WorkerSide:
                 f"{self.namespace.block_bytes} bytes, but the KV cache tensors hold "
                 f"{self.blocks.block_bytes} per block (layout {self.blocks.signature})"
             )
+        self._layer_index = {name: i for i, name in enumerate(kv_caches)}
         if first.device.type == "cuda":
             self.gpu_kv = tierkv.gpu_kv(kv_caches, num_blocks)
         elif first.device.type != "cpu":
@@ -212,14 +223,64 @@ class WorkerSide:
                     len(blocks),
                 )
 
+    def save_kv_layer(self, meta: TierkvMetadata, layer_name: str) -> None:
+        """On a GPU, right after layer `layer_name` wrote its K/V in the forward pass:
+        queue the copy of that layer of every block this step saves, without waiting
+        (it runs on the transfer engine's stream while the next layers compute)."""
+        if self.gpu_kv is None or self.store is None or not meta.saves:
+            return
+        if self._layered_meta is not meta:
+            self._begin_layered(meta)
+        layer = self._layer_index.get(layer_name)
+        if layer is None:
+            return
+        self._layered_pending.append(layer)
+        if len(self._layered_pending) < self.cfg.save_layers_per_copy and layer + 1 < len(self._layer_index):
+            return
+        pending, self._layered_pending = self._layered_pending, []
+        stream = self._layered_stream
+        for i, (t, job) in enumerate(self._layered):
+            if job is None:
+                continue
+            try:
+                for p in pending:
+                    job.layer(p, stream)
+            except tierkv.TierkvError as e:
+                # Dropping the job waits for what it queued; the blocks are saved
+                # whole at the end of the step instead.
+                logger.warning("TierkvConnector: layer-wise save of %s: %s", t.req_id, e)
+                self._layered[i] = (t, None)
+
+    def _begin_layered(self, meta: TierkvMetadata) -> None:
+        assert self.store is not None
+        self._layered_meta, self._layered, self._layered_pending = meta, [], []
+        self._layered_stream = _current_stream()
+        for t in meta.saves:
+            job = None
+            try:
+                blocks = list(zip(t.hashes[self.tp_rank], t.block_ids))
+                job = self.store.begin_save_gpu(self._ns(t.cache_salt), self.gpu_kv, blocks)
+            except tierkv.TierkvError as e:
+                logger.warning("TierkvConnector: layer-wise save of %s: %s", t.req_id, e)
+            self._layered.append((t, job))
+
     def wait_for_save(self, meta: TierkvMetadata) -> None:
         if self.store is None or self.blocks is None:
             return
-        for t in meta.saves:
+        layered = self._layered if self._layered_meta is meta else []
+        self._layered_meta, self._layered = None, []
+        if layered:
+            stream = _current_stream()
+        for t, job in layered or [(t, None) for t in meta.saves]:
             self._active = True
             try:
-                # Copies the bytes out now; the store writes them in the background.
-                self._save(t)
+                if job is not None:
+                    # Queues the last copies and returns; the forward's stream waits on
+                    # the GPU only until the blocks have been read.
+                    job.finish(stream)
+                else:
+                    # Copies the bytes out now; the store writes them in the background.
+                    self._save(t)
             except tierkv.TierkvError as e:
                 logger.warning("TierkvConnector: save of %s failed: %s", t.req_id, e)
 
