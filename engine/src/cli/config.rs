@@ -28,7 +28,10 @@ pub async fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Show { config } => {
             print!(
                 "{}",
-                super::load_config(config.as_ref(), None, StoreConfig::default)?.to_toml()
+                // Secrets read from the file or the environment are never printed.
+                super::load_config(config.as_ref(), None, StoreConfig::default)?
+                    .redacted()
+                    .to_toml()
             );
         }
         ConfigCommand::Check { config, data_dir } => {

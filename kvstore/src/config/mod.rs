@@ -183,6 +183,33 @@ impl StoreConfig {
         })
     }
 
+    /// A copy with every secret (S3 keys, a remote tier's token, the block service's
+    /// bearer tokens) replaced by [`REDACTED`]: what may be printed or logged.
+    pub fn redacted(&self) -> StoreConfig {
+        let mut c = self.clone();
+        let hide = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some(REDACTED.to_string());
+            }
+        };
+        for tier in &mut c.tiers {
+            match tier {
+                TierConfig::Object(o) => {
+                    if let Some(s3) = &mut o.s3 {
+                        hide(&mut s3.access_key_id);
+                        hide(&mut s3.secret_access_key);
+                    }
+                }
+                TierConfig::Remote(r) => hide(&mut r.token),
+                _ => {}
+            }
+        }
+        for t in &mut c.service.tokens {
+            t.token = REDACTED.to_string();
+        }
+        c
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -353,9 +380,39 @@ impl StoreConfig {
     }
 }
 
+/// What [`StoreConfig::redacted`] puts in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_hides_every_secret_and_keeps_the_rest() {
+        let text = r#"
+            [[tier]]
+            kind = "host"
+            capacity = "64MiB"
+            [[tier]]
+            kind = "object"
+            capacity = "1GiB"
+            [tier.s3]
+            bucket = "b"
+            access_key_id = "AKIAEXAMPLE"
+            secret_access_key = "very-secret-key"
+            [[service.token]]
+            token = "bearer-secret-1"
+            namespaces = ["*"]
+        "#;
+        let c = StoreConfig::from_toml(text).unwrap();
+        let shown = c.redacted().to_toml();
+        for secret in ["AKIAEXAMPLE", "very-secret-key", "bearer-secret-1"] {
+            assert!(!shown.contains(secret), "{secret} printed:\n{shown}");
+        }
+        assert!(shown.contains(REDACTED) && shown.contains("bucket = \"b\""));
+        // The original is untouched.
+        assert!(c.to_toml().contains("very-secret-key"));
+    }
 
     #[test]
     fn default_config_round_trips_through_toml() {
