@@ -97,6 +97,8 @@ pub(super) struct Inner {
     bufs: Arc<BufPool>,
     uring: UringPool,
     pub(super) counters: TierCounters,
+    /// Woken whenever a put's write settled (committed or aborted).
+    settled: tokio::sync::Notify,
 }
 
 /// A block pool in a file of slots on local NVMe. Cheap to clone (shared state).
@@ -169,21 +171,41 @@ impl DiskTier {
                 bufs,
                 uring,
                 counters: TierCounters::default(),
+                settled: tokio::sync::Notify::new(),
             }),
         })
     }
 
-    /// A free slot for `key`; `None` when the block is already present.
-    pub(super) fn reserve(&self, key: BlockKey) -> Result<Option<u32>> {
-        // Bind first: the table's lock must be released before `capacity_blocks` takes it.
-        let reservation = lock(&self.inner.table).reserve(key);
-        match reservation {
-            Reservation::Present => Ok(None),
-            Reservation::Full => Err(TierError::Full {
-                tier: self.inner.name.clone(),
-                capacity_blocks: self.capacity_blocks(),
-            }),
-            Reservation::Reserved(slot) => Ok(Some(slot)),
+    /// A free slot for `key`; `None` when the block is already present. A block another
+    /// put is still writing is waited for: `AlreadyPresent` then means a get finds it
+    /// (or, if that write failed, this put takes the slot).
+    pub(super) async fn reserve(&self, key: BlockKey) -> Result<Option<u32>> {
+        loop {
+            let settled = self.inner.settled.notified();
+            tokio::pin!(settled);
+            // Registered before the check, so a settle in between is not missed.
+            settled.as_mut().enable();
+            // Bind first: the table's lock must be released before `capacity_blocks`
+            // takes it.
+            let reservation = {
+                let mut table = lock(&self.inner.table);
+                if table.is_writing(key) {
+                    None
+                } else {
+                    Some(table.reserve(key))
+                }
+            };
+            match reservation {
+                None => settled.await,
+                Some(Reservation::Present) => return Ok(None),
+                Some(Reservation::Full) => {
+                    return Err(TierError::Full {
+                        tier: self.inner.name.clone(),
+                        capacity_blocks: self.capacity_blocks(),
+                    });
+                }
+                Some(Reservation::Reserved(slot)) => return Ok(Some(slot)),
+            }
         }
     }
 
@@ -417,6 +439,19 @@ impl Inner {
         len: u64,
         written: Result<()>,
     ) -> Result<PutOutcome> {
+        let outcome = self.settle_write_inner(key, slot, len, written).await;
+        // Puts of the same key waiting for this write may go on.
+        self.settled.notify_waiters();
+        outcome
+    }
+
+    async fn settle_write_inner(
+        &self,
+        key: BlockKey,
+        slot: u32,
+        len: u64,
+        written: Result<()>,
+    ) -> Result<PutOutcome> {
         match written {
             Ok(()) => {
                 if !lock(&self.table).commit(slot, len) {
@@ -492,7 +527,7 @@ impl Tier for DiskTier {
 
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
         check_payload(&self.inner.name, self.inner.slot_bytes, &data)?;
-        let Some(slot) = self.reserve(key)? else {
+        let Some(slot) = self.reserve(key).await? else {
             return Ok(PutOutcome::AlreadyPresent);
         };
         // The write runs as its own task so that a caller that gives up half-way

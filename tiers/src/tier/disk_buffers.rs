@@ -107,19 +107,16 @@ impl DiskTier {
         len: usize,
     ) -> (Option<SlotBuffer>, Result<PutOutcome>) {
         let inner = &self.inner;
-        let checked = check_buffer(&inner.name, inner.slot_stride, &buf).and_then(|()| {
-            if len == 0 {
-                return Err(TierError::Empty(inner.name.clone()));
-            }
-            if len > inner.slot_bytes {
-                return Err(TierError::TooLarge {
-                    tier: inner.name.clone(),
-                    len,
-                    slot_bytes: inner.slot_bytes,
-                });
-            }
-            self.reserve(key)
-        });
+        let checked = match check_buffer(&inner.name, inner.slot_stride, &buf) {
+            Err(e) => Err(e),
+            Ok(()) if len == 0 => Err(TierError::Empty(inner.name.clone())),
+            Ok(()) if len > inner.slot_bytes => Err(TierError::TooLarge {
+                tier: inner.name.clone(),
+                len,
+                slot_bytes: inner.slot_bytes,
+            }),
+            Ok(()) => self.reserve(key).await,
+        };
         let slot = match checked {
             Ok(Some(slot)) => slot,
             Ok(None) => return (Some(buf), Ok(PutOutcome::AlreadyPresent)),

@@ -94,6 +94,13 @@ impl SlotTable {
         Reservation::Reserved(slot)
     }
 
+    /// Whether `key` is being written (reserved, not yet committed or aborted).
+    pub(crate) fn is_writing(&self, key: BlockKey) -> bool {
+        self.index
+            .get(&key)
+            .is_some_and(|&s| self.slots[s as usize].state == SlotState::Writing)
+    }
+
     /// The write into a reserved slot finished. Returns false if the block was removed
     /// meanwhile (the slot is then recycled and the caller must forget the block).
     pub(crate) fn commit(&mut self, slot: u32, len: u64) -> bool {
