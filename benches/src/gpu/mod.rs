@@ -365,13 +365,7 @@ async fn disk_round_trip(
         m[1].push(r.gb_per_s());
 
         // Baseline: the same bytes written and read with O_DIRECT in 16 MiB requests.
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)?;
+        let f = create_direct(&path)?;
         let started = Instant::now();
         for i in 0..chunks {
             std::os::unix::fs::FileExt::write_all_at(&f, buf.as_slice(), (i * (16 << 20)) as u64)?;
@@ -415,6 +409,17 @@ fn median_f64(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// A new, empty file opened for O_DIRECT reads and writes (the raw baselines).
+fn create_direct(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
 /// Writes then reads `n` blocks of `bb` bytes (a fresh file, then synced) with
 /// O_DIRECT from `threads` threads, block `i` at offset `i * bb` (rounded up to 4 KiB):
 /// (write time, read time).
@@ -425,13 +430,7 @@ fn o_direct_parallel(
     threads: usize,
 ) -> anyhow::Result<(std::time::Duration, std::time::Duration)> {
     let stride = bb.div_ceil(4096) * 4096;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
+    let f = create_direct(path)?;
     let run = |write: bool| -> anyhow::Result<std::time::Duration> {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let started = Instant::now();

@@ -116,6 +116,23 @@ fn settle<T>(staging: &mut DiskStaging, done: Done<T>) -> Result<(SlotBuffer, T)
     }
 }
 
+/// The first error, or what `n` blocks of `bb` bytes since `started` came to.
+fn finished(
+    failed: Option<TierError>,
+    n: usize,
+    bb: usize,
+    started: Instant,
+) -> Result<TransferStats> {
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(TransferStats {
+            blocks: n,
+            bytes: n * bb,
+            elapsed: started.elapsed(),
+        }),
+    }
+}
+
 /// Offloads `blocks` of `kv` and stores them in `disk` under `keys`.
 pub async fn hbm_to_disk(
     engine: &TransferEngine,
@@ -172,14 +189,7 @@ pub async fn hbm_to_disk(
             }
         }
     }
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(TransferStats {
-            blocks: blocks.len(),
-            bytes: blocks.len() * bb,
-            elapsed: started.elapsed(),
-        }),
-    }
+    finished(failed, blocks.len(), bb, started)
 }
 
 /// Reads `keys` from `disk` and onboards them into `blocks` of `kv`. A block the disk
@@ -243,12 +253,5 @@ pub async fn disk_to_hbm(
         }
     }
     staging.free.extend(ready.drain(..).map(|(_, s)| s));
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(TransferStats {
-            blocks: blocks.len(),
-            bytes: blocks.len() * bb,
-            elapsed: started.elapsed(),
-        }),
-    }
+    finished(failed, blocks.len(), bb, started)
 }
