@@ -15,6 +15,8 @@ use crate::error::{PyTierkvError, Result};
 pub struct Served {
     pub addr: String,
     pub stop: watch::Sender<bool>,
+    /// The service's task; it holds a handle to the store until it ends.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 /// The two kinds of store a Python engine can use.

@@ -5,8 +5,8 @@
 use std::future::Future;
 #[cfg(feature = "cuda")]
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -60,10 +60,12 @@ impl std::fmt::Debug for Job {
 }
 
 impl Saver {
-    /// Starts the saving task on `runtime`; at most `limit_bytes` wait at once.
+    /// Starts the saving task on `runtime`; at most `limit_bytes` wait at once. The task
+    /// holds the store only while it stores a job, so dropping the last handle (after a
+    /// flush) closes the store at once, on the caller's thread.
     pub fn start(
         runtime: &tokio::runtime::Runtime,
-        backend: Arc<Backend>,
+        backend: Weak<Backend>,
         counters: Arc<IoCounters>,
         limit_bytes: usize,
     ) -> Saver {
@@ -192,12 +194,17 @@ impl Saver {
 }
 
 async fn store(
-    backend: &Backend,
+    backend: &Weak<Backend>,
     counters: &IoCounters,
     ns: &Namespace,
     blocks: Vec<(u128, Bytes)>,
 ) {
     let n = blocks.len() as u64;
+    let Some(backend) = backend.upgrade() else {
+        counters.save_failed.fetch_add(n, Relaxed);
+        tracing::warn!(namespace = %ns.name(), blocks = n, "background save dropped: the store was closed");
+        return;
+    };
     if let Err(e) = backend.put_many(ns, blocks).await {
         counters.save_failed.fetch_add(n, Relaxed);
         tracing::warn!(namespace = %ns.name(), blocks = n, error = %e, "background save failed");

@@ -94,7 +94,7 @@ impl PyStore {
         let counters = Arc::new(IoCounters::default());
         let saver = Arc::new(Saver::start(
             runtime()?,
-            Arc::clone(&backend),
+            Arc::downgrade(&backend),
             Arc::clone(&counters),
             save_queue_bytes,
         ));
@@ -499,7 +499,7 @@ impl PyStore {
         service_config
             .validate()
             .map_err(|e| PyTierkvError::Argument(format!("block service: {e}")))?;
-        rt.spawn(async move {
+        let task = rt.spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
@@ -513,6 +513,7 @@ impl PyStore {
         *served = Some(Served {
             addr: addr.clone(),
             stop,
+            task,
         });
         Ok(addr)
     }
@@ -529,7 +530,9 @@ impl PyStore {
         json_to_py(py, &value)
     }
 
-    /// Finishes queued saves and stops the block service started by `serve`.
+    /// Finishes queued saves and stops the block service started by `serve` (waiting up
+    /// to 10 s for its clients to go), so that once the last reference to this handle is
+    /// dropped the store's files are released at once.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.flush(py, None)?;
         if let Backend::Embedded { served, .. } = &*self.backend
@@ -539,6 +542,15 @@ impl PyStore {
                 .take()
         {
             let _ = s.stop.send(true);
+            let rt = runtime()?;
+            let stopped = py.detach(|| {
+                rt.block_on(
+                    async move { tokio::time::timeout(Duration::from_secs(10), s.task).await },
+                )
+            });
+            if stopped.is_err() {
+                tracing::warn!(addr = %s.addr, "the block service did not stop within 10 s");
+            }
         }
         Ok(())
     }

@@ -167,7 +167,20 @@ impl TieredStore {
                 return Ok(PutOutcome::AlreadyPresent);
             }
         }
-        self.place(0, key, data.clone()).await?;
+        match self.place(0, key, data.clone()).await {
+            // Every block of the top tier is pinned by a reader: the block goes to the
+            // next tier that takes it (as a demotion would), rather than failing.
+            Err(e @ KvStoreError::NoRoom { .. }) => {
+                if !self.inner.tiers[1..].iter().any(|e| e.tier.accepts_puts()) {
+                    return Err(e);
+                }
+                tracing::debug!(key = %key, error = %e, "top tier pinned full; storing below it");
+                self.demote(0, key, data.clone()).await?;
+            }
+            other => {
+                other?;
+            }
+        }
         let copies = (1..self.inner.tiers.len())
             .filter(|&t| {
                 self.inner.tiers[t].policy.write_through && self.inner.tiers[t].tier.accepts_puts()
