@@ -6,103 +6,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tierkv_kvstore::metrics::Metrics;
-use tierkv_kvstore::service::{
-    BlockClient, BlockClientConfig, ServiceConfig, TokenConfig, Transport, serve,
-};
-use tierkv_kvstore::{
-    KvStoreError, RemoteTier, RemoteTierConfig, StoreConfig, StoreEventKind, TieredStore,
-};
-use tierkv_proto::v1::block_service_client::BlockServiceClient;
-use tierkv_proto::v1::{BlockId, FetchRequest, LookupRequest, PublishChunk, WatchRequest};
+use tierkv_kvstore::service::{BlockClientConfig, ServiceConfig, TokenConfig, Transport};
+use tierkv_kvstore::{RemoteTier, RemoteTierConfig, StoreEventKind, TieredStore};
+use tierkv_proto::v1::{FetchRequest, LookupRequest, WatchRequest};
 use tierkv_tiers::{BlockKey, HostTier, HostTierConfig, Tier};
 use tonic::Code;
 
 use tierkv_tiers::testing::payload as block;
 
-struct Server {
-    addr: String,
-    store: TieredStore,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// A server over a host (4 MiB) + disk (16 MiB) store with 1 MiB slots.
-async fn start(service: ServiceConfig) -> Server {
-    start_with(service, "4MiB").await
-}
-
-async fn start_with(service: ServiceConfig, host_capacity: &str) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = StoreConfig::from_toml(&format!(
-        r#"
-        data_dir = "{}"
-        slot_bytes = "1MiB"
-        [[tier]]
-        kind = "host"
-        capacity = "{host_capacity}"
-        [[tier]]
-        kind = "disk"
-        capacity = "16MiB"
-        queue_depth = 8
-        "#,
-        dir.path().display()
-    ))
-    .unwrap();
-    config.service = service;
-    let store = TieredStore::open(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (s, svc) = (store.clone(), config.service.clone());
-    tokio::spawn(async move {
-        serve(s, &svc, listener, Arc::new(Metrics::new()), async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    Server {
-        addr,
-        store,
-        stop: Some(stop),
-        _dir: dir,
-    }
-}
-
-fn client(addr: &str, token: Option<&str>) -> BlockClient {
-    client_over(addr, token, Transport::Auto)
-}
-
-fn client_over(addr: &str, token: Option<&str>, transport: Transport) -> BlockClient {
-    let mut c = BlockClientConfig::new(addr);
-    c.transport = transport;
-    c.token = token.map(str::to_string);
-    c.retries = 1;
-    c.chunk_bytes = 64 << 10;
-    BlockClient::new(c).unwrap()
-}
-
-async fn raw(addr: &str) -> BlockServiceClient<tonic::transport::Channel> {
-    BlockServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-}
-
-fn rpc_code(e: &KvStoreError) -> Code {
-    match e {
-        KvStoreError::Rpc { code, .. } => *code,
-        other => panic!("expected an RPC error, got {other}"),
-    }
-}
+mod common;
+use common::{chunk, client, client_over, data_conn, raw, rpc_code, start, start_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_then_fetch_in_request_order_with_missing_reported() {
@@ -196,19 +109,6 @@ async fn tokens_scope_every_call_to_their_namespaces() {
     );
     // Nothing was written by the refused publish.
     assert_eq!(a.lookup("a", &[2]).await.unwrap().0, 0);
-}
-
-fn chunk(ns: &str, hash: &[u8], offset: u64, data: Bytes, total: u64) -> PublishChunk {
-    PublishChunk {
-        id: Some(BlockId {
-            namespace: ns.into(),
-            hash: Bytes::copy_from_slice(hash),
-        }),
-        offset,
-        crc32c: tierkv_tiers::checksum::crc32c(&data),
-        data,
-        total_len: total,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,18 +297,6 @@ async fn sixty_four_concurrent_clients_keep_every_byte() {
 }
 
 /// A raw data channel connection: hello with `token`, then the reply byte.
-async fn data_conn(addr: &str, token: &str) -> (tokio::net::TcpStream, u8) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut hello = b"TKVD".to_vec();
-    hello.extend_from_slice(&1u16.to_le_bytes());
-    hello.extend_from_slice(&(token.len() as u16).to_le_bytes());
-    hello.extend_from_slice(token.as_bytes());
-    s.write_all(&hello).await.unwrap();
-    let reply = s.read_u8().await.unwrap();
-    (s, reply)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_channel_checks_tokens_checksums_and_framing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

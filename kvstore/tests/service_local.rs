@@ -175,13 +175,15 @@ async fn a_leased_slot_is_never_recycled_and_tokens_are_checked() {
     // reuse it while the lease lives.
     let id = tierkv_kvstore::namespace_id("ns");
     assert!(server.store.remove_key(BlockKey::new(id, 1)).await.unwrap());
-    let refused = server
+    server
         .store
         .put_key(BlockKey::new(id, 2), block(2, 4096))
-        .await;
-    assert!(
-        refused.is_err(),
-        "no room in the host tier while its slot is leased"
+        .await
+        .unwrap();
+    assert_eq!(
+        server.store.locate_prefix_keys(id, &[2]),
+        [1],
+        "no room in the host tier while its slot is leased: stored below it"
     );
     assert_eq!(leased, block(1, 4096), "the leased bytes are untouched");
     // Released (by the next request at the latest): the slot is free again.
@@ -189,10 +191,10 @@ async fn a_leased_slot_is_never_recycled_and_tokens_are_checked() {
     assert!(c.fetch("ns", &[1]).await.unwrap()[0].is_none());
     server
         .store
-        .put_key(BlockKey::new(id, 2), block(2, 4096))
+        .put_key(BlockKey::new(id, 3), block(3, 4096))
         .await
         .unwrap();
-    assert_eq!(server.store.locate_prefix_keys(id, &[2]), [0]);
+    assert_eq!(server.store.locate_prefix_keys(id, &[3]), [0]);
 }
 
 /// Run only as a child of `a_client_killed_while_holding_leases_releases_them`: leases

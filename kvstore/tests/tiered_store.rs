@@ -612,3 +612,45 @@ async fn staged_host_slots_are_adopted_and_make_room_by_demoting() {
         "the dropped slot is free again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_put_completes_the_write_through_that_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::from_toml(&format!(
+        r#"
+        data_dir = "{}"
+        slot_bytes = 4096
+        [[tier]]
+        kind = "host"
+        capacity = "32KiB"
+        [[tier]]
+        kind = "disk"
+        capacity = "32KiB"   # 4 slots
+        queue_depth = 4
+        write_through = true
+        "#,
+        dir.path().display()
+    ))
+    .unwrap();
+    let store = TieredStore::open(&config).await.unwrap();
+    let (ns, hashes) = (ns(), chain(5, 9));
+    for (i, h) in hashes[..4].iter().enumerate() {
+        store.put(&ns, *h, block(i as u64)).await.unwrap();
+    }
+    // Every disk slot holds a block a reader has pinned: the copy of the next put fails.
+    let pin = store.pin(&ns, &hashes[..4]);
+    let err = store.put(&ns, hashes[4], block(4)).await.unwrap_err();
+    assert!(matches!(err, KvStoreError::NoRoom { .. }), "{err}");
+    let disk = &store.tiers()[1];
+    let key = tierkv_kvstore::BlockKey::new(ns.id(), hashes[4].0);
+    assert!(!disk.contains(key).await.unwrap());
+    drop(pin);
+    // The caller retries the put it was refused: it must not be acknowledged until the
+    // block is written through.
+    store.put(&ns, hashes[4], block(4)).await.unwrap();
+    assert!(
+        disk.contains(key).await.unwrap(),
+        "written through on retry"
+    );
+    assert_eq!(disk.get(key).await.unwrap().unwrap(), block(4));
+}

@@ -42,6 +42,11 @@ pub struct ServiceConfig {
     /// Default 10000 ms.
     #[serde(default = "ServiceConfig::default_inflight_wait_ms")]
     pub inflight_wait_ms: u64,
+    /// How long a stream may wait on its client in the middle of a request (the next
+    /// chunk or byte of a publish, a fetch's reply being taken) before it is ended with
+    /// DEADLINE_EXCEEDED, giving back its slot and in-flight budget. Default 30000 ms.
+    #[serde(default = "ServiceConfig::default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// Size of the chunks Fetch streams (and the largest chunk Publish accepts is this
     /// plus 64 KiB). Default 4 MiB.
     #[serde(default = "ServiceConfig::default_chunk")]
@@ -79,6 +84,7 @@ impl Default for ServiceConfig {
             max_concurrent_streams: Self::default_max_streams(),
             max_inflight_bytes: Self::default_inflight(),
             inflight_wait_ms: Self::default_inflight_wait_ms(),
+            idle_timeout_ms: Self::default_idle_timeout_ms(),
             chunk_bytes: Self::default_chunk(),
             promote_on_fetch: false,
             data_channel: true,
@@ -107,13 +113,19 @@ impl ServiceConfig {
     fn default_inflight_wait_ms() -> u64 {
         10_000
     }
+    fn default_idle_timeout_ms() -> u64 {
+        30_000
+    }
     fn default_chunk() -> ByteSize {
         ByteSize(4 << 20)
     }
 
     /// Checks the limits and tokens (a server refuses to start otherwise).
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_blocks_per_request == 0 || self.max_concurrent_streams == 0 {
+        if self.max_blocks_per_request == 0
+            || self.max_concurrent_streams == 0
+            || self.idle_timeout_ms == 0
+        {
             return Err("service limits must be > 0".into());
         }
         if self.chunk_bytes.0 < 4096 || self.chunk_bytes.0 > 64 << 20 {

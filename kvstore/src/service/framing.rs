@@ -19,7 +19,12 @@ pub(crate) struct Failure {
 
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Failure {
-        broken(Status::unavailable(format!("block channel: {e}")))
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => {
+                broken(Status::deadline_exceeded(format!("block channel: {e}")))
+            }
+            _ => broken(Status::unavailable(format!("block channel: {e}"))),
+        }
     }
 }
 

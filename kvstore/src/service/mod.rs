@@ -9,6 +9,7 @@ mod config;
 mod crc_cache;
 mod data;
 mod framing;
+mod idle;
 mod local;
 mod reports;
 mod request;

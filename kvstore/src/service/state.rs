@@ -23,6 +23,7 @@ pub(crate) struct Limits {
     pub(crate) max_blocks: usize,
     pub(crate) chunk: usize,
     pub(crate) inflight_wait: Duration,
+    pub(crate) idle_timeout: Duration,
     pub(crate) promote_on_fetch: bool,
 }
 
@@ -83,6 +84,7 @@ impl BlockServer {
                 max_blocks: config.max_blocks_per_request,
                 chunk: config.chunk_bytes.0 as usize,
                 inflight_wait: Duration::from_millis(config.inflight_wait_ms),
+                idle_timeout: Duration::from_millis(config.idle_timeout_ms),
                 promote_on_fetch: config.promote_on_fetch,
             },
             names: Arc::new(NamespaceNames::new(DEFAULT_NAMES)),

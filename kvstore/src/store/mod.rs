@@ -156,16 +156,23 @@ impl TieredStore {
             }
             .into());
         }
-        {
+        let unwritten = {
             let mut ix = lock(&self.inner.index);
-            if ix.mask(&key) != 0 {
+            (ix.mask(&key) != 0).then(|| {
                 for t in 0..self.inner.tiers.len() {
                     if ix.holds(&key, t) {
                         ix.lru[t].promote(&key);
                     }
                 }
-                return Ok(PutOutcome::AlreadyPresent);
-            }
+                self.write_through_tiers()
+                    .filter(|&t| !ix.holds(&key, t))
+                    .collect::<Vec<_>>()
+            })
+        };
+        if let Some(unwritten) = unwritten
+            && self.complete_write_through(key, unwritten).await?
+        {
+            return Ok(PutOutcome::AlreadyPresent);
         }
         match self.place(0, key, data.clone()).await {
             // Every block of the top tier is pinned by a reader: the block goes to the
@@ -181,15 +188,40 @@ impl TieredStore {
                 other?;
             }
         }
-        let copies = (1..self.inner.tiers.len())
-            .filter(|&t| {
-                self.inner.tiers[t].policy.write_through && self.inner.tiers[t].tier.accepts_puts()
-            })
+        let copies = self
+            .write_through_tiers()
             .map(|t| self.place(t, key, data.clone()));
         for result in join_all(copies).await {
             result?;
         }
         Ok(PutOutcome::Stored)
+    }
+
+    /// The tiers below the top that every put is copied into.
+    fn write_through_tiers(&self) -> impl Iterator<Item = usize> + '_ {
+        (1..self.inner.tiers.len()).filter(|&t| {
+            self.inner.tiers[t].policy.write_through && self.inner.tiers[t].tier.accepts_puts()
+        })
+    }
+
+    /// A put of a block already held: copies the payload *as stored* into the
+    /// write-through tiers that lack it, so that an earlier put whose copy failed is
+    /// completed by its retry instead of acknowledged without it. False when the block
+    /// left the store meanwhile (the put then stores the caller's payload).
+    async fn complete_write_through(&self, key: BlockKey, unwritten: Vec<usize>) -> Result<bool> {
+        if unwritten.is_empty() {
+            return Ok(true);
+        }
+        let Some(stored) = self.read_key(key, false).await? else {
+            return Ok(false);
+        };
+        let copies = unwritten
+            .into_iter()
+            .map(|t| self.place(t, key, stored.clone()));
+        for result in join_all(copies).await {
+            result?;
+        }
+        Ok(true)
     }
 
     /// Puts `data` into tier `t`, evicting (and demoting) to make room.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tierkv_tiers::{BlockKey, PutOutcome};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
@@ -18,6 +18,7 @@ use super::{
 };
 use crate::service::auth::Access;
 use crate::service::framing::{Failure, broken, check_head, hello, in_step, read_head};
+use crate::service::idle::IdleLimit;
 use crate::service::request::{acquire_budget, store_status};
 use crate::service::state::BlockServer;
 
@@ -49,17 +50,32 @@ pub(crate) async fn accept_loop(server: Arc<BlockServer>, listener: TcpListener)
     }
 }
 
+/// A data connection; each half fails with `TimedOut` after `idle_timeout_ms` without
+/// progress inside a request (the read half's limit is off between requests).
 struct Conn {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: BufReader<IdleLimit<OwnedReadHalf>>,
+    wr: IdleLimit<OwnedWriteHalf>,
+}
+
+impl Conn {
+    /// Resolves once the client has closed (or broken) the connection; never while it
+    /// is only quiet or has sent its next request early.
+    async fn client_gone(&mut self) {
+        self.rd.get_mut().set_on(false);
+        match self.rd.fill_buf().await {
+            Ok([]) | Err(_) => {}
+            Ok(_) => std::future::pending::<()>().await,
+        }
+    }
 }
 
 async fn serve_connection(server: &BlockServer, stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
+    let idle = server.limits.idle_timeout;
     let mut c = Conn {
-        rd: BufReader::with_capacity(READ_BUFFER, rd),
-        wr,
+        rd: BufReader::with_capacity(READ_BUFFER, IdleLimit::new(rd, idle)),
+        wr: IdleLimit::new(wr, idle),
     };
     let access = match hello(server, &mut c.rd, (MAGIC, VERSION, "data channel")).await? {
         Ok(access) => {
@@ -73,10 +89,13 @@ async fn serve_connection(server: &BlockServer, stream: TcpStream) -> std::io::R
     };
     let mut closing = server.closing.subscribe();
     loop {
+        // At rest between requests: no limit on how long the client takes.
+        c.rd.get_mut().set_on(false);
         let op = tokio::select! {
             op = c.rd.read_u8() => op,
             _ = closing.wait_for(|c| *c) => return Ok(()),
         };
+        c.rd.get_mut().set_on(true);
         let op = match op {
             Ok(op) => op,
             // The client closed the connection between requests.
@@ -136,14 +155,16 @@ async fn fetch(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<()
         let mut a = [0u8; 16];
         a.copy_from_slice(h);
         let key = BlockKey::new(ns_id, u128::from_be_bytes(a));
-        let found = server
-            .store
-            .read_key(key, server.limits.promote_on_fetch)
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "fetch: read failed; reporting the block missing");
-                None
-            });
+        let read = server.store.read_key(key, server.limits.promote_on_fetch);
+        let found = tokio::select! {
+            found = read => found,
+            // The client closed the connection: stop waiting on the tiers for it.
+            () = c.client_gone() => return Err(broken(Status::cancelled("the client went away"))),
+        };
+        let found = found.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "fetch: read failed; reporting the block missing");
+            None
+        });
         let Some(data) = found else {
             pending.extend_from_slice(&block_header(TAG_MISSING, 0, 0));
             server.count_block("fetch", "missing");
@@ -217,11 +238,12 @@ async fn publish(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<
             continue;
         }
         let key = BlockKey::new(ns_id, hash);
-        server.crcs.insert(key, crc);
         let stored_now = server.store.put_key(key, data.clone()).await;
         spare = data.try_into_mut().ok();
         match stored_now {
             Ok(PutOutcome::Stored) => {
+                // Only what was stored seeds the checksum readers are sent.
+                server.crcs.insert(key, crc);
                 stored += 1;
                 server.count_block("publish", "stored");
             }

@@ -12,6 +12,7 @@ use tonic::{Request, Status};
 use crate::TieredStore;
 use crate::metrics::Metrics;
 use crate::service::crc_cache::CrcCache;
+use crate::service::idle::within;
 use crate::service::request::acquire_budget;
 use crate::service::state::BlockServer;
 use crate::service::state::Limits;
@@ -79,13 +80,16 @@ async fn stream_blocks(
     let mut missing = Vec::new();
     for hash in hashes {
         let raw = Bytes::copy_from_slice(&hash.to_be_bytes());
-        let found = store
-            .read_key(BlockKey::new(ns_id, hash), limits.promote_on_fetch)
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "fetch: read failed; reporting the block missing");
-                None
-            });
+        let read = store.read_key(BlockKey::new(ns_id, hash), limits.promote_on_fetch);
+        let found = tokio::select! {
+            found = read => found,
+            // The client went away: stop waiting on the tiers for it.
+            () = tx.closed() => return,
+        };
+        let found = found.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "fetch: read failed; reporting the block missing");
+            None
+        });
         let Some(data) = found else {
             missing.push(raw);
             metrics
@@ -118,8 +122,21 @@ async fn stream_blocks(
                 crc32c: crc,
                 missing: Vec::new(),
             };
-            if tx.send(Ok(chunk)).await.is_err() {
-                return; // The client went away.
+            match within(
+                limits.idle_timeout,
+                "taking fetched chunks",
+                tx.send(Ok(chunk)),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return, // The client went away.
+                Err(status) => {
+                    // Not read for the whole limit: end the stream (the error is
+                    // sent only if there is room for it).
+                    let _ = tx.try_send(Err(status));
+                    return;
+                }
             }
             offset = end;
         }

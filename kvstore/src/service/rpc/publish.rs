@@ -12,6 +12,7 @@ use tonic::{Request, Status, Streaming};
 
 use crate::metrics::Metrics;
 use crate::service::auth::Access;
+use crate::service::idle::within;
 use crate::service::request::{acquire_budget, check_namespace, hex, parse_hash, store_status};
 use crate::service::state::BlockServer;
 
@@ -38,7 +39,8 @@ impl BlockServer {
         let mut reply = PublishReply::default();
         let mut current: Option<Assembly> = None;
         let mut blocks = 0usize;
-        while let Some(chunk) = stream.message().await? {
+        let idle = self.limits.idle_timeout;
+        while let Some(chunk) = within(idle, "the next publish chunk", stream.message()).await?? {
             let data_len = chunk.data.len() as u64;
             if chunk.offset == 0 {
                 if let Some(open) = &current {
@@ -142,9 +144,11 @@ impl BlockServer {
             reply.rejected.push(id);
             "rejected"
         } else {
-            self.crcs.insert(key, crc);
             match self.store.put_key(key, data).await {
                 Ok(PutOutcome::Stored) => {
+                    // Only what was stored may seed the checksum readers are sent: a
+                    // different payload under a key already held is not it.
+                    self.crcs.insert(key, crc);
                     reply.stored += 1;
                     "stored"
                 }

@@ -1,5 +1,6 @@
 //! `WatchEvents`: a stream of the store's block events (stored, removed), filtered to
-//! the namespaces the caller may see, ended when the server shuts down.
+//! the namespaces the caller may see, ended when the server shuts down or the client
+//! goes away.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -56,6 +57,9 @@ pub(crate) fn watch_events(
             let got = tokio::select! {
                 got = events.recv() => got,
                 _ = closing.wait_for(|c| *c) => break,
+                // The client went away: noticed at once, not at the next event it
+                // would have been sent (which, on a quiet namespace, may never come).
+                () = tx.closed() => break,
             };
             let ev = match got {
                 Ok(ev) => ev,
