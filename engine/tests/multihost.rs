@@ -181,7 +181,9 @@ fn engine_in(
     let proc = Proc::spawn(
         name,
         in_ns(&ns, env!("CARGO_BIN_EXE_tierkv"))
-            .args(["engine", "--listen", &format!("{a}:8000")])
+            // An isolated test network: no credentials (the auth model is tested
+            // in pd.rs).
+            .args(["engine", "--insecure", "--listen", &format!("{a}:8000")])
             .args(["--block-service-listen", &format!("{a}:7070")])
             .args(["--role", role, "--name", name, "--advertise-host", &a])
             .args(["--etcd", etcd])
@@ -260,7 +262,8 @@ fn a_2p1d_cluster_across_network_namespaces_survives_a_cut_off_prefill_host() {
     let fe = Proc::spawn(
         "frontend",
         in_ns(&fe_ns, env!("CARGO_BIN_EXE_tierkv"))
-            .args(["frontend", "--listen", &format!("{}:8000", net.addr(3))])
+            .args(["frontend", "--insecure"])
+            .args(["--listen", &format!("{}:8000", net.addr(3))])
             .args(["--router", "kv-aware", "--etcd", &etcd_url])
             .arg("--model")
             .arg(model_path()),

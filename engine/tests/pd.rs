@@ -332,3 +332,88 @@ fn tierkv_up_starts_a_cluster_that_serves_and_stops_it_all_on_sigterm() {
         );
     }
 }
+
+#[test]
+fn api_keys_close_every_route_but_health_and_workers_present_them_to_each_other() {
+    const KEY: &str = "api-key-for-the-cluster";
+    const BLOCKS: &str = "block-token-of-the-cluster";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("TIERKV_TOKEN", BLOCKS)];
+    let keyed = ["--api-key", KEY, "--public-metrics"];
+    let p0 = worker_env(dir.path(), "prefill", "prefill-0", &keyed, &env);
+    let mut decode_args = keyed.to_vec();
+    decode_args.extend(["--remote-prefill-min-tokens", MIN_REMOTE]);
+    let d0 = worker_env(dir.path(), "decode", "decode-0", &decode_args, &env);
+    let (_fe, url) = frontend_env(
+        dir.path(),
+        "kv-aware",
+        &[&p0, &d0],
+        &["--api-key", KEY],
+        &env,
+    );
+
+    // A worker: only /health (and /metrics, made public) answer without the key.
+    for (method, path) in [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/completions"),
+        ("POST", "/reset_prefix_cache"),
+        ("GET", "/internal/info"),
+        ("GET", "/internal/load"),
+        ("POST", "/internal/prefill"),
+    ] {
+        assert_eq!(http_status(method, &p0.http, path, None), 401, "{path}");
+        assert_eq!(
+            http_status(method, &p0.http, path, Some("wrong-key")),
+            401,
+            "{path}"
+        );
+    }
+    assert_eq!(http_status("GET", &p0.http, "/health", None), 200);
+    assert_eq!(http_status("GET", &p0.http, "/metrics", None), 200);
+    assert_eq!(http_status("GET", &p0.http, "/v1/models", Some(KEY)), 200);
+    // The frontend: the same, and its /metrics is not public.
+    assert_eq!(http_status("GET", &url, "/v1/models", None), 401);
+    assert_eq!(http_status("GET", &url, "/metrics", None), 401);
+    assert_eq!(http_status("GET", &url, "/health", None), 200);
+
+    // Through the frontend with the key: the frontend presents it to the workers, the
+    // decode worker to the prefill worker's API and (with the token) its block service.
+    let long = &prompts()[2];
+    let got = complete_as(Some(KEY), &url, long, TOKENS);
+    assert_eq!(got.worker.as_deref(), Some("decode-0"));
+    assert_eq!(
+        got.text,
+        complete_as(Some(KEY), &p0.http, long, TOKENS).text,
+        "the same tokens as an engine computing it alone"
+    );
+    assert_eq!(
+        metric(
+            &d0.http,
+            "tierkv_engine_prefill_decisions_total",
+            "decision=\"remote\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&d0.http, "tierkv_engine_peer_blocks_fetched_total", "") as usize,
+        long.len() / 16,
+        "every full block fetched from the prefill worker's block service"
+    );
+
+    // Off loopback without credentials, a worker refuses to start.
+    let out = Command::new(env!("CARGO_BIN_EXE_tierkv"))
+        .args(["engine", "--listen", "0.0.0.0:0", "--model"])
+        .arg(common::model_path())
+        .arg("--data-dir")
+        .arg(dir.path().join("open"))
+        .env_remove("TIERKV_TOKEN")
+        .env_remove("TIERKV_API_KEY")
+        .output()
+        .expect("tierkv engine");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve") && err.contains("--api-key"),
+        "{err}"
+    );
+}

@@ -2,6 +2,7 @@
 //! (both with SSE streaming), `GET /v1/models`, `GET /health`, `GET /metrics`, and
 //! vLLM's `POST /reset_prefix_cache`.
 
+mod auth;
 mod backend;
 mod error;
 mod generation;
@@ -13,6 +14,7 @@ use std::future::Future;
 use axum::Router;
 use axum::routing::{get, post};
 
+pub use auth::{ApiAccess, bearer_headers, require_api_key};
 pub use backend::{Backend, Routed};
 pub use error::ApiError;
 pub use handlers::WORKER_HEADER;

@@ -66,6 +66,8 @@ pub struct EngineArgs {
     /// `tierkv-bench replay` and `tune`. Default: no log.
     #[arg(long)]
     pub request_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub access: super::HttpAccessArgs,
 }
 
 /// The engine's configuration file.
@@ -105,6 +107,8 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     disagg.validate()?;
     let store_default = file.store.clone().unwrap_or_default();
     let mut store_config = super::load_config(None, args.data_dir.clone(), move || store_default)?;
+    super::block_service_tokens(&mut store_config.service);
+    let access = args.access.access();
 
     let model_path = args.model.clone();
     let loaded = tokio::task::spawn_blocking(move || tierkv_engine::model::load(&model_path))
@@ -153,6 +157,19 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let blocks_addr = blocks_listener.local_addr()?;
+    let http_addr = listener.local_addr()?;
+    super::check_exposure(
+        "the engine's HTTP API",
+        http_addr,
+        access.api_key.is_some(),
+        args.access.insecure,
+    )?;
+    super::check_exposure(
+        "the engine's block service",
+        blocks_addr,
+        !store_config.service.tokens.is_empty(),
+        args.access.insecure,
+    )?;
     println!("tierkv engine: block service on {blocks_addr}");
     let svc_metrics = Arc::new(tierkv_kvstore::metrics::Metrics::new());
     let (svc_store, cfg, stop) = (
@@ -163,7 +180,6 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     let block_service = tokio::spawn(async move {
         tierkv_kvstore::service::serve(svc_store, &cfg, blocks_listener, svc_metrics, stop).await
     });
-    let http_addr = listener.local_addr()?;
     let host = match &args.advertise_host {
         Some(h) => h.clone(),
         None if http_addr.ip().is_unspecified() => "127.0.0.1".to_string(),
@@ -182,6 +198,10 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         disagg,
         spec.name.clone(),
         spec.blocks.clone(),
+        tierkv_engine::pd::PeerCredentials {
+            api_key: access.api_key.clone(),
+            block_token: store_config.service.tokens.first().map(|t| t.token.clone()),
+        },
     )?;
     println!(
         "tierkv engine: model {} on http://{}/v1 (KV blocks of {} tokens, role {role}, name {})",
@@ -211,7 +231,10 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing open requests");
         let _ = stop_tx.send(true);
     });
-    let routes = tierkv_engine::api::router(engine).merge(internal_api::router(worker));
+    let routes = tierkv_engine::api::require_api_key(
+        tierkv_engine::api::router(engine).merge(internal_api::router(worker)),
+        &access,
+    );
     let served = tierkv_engine::api::serve_router(listener, routes, stopped(stop_rx)).await;
     if let Some(r) = registration
         && let Err(e) = r.revoke().await

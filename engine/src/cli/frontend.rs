@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
+use tierkv_engine::api::ApiAccess;
 use tierkv_engine::discovery::{Discovery, EtcdClient, EtcdDiscovery, StaticDiscovery};
 use tierkv_engine::frontend::routing::Policy;
 use tierkv_engine::frontend::{Frontend, FrontendConfig};
+use tierkv_engine::pd::PeerCredentials;
 
 #[derive(clap::Args, Debug)]
 pub struct FrontendArgs {
@@ -33,6 +35,12 @@ pub struct FrontendArgs {
     /// file or directory name.
     #[arg(long)]
     pub served_model_name: Option<String>,
+    #[command(flatten)]
+    pub access: super::HttpAccessArgs,
+    /// API key presented to the workers. Default: `TIERKV_WORKER_API_KEY`, else the
+    /// frontend's own `--api-key`.
+    #[arg(long)]
+    pub worker_api_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -51,12 +59,12 @@ fn read_file(path: &Path) -> anyhow::Result<FrontendConfig> {
 }
 
 /// Builds a frontend from `config` (plus etcd endpoints, if any) for the model at
-/// `model`; `block_token` authenticates it to the workers' block services.
+/// `model`; `workers` authenticates it to the workers' APIs and block services.
 pub async fn start(
     model: &Path,
     served_model_name: Option<String>,
     mut config: FrontendConfig,
-    block_token: Option<String>,
+    workers: PeerCredentials,
 ) -> anyhow::Result<Frontend> {
     let path = model.to_path_buf();
     // Tokenizer, template and shape only: the frontend never runs the model.
@@ -73,7 +81,7 @@ pub async fn start(
         let client = EtcdClient::connect(&etcd.endpoints).await?;
         discovery.push(Box::new(EtcdDiscovery::new(client, etcd.prefix.clone())));
     }
-    let frontend = Frontend::start(text.codec, text.config, id, &config, discovery, block_token)?;
+    let frontend = Frontend::start(text.codec, text.config, id, &config, discovery, workers)?;
     // Answer only once the listed workers joined: a request routed before would find
     // no worker.
     let deadline = std::time::Instant::now() + wait;
@@ -106,29 +114,44 @@ pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {
     }
     // The block services' token (vLLM workers' TierkvConnector reads the same).
     let block_token = std::env::var("TIERKV_TOKEN").ok().filter(|t| !t.is_empty());
-    let frontend = start(
-        &args.model,
-        args.served_model_name.clone(),
-        config,
+    let access = args.access.access();
+    let workers = PeerCredentials {
+        api_key: args
+            .worker_api_key
+            .clone()
+            .or_else(|| std::env::var("TIERKV_WORKER_API_KEY").ok())
+            .filter(|k| !k.is_empty())
+            .or_else(|| access.api_key.clone()),
         block_token,
-    )
-    .await?;
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    super::check_exposure(
+        "the frontend's HTTP API",
+        listener.local_addr()?,
+        access.api_key.is_some(),
+        args.access.insecure,
+    )?;
+    let frontend = start(&args.model, args.served_model_name.clone(), config, workers).await?;
     println!(
         "tierkv frontend: model {} on http://{}/v1",
         tierkv_engine::api::Backend::model_id(&frontend),
         listener.local_addr()?
     );
-    serve(frontend, listener).await
+    serve(frontend, listener, &access).await
 }
 
-/// Serves `frontend`'s API on `listener` until SIGINT or SIGTERM.
-pub async fn serve(frontend: Frontend, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+/// Serves `frontend`'s API on `listener` (behind `access`'s key) until SIGINT or
+/// SIGTERM.
+pub async fn serve(
+    frontend: Frontend,
+    listener: tokio::net::TcpListener,
+    access: &ApiAccess,
+) -> anyhow::Result<()> {
     tierkv_engine::api::serve_router(
         listener,
-        tierkv_engine::frontend::router(frontend),
+        tierkv_engine::api::require_api_key(tierkv_engine::frontend::router(frontend), access),
         super::shutdown_signal(),
     )
     .await?;

@@ -34,6 +34,74 @@ pub fn load_config(
     Ok(c)
 }
 
+/// Who may reach an HTTP API a binary serves (`tierkv engine`, `tierkv frontend`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpAccessArgs {
+    /// Require `Authorization: Bearer <KEY>` on every HTTP route except `/health`
+    /// (vLLM's `--api-key`). Default: `TIERKV_API_KEY` from the environment, else none.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Serve `/metrics` without the API key (for a scraper without credentials).
+    #[arg(long)]
+    pub public_metrics: bool,
+    /// Serve off loopback without an API key or block-service token (a network where
+    /// every host that can reach the ports is trusted). Default: refuse.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl HttpAccessArgs {
+    pub fn access(&self) -> tierkv_engine::api::ApiAccess {
+        tierkv_engine::api::ApiAccess {
+            api_key: self
+                .api_key
+                .clone()
+                .or_else(|| std::env::var("TIERKV_API_KEY").ok())
+                .filter(|k| !k.is_empty()),
+            public_metrics: self.public_metrics,
+        }
+    }
+}
+
+/// Refuses to serve `what` on `addr` beyond loopback without credentials, unless the
+/// operator said `--insecure`: anyone who can reach such a port could read, overwrite
+/// or flush every tenant's KV.
+pub fn check_exposure(
+    what: &str,
+    addr: std::net::SocketAddr,
+    has_credentials: bool,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    if has_credentials || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!(%addr, "{what} is served off loopback without credentials (--insecure)");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {what} on {addr} without credentials: set {} or pass --insecure",
+        if what.contains("block service") {
+            "a [[service.token]] (or TIERKV_TOKEN)"
+        } else {
+            "--api-key (or TIERKV_API_KEY)"
+        }
+    )
+}
+
+/// The block service's tokens: the configured ones, else `TIERKV_TOKEN` for every
+/// namespace (the token workers present to each other).
+pub fn block_service_tokens(service: &mut tierkv_kvstore::service::ServiceConfig) {
+    if service.tokens.is_empty()
+        && let Some(token) = std::env::var("TIERKV_TOKEN").ok().filter(|t| !t.is_empty())
+    {
+        service.tokens.push(tierkv_kvstore::service::TokenConfig {
+            token,
+            namespaces: vec!["*".into()],
+        });
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     serve::shutdown_signal_impl().await

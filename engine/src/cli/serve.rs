@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// is `<data_dir>/tierkv.sock`.
     #[arg(long)]
     pub no_local: bool,
+    /// Serve off loopback without a block-service token (every host that can reach the
+    /// port is trusted). Default: refuse.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
@@ -61,6 +65,7 @@ fn serve_default() -> StoreConfig {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = super::load_config(args.config.as_ref(), args.data_dir, serve_default)?;
+    super::block_service_tokens(&mut config.service);
     if !args.no_local {
         share_host_tier(&mut config);
     }
@@ -70,6 +75,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    super::check_exposure(
+        "the block service",
+        listener.local_addr()?,
+        !config.service.tokens.is_empty(),
+        args.insecure,
+    )?;
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -57,11 +57,13 @@ impl Frontend {
         model_id: String,
         config: &FrontendConfig,
         discovery: Vec<Box<dyn Discovery>>,
-        block_token: Option<String>,
+        workers: crate::pd::PeerCredentials,
     ) -> Result<Frontend> {
         config.validate()?;
+        let block_token = workers.block_token;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
+            .default_headers(crate::api::bearer_headers(workers.api_key.as_deref())?)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| EngineError::Config(format!("HTTP client: {e}")))?;

@@ -47,15 +47,17 @@ pub struct PdWorker {
 }
 
 impl PdWorker {
+    /// `peers`: the credentials this worker presents to other workers.
     pub fn new(
         engine: Engine,
         disagg: DisaggConfig,
         name: String,
         blocks: Option<String>,
+        peers: PeerCredentials,
     ) -> Result<PdWorker> {
         disagg.validate()?;
         let remote = (disagg.role == Role::Decode)
-            .then(|| RemotePrefill::new(disagg.clone(), Arc::clone(engine.metrics())))
+            .then(|| RemotePrefill::new(disagg.clone(), Arc::clone(engine.metrics()), peers))
             .transpose()?
             .map(Arc::new);
         Ok(PdWorker {
@@ -175,6 +177,14 @@ impl WireRequest {
             await_publish: false,
         }
     }
+}
+
+/// What a worker presents to the other workers of its cluster: their HTTP API key and
+/// their block services' bearer token.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCredentials {
+    pub api_key: Option<String>,
+    pub block_token: Option<String>,
 }
 
 /// One line of a `/internal/generate` response.

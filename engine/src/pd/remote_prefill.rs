@@ -12,7 +12,7 @@ use tierkv_kvstore::service::{BlockClient, BlockClientConfig};
 use tierkv_kvstore::{BlockHash, Namespace, TierKind};
 
 use super::decision::{PrefillDecision, decide};
-use super::{DisaggConfig, PrefillCandidate, PrefillReply, WireRequest};
+use super::{DisaggConfig, PeerCredentials, PrefillCandidate, PrefillReply, WireRequest};
 use crate::metrics::EngineMetrics;
 use crate::scheduler::{PrefillElsewhere, Prefilled};
 use crate::{EngineError, GenerateRequest, KvSource, Result};
@@ -23,19 +23,27 @@ pub struct RemotePrefill {
     http: reqwest::Client,
     /// One block service client per prefill worker, shared by requests.
     peers: Mutex<HashMap<String, BlockClient>>,
+    /// Presented to the prefill workers' block services.
+    block_token: Option<String>,
     metrics: Arc<EngineMetrics>,
 }
 
 impl RemotePrefill {
-    pub fn new(config: DisaggConfig, metrics: Arc<EngineMetrics>) -> Result<RemotePrefill> {
+    pub fn new(
+        config: DisaggConfig,
+        metrics: Arc<EngineMetrics>,
+        peers: PeerCredentials,
+    ) -> Result<RemotePrefill> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
+            .default_headers(crate::api::bearer_headers(peers.api_key.as_deref())?)
             .build()
             .map_err(|e| EngineError::Config(format!("HTTP client: {e}")))?;
         Ok(RemotePrefill {
             config,
             http,
             peers: Mutex::new(HashMap::new()),
+            block_token: peers.block_token,
             metrics,
         })
     }
@@ -138,6 +146,7 @@ impl RemotePrefill {
         let mut config = BlockClientConfig::new(addr);
         config.retries = 1;
         config.timeout = Duration::from_millis(self.config.prefill_timeout_ms);
+        config.token = self.block_token.clone();
         let client = BlockClient::new(config)?;
         peers.insert(addr.to_string(), client.clone());
         Ok(client)

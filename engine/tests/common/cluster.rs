@@ -112,10 +112,22 @@ pub fn write_worker_config(dir: &Path) -> std::path::PathBuf {
 
 /// Starts a worker; `extra` are more `tierkv engine` arguments.
 pub fn worker(dir: &Path, role: &str, name: &str, extra: &[&str]) -> WorkerProc {
+    worker_env(dir, role, name, extra, &[])
+}
+
+/// [`worker`] with environment variables `env`.
+pub fn worker_env(
+    dir: &Path,
+    role: &str,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> WorkerProc {
     let config = write_worker_config(dir);
     let proc = Proc::spawn(
         name,
         Command::new(env!("CARGO_BIN_EXE_tierkv"))
+            .envs(env.iter().copied())
             .args(["engine", "--listen", "127.0.0.1:0"])
             .args(["--block-service-listen", "127.0.0.1:0"])
             .args(["--role", role, "--name", name])
@@ -155,6 +167,17 @@ pub fn frontend(
     workers: &[&WorkerProc],
     extra: &[&str],
 ) -> (Proc, String) {
+    frontend_env(dir, router, workers, extra, &[])
+}
+
+/// [`frontend`] with environment variables `env`.
+pub fn frontend_env(
+    dir: &Path,
+    router: &str,
+    workers: &[&WorkerProc],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, String) {
     let mut toml = format!("[frontend]\nrouter = \"{router}\"\nload_poll_ms = 100\n");
     for w in workers {
         toml.push_str(&format!(
@@ -167,6 +190,7 @@ pub fn frontend(
     let proc = Proc::spawn(
         "frontend",
         Command::new(env!("CARGO_BIN_EXE_tierkv"))
+            .envs(env.iter().copied())
             .args(["frontend", "--listen", "127.0.0.1:0", "--config"])
             .arg(&path)
             .arg("--model")
@@ -256,6 +280,16 @@ pub struct Completion {
 /// Greedy completion of `prompt` (token ids), `max_tokens` tokens, end-of-sequence
 /// ignored.
 pub fn complete(base: &str, prompt: &[u32], max_tokens: usize) -> Completion {
+    complete_as(None, base, prompt, max_tokens)
+}
+
+/// [`complete`] presenting `api_key` (none: no `Authorization` header).
+pub fn complete_as(
+    api_key: Option<&str>,
+    base: &str,
+    prompt: &[u32],
+    max_tokens: usize,
+) -> Completion {
     let body = json!({
         "model": model_id(),
         "prompt": prompt,
@@ -263,8 +297,14 @@ pub fn complete(base: &str, prompt: &[u32], max_tokens: usize) -> Completion {
         "temperature": 0,
         "ignore_eos": true,
     });
+    let auth = api_key.map_or(String::new(), |k| format!("authorization: Bearer {k}"));
     let out = Command::new("curl")
         .args(["-s", "-D", "-", "-H", "content-type: application/json"])
+        .args(if api_key.is_some() {
+            vec!["-H", auth.as_str()]
+        } else {
+            vec![]
+        })
         .args(["--max-time", "300", "-d", &body.to_string()])
         .arg(format!("{base}/v1/completions"))
         .output()
@@ -318,4 +358,21 @@ pub fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 
 pub fn repo() -> std::path::PathBuf {
     repo_root()
+}
+
+/// The HTTP status of `method path` on `base`, presenting `api_key` if given.
+pub fn http_status(method: &str, base: &str, path: &str, api_key: Option<&str>) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]);
+    if method == "POST" {
+        cmd.args(["-H", "content-type: application/json", "-d", "{}"]);
+    }
+    if let Some(k) = api_key {
+        cmd.args(["-H", &format!("authorization: Bearer {k}")]);
+    }
+    let out = cmd.arg(format!("{base}{path}")).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("curl {method} {base}{path}: {e}"))
 }

@@ -215,7 +215,16 @@ async fn serve(args: &UpArgs, workers: &[Worker], token: Option<String>) -> anyh
         config.etcd = Some(etcd);
     }
     let wait = Duration::from_secs(config.worker_start_timeout_s);
-    let frontend = super::frontend::start(&args.model, None, config, token).await?;
+    let frontend = super::frontend::start(
+        &args.model,
+        None,
+        config,
+        tierkv_engine::pd::PeerCredentials {
+            api_key: None,
+            block_token: token,
+        },
+    )
+    .await?;
     let deadline = std::time::Instant::now() + wait;
     while frontend.registry().count() < workers.len() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -240,7 +249,7 @@ async fn serve(args: &UpArgs, workers: &[Worker], token: Option<String>) -> anyh
         },
         listener.local_addr()?
     );
-    let served = super::frontend::serve(frontend, listener).await;
+    let served = super::frontend::serve(frontend, listener, &Default::default()).await;
     for r in registrations {
         if let Err(e) = r.revoke().await {
             tracing::warn!(error = %e, "removing a registration from etcd");
