@@ -84,6 +84,8 @@ async fn bad_requests_get_clear_errors_and_cancellation_frees_blocks() {
         (greedy_request(vec![], 4), "empty"),
         (greedy_request(vec![1, 2, 99_999_999], 4), "vocabulary"),
         (greedy_request(vec![1; 10], ctx), "context length"),
+        // A huge max_tokens is a clear error, not an overflow.
+        (greedy_request(vec![1; 10], usize::MAX), "context length"),
     ] {
         match e.generate(req).await {
             Err(EngineError::InvalidRequest(m)) => assert!(m.contains(needle), "{m}"),

@@ -287,20 +287,21 @@ impl Engine {
             )));
         }
         let max_ctx = self.max_context();
-        if req.prompt.len() + req.max_tokens.max(1) > max_ctx {
+        // Saturating: `max_tokens` comes from the client and may be anything.
+        let wanted = req.prompt.len().saturating_add(req.max_tokens.max(1));
+        if wanted > max_ctx {
             return Err(EngineError::InvalidRequest(format!(
                 "this model's maximum context length is {max_ctx} tokens; the request asks for {} ({} in the prompt, {} to generate)",
-                req.prompt.len() + req.max_tokens,
+                req.prompt.len().saturating_add(req.max_tokens),
                 req.prompt.len(),
                 req.max_tokens
             )));
         }
         let block = i.namespace.layout().block_size as usize;
         let pool_tokens = i.config.num_blocks(i.namespace.layout()) * block;
-        if req.prompt.len() + req.max_tokens.max(1) > pool_tokens {
+        if wanted > pool_tokens {
             return Err(EngineError::InvalidRequest(format!(
-                "the request needs {} tokens of KV but the whole KV pool holds {pool_tokens}",
-                req.prompt.len() + req.max_tokens.max(1)
+                "the request needs {wanted} tokens of KV but the whole KV pool holds {pool_tokens}"
             )));
         }
         let ns = self.namespace_for(req.cache_salt.as_deref())?;
