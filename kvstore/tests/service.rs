@@ -15,7 +15,10 @@ use tonic::Code;
 use tierkv_tiers::testing::payload as block;
 
 mod common;
-use common::{chunk, client, client_over, data_conn, raw, rpc_code, start, start_with};
+use common::{
+    chunk, client, client_over, data_conn, host_over_read_only_peer, raw, rpc_code, start,
+    start_with,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_then_fetch_in_request_order_with_missing_reported() {
@@ -388,32 +391,9 @@ async fn a_store_falls_through_to_a_peer_and_promotes_what_it_fetched() {
         .await
         .unwrap();
 
-    let host: Arc<dyn Tier> = Arc::new(
-        HostTier::new(HostTierConfig {
-            capacity_bytes: 1 << 20,
-            slot_bytes: 1 << 20,
-            ..Default::default()
-        })
-        .unwrap(),
-    );
     let mut cc = BlockClientConfig::new(peer.addr.clone());
     cc.retries = 0;
-    let remote: Arc<dyn Tier> = Arc::new(
-        RemoteTier::new(RemoteTierConfig {
-            name: "prefill-0".into(),
-            client: cc,
-            read_only: true,
-            namespaces: vec![namespace.into()],
-            slot_bytes: 1 << 20,
-        })
-        .unwrap(),
-    );
-    let store = TieredStore::builder()
-        .tier(host)
-        .tier(remote)
-        .build()
-        .await
-        .unwrap();
+    let store = host_over_read_only_peer("prefill-0", cc, namespace).await;
     let id = tierkv_kvstore::namespace_id(namespace);
     assert_eq!(
         store.get_key(BlockKey::new(id, 1)).await.unwrap(),

@@ -2,20 +2,20 @@
 //! gone client within a bounded time and gives back its slot and budget, and a payload
 //! published under a key already stored never changes what verifying readers get.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tierkv_kvstore::service::{BlockClientConfig, ServiceConfig, Transport};
-use tierkv_kvstore::{RemoteTier, RemoteTierConfig, TieredStore};
 use tierkv_proto::v1::{FetchRequest, PublishChunk, WatchRequest};
 use tierkv_tiers::testing::payload as block;
-use tierkv_tiers::{HostTier, HostTierConfig, Tier};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 mod common;
-use common::{Server, chunk, client, client_over, data_conn, raw, serve_store, start};
+use common::{
+    Server, chunk, client, client_over, data_conn, host_over_read_only_peer, raw, serve_store,
+    start,
+};
 
 /// Waits (up to `limit`) until `done` holds; false if it never did.
 async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -39,34 +39,11 @@ async fn silent_peer() -> (tokio::net::TcpListener, String) {
 /// A server whose store is a small host tier over a peer that never answers: a read
 /// that misses the host tier waits on the peer for `peer_timeout`.
 async fn server_over_a_hanging_peer(peer: &str, peer_timeout: Duration) -> Server {
-    let host: Arc<dyn Tier> = Arc::new(
-        HostTier::new(HostTierConfig {
-            capacity_bytes: 1 << 20,
-            slot_bytes: 1 << 20,
-            ..Default::default()
-        })
-        .unwrap(),
-    );
     let mut cc = BlockClientConfig::new(peer);
     cc.retries = 0;
     cc.timeout = peer_timeout;
     cc.connect_timeout = peer_timeout;
-    let remote: Arc<dyn Tier> = Arc::new(
-        RemoteTier::new(RemoteTierConfig {
-            name: "hanging-peer".into(),
-            client: cc,
-            read_only: true,
-            namespaces: vec!["n".into()],
-            slot_bytes: 1 << 20,
-        })
-        .unwrap(),
-    );
-    let store = TieredStore::builder()
-        .tier(host)
-        .tier(remote)
-        .build()
-        .await
-        .unwrap();
+    let store = host_over_read_only_peer("hanging-peer", cc, "n").await;
     serve_store(store, ServiceConfig::default()).await
 }
 

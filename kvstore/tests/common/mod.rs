@@ -7,9 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tierkv_kvstore::metrics::Metrics;
 use tierkv_kvstore::service::{BlockClient, BlockClientConfig, ServiceConfig, Transport, serve};
-use tierkv_kvstore::{KvStoreError, StoreConfig, TieredStore};
+use tierkv_kvstore::{KvStoreError, RemoteTier, RemoteTierConfig, StoreConfig, TieredStore};
 use tierkv_proto::v1::block_service_client::BlockServiceClient;
 use tierkv_proto::v1::{BlockId, PublishChunk};
+use tierkv_tiers::{HostTier, HostTierConfig, Tier};
 use tonic::Code;
 
 pub struct Server {
@@ -130,4 +131,37 @@ pub async fn data_conn(addr: &str, token: &str) -> (tokio::net::TcpStream, u8) {
     s.write_all(&hello).await.unwrap();
     let reply = s.read_u8().await.unwrap();
     (s, reply)
+}
+
+/// A store of one host tier (1 MiB, 1 MiB slots) over a read-only peer's block service,
+/// named `name`, that serves `namespace`.
+pub async fn host_over_read_only_peer(
+    name: &str,
+    client: BlockClientConfig,
+    namespace: &str,
+) -> TieredStore {
+    let host: Arc<dyn Tier> = Arc::new(
+        HostTier::new(HostTierConfig {
+            capacity_bytes: 1 << 20,
+            slot_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let remote: Arc<dyn Tier> = Arc::new(
+        RemoteTier::new(RemoteTierConfig {
+            name: name.into(),
+            client,
+            read_only: true,
+            namespaces: vec![namespace.into()],
+            slot_bytes: 1 << 20,
+        })
+        .unwrap(),
+    );
+    TieredStore::builder()
+        .tier(host)
+        .tier(remote)
+        .build()
+        .await
+        .unwrap()
 }
