@@ -80,7 +80,21 @@ fn interleaved_subset(n: usize, rng: &mut Rng) -> Vec<u32> {
     out
 }
 
-async fn round_trip(layout: GpuLayout, block_size: usize, staging_bytes: usize, seed: u64) {
+/// How a round trip's copies are made: through staging, or (layer-separate, pinned
+/// host memory) in one zero-copy kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    Staged,
+    ZeroCopy,
+}
+
+async fn round_trip(
+    layout: GpuLayout,
+    block_size: usize,
+    staging_bytes: usize,
+    path: Path,
+    seed: u64,
+) {
     let ctx = ctx();
     let mut rng = Rng(seed);
     // 2-byte elements: the same bytes whether they are bf16 or fp16.
@@ -91,10 +105,16 @@ async fn round_trip(layout: GpuLayout, block_size: usize, staging_bytes: usize, 
         &ctx,
         TransferConfig {
             staging_bytes,
+            zero_copy_bytes: match path {
+                Path::Staged => 0,
+                Path::ZeroCopy => usize::MAX,
+            },
             ..TransferConfig::default()
         },
     )
     .expect("engine");
+    // Block-contiguous blocks are single runs: always copy-engine copies.
+    let zero_copy = path == Path::ZeroCopy && layout == GpuLayout::LayerSeparate;
     let subset = interleaved_subset(n, &mut rng);
     let bb = g.block_bytes();
     let mut host =
@@ -107,6 +127,7 @@ async fn round_trip(layout: GpuLayout, block_size: usize, staging_bytes: usize, 
             .await
             .expect("offload");
         assert_eq!(s.blocks, subset.len());
+        assert_eq!(s.zero_copy, zero_copy, "{path:?} offload");
     }
     for (i, &b) in subset.iter().enumerate() {
         assert!(
@@ -122,40 +143,147 @@ async fn round_trip(layout: GpuLayout, block_size: usize, staging_bytes: usize, 
         truth[subset[0] as usize]
     );
     let src: Vec<&[u8]> = host.as_slice().chunks_exact(bb).collect();
-    engine.onboard(&pool, &subset, &src).await.expect("onboard");
+    let s = engine.onboard(&pool, &subset, &src).await.expect("onboard");
+    assert_eq!(s.zero_copy, zero_copy, "{path:?} onboard");
     for (b, want) in truth.iter().enumerate() {
         assert!(
             pool.read_block(b as u32).expect("read") == *want,
-            "{layout:?} bs {block_size}: block {b} differs after the round trip"
+            "{layout:?} bs {block_size} {path:?}: block {b} differs after the round trip"
         );
     }
 }
 
 #[tokio::test]
 async fn layer_separate_round_trip_block_16() {
-    round_trip(GpuLayout::LayerSeparate, 16, 256 << 20, 1).await;
+    round_trip(GpuLayout::LayerSeparate, 16, 256 << 20, Path::Staged, 1).await;
+}
+
+#[tokio::test]
+async fn layer_separate_round_trip_block_16_zero_copy() {
+    round_trip(GpuLayout::LayerSeparate, 16, 256 << 20, Path::ZeroCopy, 11).await;
+}
+
+#[tokio::test]
+async fn layer_separate_round_trip_block_128_zero_copy() {
+    round_trip(GpuLayout::LayerSeparate, 128, 256 << 20, Path::ZeroCopy, 12).await;
 }
 
 #[tokio::test]
 async fn layer_separate_round_trip_block_128() {
-    round_trip(GpuLayout::LayerSeparate, 128, 256 << 20, 2).await;
+    round_trip(GpuLayout::LayerSeparate, 128, 256 << 20, Path::Staged, 2).await;
 }
 
 #[tokio::test]
 async fn layer_separate_round_trip_in_several_staging_rounds() {
     // Staging of 3 blocks: the 24 blocks go through in 8 rounds.
     let g = BlockGeometry::new(4, 16, 8, 128, 2);
-    round_trip(GpuLayout::LayerSeparate, 16, 3 * g.block_bytes(), 3).await;
+    round_trip(
+        GpuLayout::LayerSeparate,
+        16,
+        3 * g.block_bytes(),
+        Path::Staged,
+        3,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn block_contiguous_round_trip_block_16() {
-    round_trip(GpuLayout::BlockContiguous, 16, 256 << 20, 4).await;
+    round_trip(GpuLayout::BlockContiguous, 16, 256 << 20, Path::ZeroCopy, 4).await;
 }
 
 #[tokio::test]
 async fn block_contiguous_round_trip_block_128() {
-    round_trip(GpuLayout::BlockContiguous, 128, 256 << 20, 5).await;
+    round_trip(GpuLayout::BlockContiguous, 128, 256 << 20, Path::Staged, 5).await;
+}
+
+#[tokio::test]
+async fn pageable_host_memory_is_staged_even_for_a_small_transfer() {
+    let ctx = ctx();
+    let mut rng = Rng(21);
+    let g = BlockGeometry::new(4, 16, 8, 128, 2);
+    let (pool, truth) = random_pool(&ctx, GpuLayout::LayerSeparate, g, 8, &mut rng);
+    let engine = TransferEngine::new(
+        &ctx,
+        TransferConfig {
+            zero_copy_bytes: usize::MAX,
+            ..TransferConfig::default()
+        },
+    )
+    .expect("engine");
+    let bb = g.block_bytes();
+    // Plain heap memory the driver never mapped: the kernel could not reach it.
+    let mut host = vec![0u8; 3 * bb];
+    let ids = [5u32, 1, 6];
+    {
+        let mut dst: Vec<&mut [u8]> = host.chunks_exact_mut(bb).collect();
+        let s = engine
+            .offload(&pool, &ids, &mut dst)
+            .await
+            .expect("offload");
+        assert!(!s.zero_copy, "pageable memory must be staged");
+    }
+    for (i, &b) in ids.iter().enumerate() {
+        assert!(
+            host[i * bb..(i + 1) * bb] == truth[b as usize][..],
+            "block {b}"
+        );
+    }
+    for &b in &ids {
+        pool.fill_block(b, 0).expect("scribble");
+    }
+    let src: Vec<&[u8]> = host.chunks_exact(bb).collect();
+    let s = engine.onboard(&pool, &ids, &src).await.expect("onboard");
+    assert!(!s.zero_copy);
+    for (b, want) in truth.iter().enumerate() {
+        assert!(
+            pool.read_block(b as u32).expect("read") == *want,
+            "block {b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn registered_host_memory_takes_the_zero_copy_path() {
+    // The host tier's slab is pinned this way (mmap + cuMemHostRegister).
+    let ctx = ctx();
+    let mut rng = Rng(22);
+    let g = BlockGeometry::new(4, 16, 8, 128, 2);
+    let (pool, truth) = random_pool(&ctx, GpuLayout::LayerSeparate, g, 8, &mut rng);
+    let engine = TransferEngine::new(&ctx, TransferConfig::default()).expect("engine");
+    let bb = g.block_bytes();
+    let mut host = PinnedBuffer::new(&ctx, 3 * bb, PinMethod::MmapTouchRegister { threads: 2 })
+        .expect("pinned");
+    let ids = [7u32, 0, 3];
+    {
+        let mut dst: Vec<&mut [u8]> = host.as_mut_slice().chunks_exact_mut(bb).collect();
+        let s = engine
+            .offload(&pool, &ids, &mut dst)
+            .await
+            .expect("offload");
+        assert!(
+            s.zero_copy,
+            "a small transfer into registered memory is zero-copy"
+        );
+    }
+    for (i, &b) in ids.iter().enumerate() {
+        assert!(
+            host.as_slice()[i * bb..(i + 1) * bb] == truth[b as usize][..],
+            "block {b}"
+        );
+    }
+    for &b in &ids {
+        pool.fill_block(b, 0).expect("scribble");
+    }
+    let src: Vec<&[u8]> = host.as_slice().chunks_exact(bb).collect();
+    let s = engine.onboard(&pool, &ids, &src).await.expect("onboard");
+    assert!(s.zero_copy);
+    for (b, want) in truth.iter().enumerate() {
+        assert!(
+            pool.read_block(b as u32).expect("read") == *want,
+            "block {b}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -63,6 +63,13 @@ pub struct TransferRow {
     pub ceiling_h2d_gbps: f64,
     pub offload_ratio: f64,
     pub onboard_ratio: f64,
+    /// Whether the default configuration moves this transfer in one zero-copy kernel.
+    pub default_zero_copy: bool,
+    /// Layer-separate only: the staged path and the zero-copy path, each forced.
+    pub staged_offload_gbps: Option<f64>,
+    pub staged_onboard_gbps: Option<f64>,
+    pub zero_copy_offload_gbps: Option<f64>,
+    pub zero_copy_onboard_gbps: Option<f64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -113,6 +120,25 @@ pub struct Report {
     pub disk: Option<DiskRow>,
 }
 
+/// One offload then one onboard of `ids` through `engine`, into and out of the first
+/// `bytes` of `host`: their times in seconds.
+async fn round(
+    engine: &TransferEngine,
+    pool: &HbmPool,
+    ids: &[u32],
+    host: &mut PinnedBuffer,
+    bb: usize,
+    bytes: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let s = {
+        let mut dst: Vec<&mut [u8]> = host.as_mut_slice()[..bytes].chunks_exact_mut(bb).collect();
+        engine.offload(pool, ids, &mut dst).await?
+    };
+    let src: Vec<&[u8]> = host.as_slice()[..bytes].chunks_exact(bb).collect();
+    let t = engine.onboard(pool, ids, &src).await?;
+    Ok((s.elapsed.as_secs_f64(), t.elapsed.as_secs_f64()))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -150,6 +176,21 @@ pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
         .and_then(cudarc::driver::result::device::get_name)
         .unwrap_or_else(|_| "GPU 0".into());
     let engine = TransferEngine::new(&ctx, TransferConfig::default())?;
+    // The two paths of layer-separate transfers, each forced, beside the default.
+    let staged = TransferEngine::new(
+        &ctx,
+        TransferConfig {
+            zero_copy_bytes: 0,
+            ..TransferConfig::default()
+        },
+    )?;
+    let zero_copy = TransferEngine::new(
+        &ctx,
+        TransferConfig {
+            zero_copy_bytes: usize::MAX,
+            ..TransferConfig::default()
+        },
+    )?;
     let mut transfers = Vec::new();
     let max_batch = args.batches.iter().copied().max().unwrap_or(1);
     for shape in &args.shapes {
@@ -170,19 +211,17 @@ pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
                 }
                 for &batch in &args.batches {
                     let bytes = batch * bb;
-                    let (mut off, mut on, mut d2h, mut h2d) = (vec![], vec![], vec![], vec![]);
+                    // Both paths of a layer-separate pool, beside the default's pick.
+                    let both = layout == GpuLayout::LayerSeparate;
+                    let mut m: [Vec<f64>; 8] = Default::default();
                     for rep in 0..args.repeats + 1 {
                         let ids = scattered(batch, n_pool, 0x9e37 + rep as u64);
-                        let s = {
-                            let mut dst: Vec<&mut [u8]> =
-                                host.as_mut_slice()[..bytes].chunks_exact_mut(bb).collect();
-                            engine.offload(&pool, &ids, &mut dst).await?
-                        };
-                        let t = {
-                            let src: Vec<&[u8]> =
-                                host.as_slice()[..bytes].chunks_exact(bb).collect();
-                            engine.onboard(&pool, &ids, &src).await?
-                        };
+                        let mut times =
+                            vec![round(&engine, &pool, &ids, &mut host, bb, bytes).await?];
+                        if both {
+                            times.push(round(&staged, &pool, &ids, &mut host, bb, bytes).await?);
+                            times.push(round(&zero_copy, &pool, &ids, &mut host, bb, bytes).await?);
+                        }
                         let dev = contiguous.block_ptr(0)?;
                         // SAFETY: `dev` starts `max_batch` blocks of device memory and
                         // `host` holds as many; nothing else uses either meanwhile.
@@ -198,13 +237,16 @@ pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
                         };
                         if rep > 0 {
                             // The first repetition warms up (module load, page mapping).
-                            off.push(s.elapsed.as_secs_f64());
-                            on.push(t.elapsed.as_secs_f64());
-                            d2h.push(c1.as_secs_f64());
-                            h2d.push(c2.as_secs_f64());
+                            m[0].push(c1.as_secs_f64());
+                            m[1].push(c2.as_secs_f64());
+                            for (i, (off, on)) in times.into_iter().enumerate() {
+                                m[2 + 2 * i].push(off);
+                                m[3 + 2 * i].push(on);
+                            }
                         }
                     }
-                    let (off, on, d2h, h2d) = (median(off), median(on), median(d2h), median(h2d));
+                    let [d2h, h2d, off, on, s_off, s_on, z_off, z_on] = m.map(median);
+                    let rate = |t: f64| (both && t.is_finite()).then(|| bytes as f64 / t / 1e9);
                     let row = TransferRow {
                         shape: shape.clone(),
                         block_size: bs,
@@ -219,6 +261,12 @@ pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
                         ceiling_h2d_gbps: bytes as f64 / h2d / 1e9,
                         offload_ratio: d2h / off,
                         onboard_ratio: h2d / on,
+                        default_zero_copy: both
+                            && bytes <= TransferConfig::default().zero_copy_bytes,
+                        staged_offload_gbps: rate(s_off),
+                        staged_onboard_gbps: rate(s_on),
+                        zero_copy_offload_gbps: rate(z_off),
+                        zero_copy_onboard_gbps: rate(z_on),
                     };
                     eprintln!("{row:?}");
                     transfers.push(row);
@@ -478,16 +526,25 @@ fn o_direct_parallel(
 fn print_report(r: &Report) {
     println!("tierkv-bench gpu on {}", r.device);
     println!(
-        "| shape | block | layout | batch | offload GB/s | ms | ceiling D2H GB/s | ratio | onboard GB/s | ms | ceiling H2D GB/s | ratio |"
+        "| shape | block | layout | batch | path | offload GB/s | ms | ceiling D2H GB/s | ratio | onboard GB/s | ms | ceiling H2D GB/s | ratio | staged off/on GB/s | zero-copy off/on GB/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let pair = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{a:.1}/{b:.1}"),
+        _ => "-".into(),
+    };
     for x in &r.transfers {
         println!(
-            "| {} | {} | {} | {} | {:.1} | {:.3} | {:.1} | {:.2}x | {:.1} | {:.3} | {:.1} | {:.2}x |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.3} | {:.1} | {:.2}x | {:.1} | {:.3} | {:.1} | {:.2}x | {} | {} |",
             x.shape,
             x.block_size,
             x.layout,
             x.batch,
+            if x.default_zero_copy {
+                "zero-copy"
+            } else {
+                "staged"
+            },
             x.offload_gbps,
             x.offload_ms,
             x.ceiling_d2h_gbps,
@@ -495,7 +552,9 @@ fn print_report(r: &Report) {
             x.onboard_gbps,
             x.onboard_ms,
             x.ceiling_h2d_gbps,
-            x.onboard_ratio
+            x.onboard_ratio,
+            pair(x.staged_offload_gbps, x.staged_onboard_gbps),
+            pair(x.zero_copy_offload_gbps, x.zero_copy_onboard_gbps)
         );
     }
     println!("| pinning method | GiB | s | of which touch s | GiB/s |");

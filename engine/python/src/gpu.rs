@@ -214,12 +214,22 @@ pub fn offload(
     let len = kv.kv.block_bytes();
     let ids: Vec<u32> = blocks.iter().map(|&(_, b)| b).collect();
     let landed = runtime()?.block_on(async {
+        let started = std::time::Instant::now();
         let mut landings = landings(backend, ids.len(), len).await?;
+        let staged_in = started.elapsed();
         let mut dst: Vec<&mut [u8]> = landings.iter_mut().map(|l| l.as_mut_slice(len)).collect();
-        kv.engine
+        let moved = kv
+            .engine
             .offload_after(kv.kv.as_ref(), &ids, &mut dst, Some(&after))
             .await
             .map_err(gpu)?;
+        tracing::trace!(
+            blocks = ids.len(),
+            landings_us = staged_in.as_micros() as u64,
+            transfer_us = moved.elapsed.as_micros() as u64,
+            zero_copy = moved.zero_copy,
+            "GPU offload"
+        );
         Ok::<_, PyTierkvError>(landings)
     })?;
     Ok(blocks
@@ -254,10 +264,17 @@ pub fn onboard(
             return Ok(0);
         }
         let src: Vec<&[u8]> = present.iter().map(|b| b.as_ref()).collect();
-        kv.engine
+        let moved = kv
+            .engine
             .onboard_after(kv.kv.as_ref(), &ids[..src.len()], &src, Some(&after))
             .await
             .map_err(gpu)?;
+        tracing::trace!(
+            blocks = src.len(),
+            transfer_us = moved.elapsed.as_micros() as u64,
+            zero_copy = moved.zero_copy,
+            "GPU onboard"
+        );
         Ok(src.len())
     })
 }

@@ -129,6 +129,7 @@ fn finished(
             blocks: n,
             bytes: n * bb,
             elapsed: started.elapsed(),
+            zero_copy: false,
         }),
     }
 }

@@ -5,8 +5,11 @@
 //! one after another in list order — the store's block layout when the list is
 //! (block 0 layer 0, block 0 layer 1, ..., block 1 layer 0, ...). `gather` copies pieces
 //! into staging, `scatter` back out; `copy_pieces` copies pieces between pairs of
-//! addresses (a layer of many blocks into their places in staging). Grid: x = piece,
-//! y = 64 KiB chunk of the piece; each thread moves 16 bytes at a time.
+//! addresses (a layer of many blocks into their places in staging); `zero_copy_pieces`
+//! does the same across PCIe for small transfers: its pair table and one side of every
+//! pair are mapped pinned host memory, read and written by the kernel itself (no staging
+//! and no copy-engine copy). Grid: x = piece, y = chunk of the piece; each thread moves
+//! 16 bytes at a time.
 
 use std::sync::Arc;
 
@@ -54,10 +57,38 @@ extern "C" __global__ void copy_pieces(const u64* __restrict__ pairs, u64 piece_
     const u64 n = (end - begin) / 16;
     for (u64 i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
 }
+
+// Zero-copy transfers (see the module docs): `pairs` and one side of each pair are
+// mapped pinned host memory, so nothing here is restrict/read-only-cached. Four loads
+// are in flight per thread before their stores: a PCIe read takes microseconds.
+extern "C" __global__ void zero_copy_pieces(const u64* pairs, u64 piece_bytes,
+                                            u64 chunk_bytes) {
+    const u64 piece = blockIdx.x;
+    const u64 begin = (u64)blockIdx.y * chunk_bytes;
+    u64 end = begin + chunk_bytes;
+    if (end > piece_bytes) end = piece_bytes;
+    const uint4* src = (const uint4*)(pairs[2 * piece] + begin);
+    uint4* dst = (uint4*)(pairs[2 * piece + 1] + begin);
+    const u64 n = (end - begin) / 16;
+    const u64 step = blockDim.x;
+    u64 i = threadIdx.x;
+    for (; i + 3 * step < n; i += 4 * step) {
+        const uint4 a = src[i], b = src[i + step], c = src[i + 2 * step], d = src[i + 3 * step];
+        dst[i] = a;
+        dst[i + step] = b;
+        dst[i + 2 * step] = c;
+        dst[i + 3 * step] = d;
+    }
+    for (; i < n; i += step) dst[i] = src[i];
+}
 "#;
 
 /// Bytes of a piece one thread block copies.
 pub const CHUNK_BYTES: u64 = 64 << 10;
+/// Bytes of a piece one thread block of `zero_copy_pieces` copies: smaller than
+/// [`CHUNK_BYTES`], so a small transfer still spreads over many SMs (one thread block's
+/// four-deep loads cover exactly this much).
+pub const ZERO_COPY_CHUNK_BYTES: u64 = 16 << 10;
 /// Threads per thread block.
 pub const THREADS: u32 = 256;
 
@@ -66,6 +97,8 @@ pub struct Kernels {
     pub scatter: CudaFunction,
     /// Copies pieces between addresses given in pairs (layer-wise saves).
     pub copy_pairs: CudaFunction,
+    /// Copies pieces between HBM and mapped pinned host memory (small transfers).
+    pub zero_copy: CudaFunction,
 }
 
 impl Kernels {
@@ -85,6 +118,9 @@ impl Kernels {
             copy_pairs: module
                 .load_function("copy_pieces")
                 .map_err(gpu_err("copy_pieces"))?,
+            zero_copy: module
+                .load_function("zero_copy_pieces")
+                .map_err(gpu_err("zero_copy_pieces"))?,
         })
     }
 }

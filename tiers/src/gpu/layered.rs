@@ -268,6 +268,7 @@ impl OffloadInFlight {
             blocks: self.job.blocks,
             bytes: self.job.blocks * self.job.block_bytes,
             elapsed: self.job.started.elapsed(),
+            zero_copy: false,
         })
     }
 }

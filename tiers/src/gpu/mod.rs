@@ -32,7 +32,9 @@ mod kernels;
 mod layered;
 mod pinned;
 mod pool;
+mod stream;
 mod transfer;
+mod zero_copy;
 
 use std::sync::{Arc, OnceLock};
 
@@ -42,7 +44,8 @@ pub use engine_kv::{EngineKv, PieceGroup};
 pub use layered::{LayeredOffload, OffloadInFlight};
 pub use pinned::{PinMethod, PinnedBuffer, register_host, touch_pages, unregister_host};
 pub use pool::{BlockGeometry, GpuLayout, HbmPool};
-pub use transfer::{EngineEvent, EngineStream, TransferConfig, TransferEngine, TransferStats};
+pub use stream::{EngineEvent, EngineStream};
+pub use transfer::{TransferConfig, TransferEngine, TransferStats};
 
 use crate::{Result, TierError};
 

@@ -39,7 +39,8 @@ fn check(r: sys::CUresult, what: &str) -> Result<()> {
     }
 }
 
-/// Pins `len` bytes at `ptr` (`cuMemHostRegister`, portable to every context).
+/// Pins `len` bytes at `ptr` (`cuMemHostRegister`, portable to every context and mapped
+/// into the GPUs' address space, so small transfers can reach it from a kernel).
 ///
 /// # Safety
 /// `ptr..ptr+len` must be a live mapping owned by the caller that stays mapped until
@@ -47,10 +48,16 @@ fn check(r: sys::CUresult, what: &str) -> Result<()> {
 pub unsafe fn register_host(ctx: &Arc<CudaContext>, ptr: *mut u8, len: usize) -> Result<()> {
     ctx.bind_to_thread()
         .map_err(|e| TierError::Gpu(format!("binding the context: {e}")))?;
-    // SAFETY: the caller guarantees the range is a live mapping; flag 1 is
-    // CU_MEMHOSTREGISTER_PORTABLE.
+    // SAFETY: the caller guarantees the range is a live mapping; the flags are valid
+    // constants.
     check(
-        unsafe { sys::cuMemHostRegister_v2(ptr.cast(), len, 1) },
+        unsafe {
+            sys::cuMemHostRegister_v2(
+                ptr.cast(),
+                len,
+                sys::CU_MEMHOSTREGISTER_PORTABLE | sys::CU_MEMHOSTREGISTER_DEVICEMAP,
+            )
+        },
         "cuMemHostRegister",
     )
 }
@@ -98,9 +105,15 @@ impl PinnedBuffer {
         let ptr = match method {
             PinMethod::HostAlloc => {
                 let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
-                // SAFETY: an out-pointer to a local; flag 1 is CU_MEMHOSTALLOC_PORTABLE.
+                // SAFETY: an out-pointer to a local; the flags are valid constants.
                 check(
-                    unsafe { sys::cuMemHostAlloc(&mut p, len, 1) },
+                    unsafe {
+                        sys::cuMemHostAlloc(
+                            &mut p,
+                            len,
+                            sys::CU_MEMHOSTALLOC_PORTABLE | sys::CU_MEMHOSTALLOC_DEVICEMAP,
+                        )
+                    },
                     "cuMemHostAlloc",
                 )?;
                 p.cast::<u8>()

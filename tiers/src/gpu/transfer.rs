@@ -18,7 +18,7 @@ use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg, resul
 use tokio::sync::Mutex;
 
 use super::kernels::{CHUNK_BYTES, Kernels, THREADS};
-use super::{DeviceBlocks, gpu_err};
+use super::{DeviceBlocks, EngineEvent, gpu_err, zero_copy};
 use crate::{Result, TierError};
 
 /// How long a transfer's completion is polled before the wait moves to a blocking
@@ -34,6 +34,11 @@ pub struct TransferConfig {
     /// Device staging memory per layer-wise offload lane (two lanes): the most one
     /// step's layer-wise save may hold. Default 512 MiB.
     pub layered_staging_bytes: usize,
+    /// Transfers of blocks in more than one piece (layer-separate) up to this many bytes
+    /// in all move in one kernel straight between HBM and mapped pinned host memory, no
+    /// staging; larger ones, or host memory that is not pinned, are staged. 0 stages
+    /// everything. Default 32 MiB.
+    pub zero_copy_bytes: usize,
 }
 
 impl Default for TransferConfig {
@@ -41,6 +46,7 @@ impl Default for TransferConfig {
         TransferConfig {
             staging_bytes: 256 << 20,
             layered_staging_bytes: 512 << 20,
+            zero_copy_bytes: 32 << 20,
         }
     }
 }
@@ -51,105 +57,14 @@ pub struct TransferStats {
     pub blocks: usize,
     pub bytes: usize,
     pub elapsed: Duration,
+    /// Whether one kernel moved the bytes straight between HBM and mapped host memory
+    /// (small transfers, see [`TransferConfig::zero_copy_bytes`]) rather than staging.
+    pub zero_copy: bool,
 }
 
 impl TransferStats {
     pub fn gb_per_s(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64() / 1e9
-    }
-}
-
-/// A stream of the engine's (for PyTorch, `torch.cuda.current_stream().cuda_stream`),
-/// so that a transfer is ordered after the work the engine queued on it.
-#[derive(Clone, Copy, Debug)]
-pub struct EngineStream(pub(super) sys::CUstream);
-
-// SAFETY: a stream handle is an opaque driver object usable from any thread with its
-// context bound.
-unsafe impl Send for EngineStream {}
-// SAFETY: as above; recording an event on it is thread-safe in the driver.
-unsafe impl Sync for EngineStream {}
-
-impl EngineStream {
-    /// # Safety
-    /// `raw` must be a live stream of the context the transfers use (0 is the legacy
-    /// default stream) for as long as this value is used.
-    pub unsafe fn from_raw(raw: usize) -> EngineStream {
-        EngineStream(raw as sys::CUstream)
-    }
-
-    /// The legacy default stream (handle 0), valid in every context.
-    pub fn default_stream() -> EngineStream {
-        EngineStream(std::ptr::null_mut())
-    }
-
-    /// Marks the work queued on the stream so far: a transfer given the event starts
-    /// after that work (the engine's forward pass that wrote the blocks, or that still
-    /// reads blocks about to be overwritten). Call it in the engine's thread, in order
-    /// with its launches.
-    pub fn record(&self, ctx: &Arc<CudaContext>) -> Result<EngineEvent> {
-        ctx.bind_to_thread()
-            .map_err(gpu_err("binding the context"))?;
-        let event = EngineEvent::new()?;
-        // SAFETY: `event` was just created in this context and `self.0` is a live stream
-        // of it (from_raw's contract); on error `event` is destroyed by its Drop.
-        check(
-            unsafe { sys::cuEventRecord(event.0, self.0) },
-            "recording an event on the engine's stream",
-        )?;
-        Ok(event)
-    }
-
-    /// Makes the work queued on the engine's stream from now on wait, on the GPU, until
-    /// `event` has happened (the host does not wait).
-    pub(super) fn wait_for(&self, event: &EngineEvent) -> Result<()> {
-        // SAFETY: a live stream (from_raw's contract) and a live event of its context.
-        check(
-            unsafe { sys::cuStreamWaitEvent(self.0, event.0, 0) },
-            "ordering the engine's stream after a transfer",
-        )
-    }
-}
-
-/// An event recorded on an [`EngineStream`] (see [`EngineStream::record`]).
-#[derive(Debug)]
-pub struct EngineEvent(pub(super) sys::CUevent);
-
-// SAFETY: an event handle is an opaque driver object, usable from any thread.
-unsafe impl Send for EngineEvent {}
-// SAFETY: as above; waiting on it does not mutate it.
-unsafe impl Sync for EngineEvent {}
-
-impl EngineEvent {
-    /// A new event in the context bound to this thread (not yet recorded).
-    pub(super) fn new() -> Result<EngineEvent> {
-        let mut event: sys::CUevent = std::ptr::null_mut();
-        // SAFETY: an out-parameter on the stack; flags are a valid constant.
-        let r = unsafe {
-            sys::cuEventCreate(
-                &mut event,
-                sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
-            )
-        };
-        check(r, "creating an event")?;
-        Ok(EngineEvent(event))
-    }
-
-    /// Records the event on `stream` (of the bound context).
-    pub(super) fn record_on(&self, stream: sys::CUstream) -> Result<()> {
-        // SAFETY: a live event and a live stream of the bound context.
-        check(
-            unsafe { sys::cuEventRecord(self.0, stream) },
-            "recording an event",
-        )
-    }
-}
-
-impl Drop for EngineEvent {
-    fn drop(&mut self) {
-        // SAFETY: created by cuEventCreate and destroyed once; the driver defers the
-        // release until queued waits on it are done.
-        let _ = unsafe { sys::cuEventDestroy_v2(self.0) };
     }
 }
 
@@ -191,6 +106,9 @@ impl Drop for DeviceBuf {
 pub(super) struct HostTable {
     ptr: *mut u64,
     cap: usize,
+    /// The table's address for kernels (it is mapped: the zero-copy kernel reads it
+    /// across PCIe instead of waiting for an upload).
+    device: CUdeviceptr,
 }
 
 // SAFETY: the table is pinned memory this value owns alone; it is written only through
@@ -209,16 +127,38 @@ impl HostTable {
                 // SAFETY: allocated below by malloc_host; nothing queued reads it.
                 let _ = unsafe { result::free_host(self.ptr.cast()) };
                 self.cap = 0;
+                self.device = 0;
             }
             let cap = n.next_power_of_two().max(512);
-            // SAFETY: a plain pinned allocation in the bound context.
-            let ptr = unsafe { result::malloc_host(cap * 8, 0) }
+            // SAFETY: a plain pinned allocation in the bound context, mapped into the
+            // device's address space.
+            let ptr = unsafe { result::malloc_host(cap * 8, sys::CU_MEMHOSTALLOC_DEVICEMAP) }
                 .map_err(gpu_err("allocating the pinned piece table"))?;
             self.ptr = ptr.cast();
             self.cap = cap;
+            let mut device: CUdeviceptr = 0;
+            // SAFETY: an out-parameter on the stack and the mapped allocation just made.
+            let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, ptr, 0) };
+            check(r, "mapping the pinned piece table")?;
+            self.device = device;
         }
         // SAFETY: `ptr` holds `cap >= n` u64s, owned by this lane (behind its mutex).
         Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, n) })
+    }
+}
+
+impl HostTable {
+    pub(super) fn empty() -> HostTable {
+        HostTable {
+            ptr: std::ptr::null_mut(),
+            cap: 0,
+            device: 0,
+        }
+    }
+
+    /// The table's device address (valid after [`ensure`](Self::ensure)).
+    pub(super) fn device_ptr(&self) -> CUdeviceptr {
+        self.device
     }
 }
 
@@ -285,10 +225,7 @@ impl TransferEngine {
                 stream: ctx.new_stream().map_err(gpu_err("creating a stream"))?,
                 staging: DeviceBuf { ptr: 0, len: 0 },
                 table: DeviceBuf { ptr: 0, len: 0 },
-                host_table: HostTable {
-                    ptr: std::ptr::null_mut(),
-                    cap: 0,
-                },
+                host_table: HostTable::empty(),
             }))
         };
         Ok(TransferEngine {
@@ -412,6 +349,27 @@ impl TransferEngine {
                 "ordering after the engine's stream",
             )?;
         }
+        let total = blocks.len() * block_bytes;
+        let zero_copy = if pieces_per_block > 1 && total <= self.config.zero_copy_bytes {
+            zero_copy::mapped(host, block_bytes)
+        } else {
+            None
+        };
+        if let Some(mapped) = &zero_copy {
+            // SAFETY: the lane is idle (taken above, every transfer completes before it
+            // gives the lane back); every mapped address is one host block the caller
+            // keeps borrowed until this function returns, which is after the stream
+            // completed (or `guard` synchronised it).
+            unsafe { zero_copy::queue(&self.kernels, &mut lane, &dir, pool, blocks, mapped) }?;
+            self.completion(&stream).await?;
+            std::mem::forget(guard);
+            return Ok(TransferStats {
+                blocks: blocks.len(),
+                bytes: total,
+                elapsed: started.elapsed(),
+                zero_copy: true,
+            });
+        }
         match pieces_per_block {
             1 => {
                 let mut pairs = Vec::with_capacity(blocks.len());
@@ -506,8 +464,9 @@ impl TransferEngine {
         std::mem::forget(guard);
         Ok(TransferStats {
             blocks: blocks.len(),
-            bytes: blocks.len() * block_bytes,
+            bytes: total,
             elapsed: started.elapsed(),
+            zero_copy: false,
         })
     }
 
@@ -588,6 +547,7 @@ impl TransferEngine {
             blocks: blocks.len(),
             bytes: blocks.len() * pool.block_bytes(),
             elapsed: started.elapsed(),
+            zero_copy: false,
         })
     }
 
