@@ -37,8 +37,8 @@ pub struct TransferConfig {
     /// Transfers of blocks in more than one piece (layer-separate) up to this many bytes
     /// in all move in one kernel straight between HBM and mapped pinned host memory, no
     /// staging; larger ones, or host memory that is not pinned, are staged. 0 stages
-    /// everything. Default 8 MiB: on the H200 the kernel beat staging by 10-17% for
-    /// single 2-4 MiB blocks, tied at 16-32 MiB and lost above; on a tie staging wins,
+    /// everything. Default 8 MiB: on the H200 the kernel beat staging by 3-16% for
+    /// single 2-4 MiB blocks, tied or lost slightly at 16-32 MiB, lost above; on a tie staging wins,
     /// since it leaves the SMs to the engine for all but the HBM-to-HBM gather.
     pub zero_copy_bytes: usize,
 }
