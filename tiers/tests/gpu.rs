@@ -197,23 +197,15 @@ async fn block_contiguous_round_trip_block_128() {
     round_trip(GpuLayout::BlockContiguous, 128, 256 << 20, Path::Staged, 5).await;
 }
 
-#[tokio::test]
-async fn pageable_host_memory_is_staged_even_for_a_small_transfer() {
+/// Three blocks offloaded into `host` and onboarded back out of it: bit-identical,
+/// and through the zero-copy path exactly when `zero_copy` says so.
+async fn small_round_trip(host: &mut [u8], zero_copy: bool, seed: u64) {
     let ctx = ctx();
-    let mut rng = Rng(21);
+    let mut rng = Rng(seed);
     let g = BlockGeometry::new(4, 16, 8, 128, 2);
     let (pool, truth) = random_pool(&ctx, GpuLayout::LayerSeparate, g, 8, &mut rng);
-    let engine = TransferEngine::new(
-        &ctx,
-        TransferConfig {
-            zero_copy_bytes: usize::MAX,
-            ..TransferConfig::default()
-        },
-    )
-    .expect("engine");
+    let engine = TransferEngine::new(&ctx, TransferConfig::default()).expect("engine");
     let bb = g.block_bytes();
-    // Plain heap memory the driver never mapped: the kernel could not reach it.
-    let mut host = vec![0u8; 3 * bb];
     let ids = [5u32, 1, 6];
     {
         let mut dst: Vec<&mut [u8]> = host.chunks_exact_mut(bb).collect();
@@ -221,7 +213,7 @@ async fn pageable_host_memory_is_staged_even_for_a_small_transfer() {
             .offload(&pool, &ids, &mut dst)
             .await
             .expect("offload");
-        assert!(!s.zero_copy, "pageable memory must be staged");
+        assert_eq!(s.zero_copy, zero_copy, "offload path");
     }
     for (i, &b) in ids.iter().enumerate() {
         assert!(
@@ -234,7 +226,7 @@ async fn pageable_host_memory_is_staged_even_for_a_small_transfer() {
     }
     let src: Vec<&[u8]> = host.chunks_exact(bb).collect();
     let s = engine.onboard(&pool, &ids, &src).await.expect("onboard");
-    assert!(!s.zero_copy);
+    assert_eq!(s.zero_copy, zero_copy, "onboard path");
     for (b, want) in truth.iter().enumerate() {
         assert!(
             pool.read_block(b as u32).expect("read") == *want,
@@ -244,46 +236,19 @@ async fn pageable_host_memory_is_staged_even_for_a_small_transfer() {
 }
 
 #[tokio::test]
+async fn pageable_host_memory_is_staged_even_for_a_small_transfer() {
+    // Plain heap memory the driver never mapped: the kernel could not reach it.
+    let bb = BlockGeometry::new(4, 16, 8, 128, 2).block_bytes();
+    small_round_trip(&mut vec![0u8; 3 * bb], false, 21).await;
+}
+
+#[tokio::test]
 async fn registered_host_memory_takes_the_zero_copy_path() {
     // The host tier's slab is pinned this way (mmap + cuMemHostRegister).
-    let ctx = ctx();
-    let mut rng = Rng(22);
-    let g = BlockGeometry::new(4, 16, 8, 128, 2);
-    let (pool, truth) = random_pool(&ctx, GpuLayout::LayerSeparate, g, 8, &mut rng);
-    let engine = TransferEngine::new(&ctx, TransferConfig::default()).expect("engine");
-    let bb = g.block_bytes();
-    let mut host = PinnedBuffer::new(&ctx, 3 * bb, PinMethod::MmapTouchRegister { threads: 2 })
+    let bb = BlockGeometry::new(4, 16, 8, 128, 2).block_bytes();
+    let mut host = PinnedBuffer::new(&ctx(), 3 * bb, PinMethod::MmapTouchRegister { threads: 2 })
         .expect("pinned");
-    let ids = [7u32, 0, 3];
-    {
-        let mut dst: Vec<&mut [u8]> = host.as_mut_slice().chunks_exact_mut(bb).collect();
-        let s = engine
-            .offload(&pool, &ids, &mut dst)
-            .await
-            .expect("offload");
-        assert!(
-            s.zero_copy,
-            "a small transfer into registered memory is zero-copy"
-        );
-    }
-    for (i, &b) in ids.iter().enumerate() {
-        assert!(
-            host.as_slice()[i * bb..(i + 1) * bb] == truth[b as usize][..],
-            "block {b}"
-        );
-    }
-    for &b in &ids {
-        pool.fill_block(b, 0).expect("scribble");
-    }
-    let src: Vec<&[u8]> = host.as_slice().chunks_exact(bb).collect();
-    let s = engine.onboard(&pool, &ids, &src).await.expect("onboard");
-    assert!(s.zero_copy);
-    for (b, want) in truth.iter().enumerate() {
-        assert!(
-            pool.read_block(b as u32).expect("read") == *want,
-            "block {b}"
-        );
-    }
+    small_round_trip(host.as_mut_slice(), true, 22).await;
 }
 
 #[tokio::test]
