@@ -26,6 +26,7 @@ pub const TIER_PROMOTIONS: &str = "tierkv_tier_promotions_total";
 pub const TIER_CORRUPT: &str = "tierkv_tier_corrupt_blocks_total";
 pub const TIER_IO_ERRORS: &str = "tierkv_tier_io_errors_total";
 pub const TIER_USED_BYTES: &str = "tierkv_tier_used_bytes";
+pub const TIER_PAYLOAD_BYTES: &str = "tierkv_tier_payload_bytes";
 pub const TIER_CAPACITY_BYTES: &str = "tierkv_tier_capacity_bytes";
 pub const TIER_BLOCKS: &str = "tierkv_tier_blocks";
 
@@ -128,7 +129,7 @@ type Family = (
 pub fn render_store(store: &TieredStore) -> String {
     let stats = store.stats();
     let mut out = String::new();
-    let families: [Family; 12] = [
+    let families: [Family; 13] = [
         (TIER_HITS, "counter", "Gets served by the tier", |s| s.hits),
         (TIER_MISSES, "counter", "Gets that missed the tier", |s| {
             s.misses
@@ -172,8 +173,14 @@ pub fn render_store(store: &TieredStore) -> String {
         (TIER_IO_ERRORS, "counter", "I/O errors of the tier", |s| {
             s.tier.io_errors
         }),
-        (TIER_USED_BYTES, "gauge", "Payload bytes held", |s| {
-            s.tier.used_bytes
+        (
+            TIER_USED_BYTES,
+            "gauge",
+            "Capacity the blocks take (a whole slot each)",
+            |s| s.tier.used_bytes,
+        ),
+        (TIER_PAYLOAD_BYTES, "gauge", "Payload bytes held", |s| {
+            s.tier.payload_bytes
         }),
         (TIER_CAPACITY_BYTES, "gauge", "Capacity in bytes", |s| {
             s.tier.capacity_bytes

@@ -88,7 +88,7 @@ impl Tier for RemoteTier {
     fn capacity_blocks(&self) -> u64 {
         u64::MAX / self.slot_bytes.max(1) as u64
     }
-    fn used_bytes(&self) -> u64 {
+    fn payload_bytes(&self) -> u64 {
         0
     }
     fn len(&self) -> u64 {
@@ -194,6 +194,6 @@ impl Tier for RemoteTier {
 
     fn stats(&self) -> TierStats {
         self.counters
-            .snapshot(&self.name, TierKind::Remote, 0, 0, 0)
+            .snapshot(&self.name, TierKind::Remote, 0, self.slot_bytes, 0, 0)
     }
 }

@@ -224,3 +224,45 @@ async fn another_payload_under_a_stored_key_does_not_change_what_readers_verify(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_flush_another_and_used_bytes_count_whole_slots() {
+    // A host-only store of 64 one-MiB slots: tenant `a` caches 6 full blocks (under its
+    // 0.125 share, 8 blocks), then tenant `b` publishes 4,096 one-byte blocks.
+    let store = tierkv_kvstore::TieredStore::builder()
+        .slot_bytes(1 << 20)
+        .host(tierkv_tiers::HostTierConfig {
+            capacity_bytes: 64 << 20,
+            slot_bytes: 1 << 20,
+            prefault: false,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let server = serve_store(store, ServiceConfig::default()).await;
+    let c = client(&server.addr, None);
+    let victim: Vec<(u128, Bytes)> = (0..6).map(|i| (i, block(i as u64, 1 << 20))).collect();
+    assert_eq!(c.publish("a", &victim).await.unwrap().stored, 6);
+    for batch in 0..64u128 {
+        let tiny: Vec<(u128, Bytes)> = (0..64)
+            .map(|i| (batch * 64 + i, Bytes::from_static(b"x")))
+            .collect();
+        assert_eq!(c.publish("b", &tiny).await.unwrap().stored, 64);
+    }
+    let hashes: Vec<u128> = victim.iter().map(|(h, _)| *h).collect();
+    let back = c.fetch("a", &hashes).await.unwrap();
+    let intact = back
+        .iter()
+        .zip(&victim)
+        .filter(|(got, (_, want))| got.as_ref() == Some(want))
+        .count();
+    assert_eq!(intact, 6, "tenant a's blocks survive tenant b's burst");
+    let tier = &c.stats().await.unwrap().tiers[0];
+    assert_eq!(tier.blocks, 64, "the tier is full");
+    assert_eq!(
+        tier.used_bytes, tier.capacity_bytes,
+        "a full tier reads as full, whatever its payloads"
+    );
+    assert_eq!(tier.payload_bytes, 6 * (1 << 20) + 58);
+}

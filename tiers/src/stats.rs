@@ -29,14 +29,16 @@ impl TierCounters {
         name: &str,
         kind: TierKind,
         capacity_bytes: u64,
-        used_bytes: u64,
+        slot_bytes: usize,
+        payload_bytes: u64,
         blocks: u64,
     ) -> TierStats {
         TierStats {
             name: name.to_string(),
             kind,
             capacity_bytes,
-            used_bytes,
+            used_bytes: blocks.saturating_mul(slot_bytes as u64),
+            payload_bytes,
             blocks,
             puts: self.puts.load(Relaxed),
             put_bytes: self.put_bytes.load(Relaxed),
@@ -57,7 +59,10 @@ pub struct TierStats {
     pub name: String,
     pub kind: TierKind,
     pub capacity_bytes: u64,
+    /// The capacity the blocks take (a whole slot each): what fills the tier.
     pub used_bytes: u64,
+    /// Sum of the blocks' payload lengths.
+    pub payload_bytes: u64,
     pub blocks: u64,
     pub puts: u64,
     pub put_bytes: u64,

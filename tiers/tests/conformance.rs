@@ -39,9 +39,13 @@ async fn round_trip(tier: &dyn Tier) {
     assert_eq!(stats.blocks, 6);
     assert_eq!(tier.len(), 6);
     assert_eq!(
-        stats.used_bytes,
+        stats.payload_bytes,
         (1 + 100 + 4096 + 5000 + SLOT - 1 + SLOT) as u64
     );
+    assert_eq!(tier.payload_bytes(), stats.payload_bytes);
+    // A block takes a whole slot, whatever its length.
+    assert_eq!(stats.used_bytes, 6 * tier.slot_bytes() as u64);
+    assert_eq!(tier.used_bytes(), stats.used_bytes);
     let mut keys: Vec<_> = tier
         .keys()
         .await
@@ -61,12 +65,12 @@ async fn idempotent_put(tier: &dyn Tier) {
         tier.put(key(7), data.clone()).await.unwrap(),
         PutOutcome::Stored
     );
-    let used = tier.used_bytes();
+    let used = tier.payload_bytes();
     assert_eq!(
         tier.put(key(7), payload(8, 3000)).await.unwrap(),
         PutOutcome::AlreadyPresent
     );
-    assert_eq!(tier.used_bytes(), used);
+    assert_eq!(tier.payload_bytes(), used);
     assert_eq!(
         tier.get(key(7)).await.unwrap().unwrap(),
         data,
@@ -82,7 +86,7 @@ async fn contains_and_remove(tier: &dyn Tier) {
     assert!(!tier.remove(key(1)).await.unwrap());
     assert!(!tier.contains(key(1)).await.unwrap());
     assert!(tier.get(key(1)).await.unwrap().is_none());
-    assert_eq!(tier.used_bytes(), 0);
+    assert_eq!((tier.used_bytes(), tier.payload_bytes()), (0, 0));
     // The key can be stored again afterwards.
     tier.put(key(1), payload(11, 200)).await.unwrap();
     assert_eq!(tier.get(key(1)).await.unwrap().unwrap(), payload(11, 200));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use tierkv_kvstore::{ByteSize, StoreConfig, StoreOptions, TierConfig, TierPolicy, TieredStore};
+use tierkv_kvstore::{ByteSize, StoreConfig, TierConfig, TierPolicy, TieredStore};
 use tierkv_tiers::{BlockKey, TierKind};
 
 use super::sim_tier::SimTier;
@@ -125,11 +125,7 @@ pub async fn build_store(config: &StoreConfig, simulate: bool) -> anyhow::Result
     if !simulate {
         return Ok(TieredStore::open(config).await?);
     }
-    let mut builder = TieredStore::builder().options(StoreOptions {
-        promote_on_hit: config.promote_on_hit,
-        event_buffer: config.event_buffer,
-        promote_queue: config.promote_queue,
-    });
+    let mut builder = TieredStore::builder().options(config.store_options());
     for tc in &config.tiers {
         let s = tc.section();
         let (kind, capacity) = match tc {

@@ -53,7 +53,7 @@ impl Tier for SimTier {
     fn capacity_blocks(&self) -> u64 {
         self.capacity_blocks
     }
-    fn used_bytes(&self) -> u64 {
+    fn payload_bytes(&self) -> u64 {
         self.blocks().values().sum()
     }
     fn len(&self) -> u64 {
@@ -110,6 +110,6 @@ impl Tier for SimTier {
             (b.values().sum(), b.len() as u64)
         };
         self.counters
-            .snapshot(&self.name, self.kind, self.capacity_bytes(), used, n)
+            .snapshot(&self.name, self.kind, self.capacity_bytes(), self.slot_bytes, used, n)
     }
 }

@@ -42,7 +42,7 @@ pub use tiers::{
 use crate::{KvStoreError, Result};
 
 /// The whole store configuration (one TOML file).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// Base directory of relative tier paths. Default `"tierkv-data"`.
@@ -63,6 +63,14 @@ pub struct StoreConfig {
     /// Events a subscriber may fall behind by before it sees a gap. Default 4096.
     #[serde(default = "StoreConfig::default_event_buffer")]
     pub event_buffer: usize,
+    /// Tenant protection: the share of a full tier that a namespace keeps when others
+    /// need room, while some namespace holds more. 0 turns it off. Default 0.125.
+    #[serde(default = "StoreConfig::default_namespace_min_share")]
+    pub namespace_min_share: f64,
+    /// Tenant cap: past this share of a full tier, a namespace makes room from its own
+    /// blocks. 1 turns it off. Default 1.
+    #[serde(default = "StoreConfig::default_namespace_max_share")]
+    pub namespace_max_share: f64,
     /// Tiers from the top (fastest) down. Default: host 512 MiB, disk 4 GiB, object
     /// (local directory) 16 GiB.
     #[serde(default = "StoreConfig::default_tiers", rename = "tier")]
@@ -80,6 +88,8 @@ impl Default for StoreConfig {
             promote_on_hit: true,
             promote_queue: Self::default_promote_queue(),
             event_buffer: Self::default_event_buffer(),
+            namespace_min_share: Self::default_namespace_min_share(),
+            namespace_max_share: Self::default_namespace_max_share(),
             tiers: Self::default_tiers(),
             service: Default::default(),
         }
@@ -98,6 +108,23 @@ impl StoreConfig {
     }
     fn default_promote_queue() -> usize {
         crate::StoreOptions::default().promote_queue
+    }
+    fn default_namespace_min_share() -> f64 {
+        crate::StoreOptions::default().namespace_min_share
+    }
+    fn default_namespace_max_share() -> f64 {
+        crate::StoreOptions::default().namespace_max_share
+    }
+
+    /// The store options this configuration stands for.
+    pub fn store_options(&self) -> crate::StoreOptions {
+        crate::StoreOptions {
+            promote_on_hit: self.promote_on_hit,
+            event_buffer: self.event_buffer,
+            promote_queue: self.promote_queue,
+            namespace_min_share: self.namespace_min_share,
+            namespace_max_share: self.namespace_max_share,
+        }
     }
     fn default_tiers() -> Vec<TierConfig> {
         vec![
@@ -238,6 +265,7 @@ impl StoreConfig {
         if self.event_buffer == 0 {
             return err("event_buffer must be > 0".into());
         }
+        self.store_options().shares()?;
         self.service.validate().map_err(KvStoreError::Config)?;
         let mut names = std::collections::HashSet::new();
         for (i, tier) in self.tiers.iter().enumerate() {
@@ -487,6 +515,10 @@ mod tests {
                 options.event_buffer,
                 options.promote_queue
             )
+        );
+        assert_eq!(
+            (c.namespace_min_share, c.namespace_max_share),
+            (options.namespace_min_share, options.namespace_max_share)
         );
     }
 

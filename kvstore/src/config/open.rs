@@ -2,7 +2,7 @@
 //! [`TieredStore::builder`] calls it stands for, so the store core names no medium.
 
 use super::{StoreConfig, TierConfig};
-use crate::{Result, StoreOptions, TierPolicy, TieredStore};
+use crate::{Result, TierPolicy, TieredStore};
 
 impl TieredStore {
     /// Opens every configured tier (creating directories and files as needed) and
@@ -11,11 +11,7 @@ impl TieredStore {
         config.validate()?;
         let mut builder = TieredStore::builder()
             .slot_bytes(config.slot_bytes.0 as usize)
-            .options(StoreOptions {
-                promote_on_hit: config.promote_on_hit,
-                event_buffer: config.event_buffer,
-                promote_queue: config.promote_queue,
-            });
+            .options(config.store_options());
         for tc in &config.tiers {
             let s = tc.section();
             builder = match tc {

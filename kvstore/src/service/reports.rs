@@ -17,7 +17,10 @@ pub struct ServiceTierStats {
     /// `host`, `disk`, `object`, `remote`, ...
     pub kind: String,
     pub capacity_bytes: u64,
+    /// The capacity the blocks take (a whole slot each).
     pub used_bytes: u64,
+    /// Sum of the blocks' payload lengths.
+    pub payload_bytes: u64,
     pub blocks: u64,
     pub hits: u64,
     pub misses: u64,
@@ -70,6 +73,7 @@ impl TryFrom<StatsReply> for ServiceStats {
                     kind: t.kind,
                     capacity_bytes: t.capacity_bytes,
                     used_bytes: t.used_bytes,
+                    payload_bytes: t.payload_bytes,
                     blocks: t.blocks,
                     hits: t.hits,
                     misses: t.misses,

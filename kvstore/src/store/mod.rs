@@ -82,7 +82,7 @@ impl TieredStore {
             )));
         }
         let slot_bytes = tiers.iter().map(|(t, _)| t.slot_bytes()).min().unwrap_or(0);
-        let mut index = StoreIndex::new(tiers.len());
+        let mut index = StoreIndex::new(tiers.len(), options.shares()?);
         for (i, (tier, _)) in tiers
             .iter()
             .enumerate()
@@ -275,7 +275,8 @@ impl TieredStore {
                     // (zero-copy views): make room elsewhere in the tier and try again.
                     Err(TierError::Full { .. }) if tier_full_retries < 8 => {
                         tier_full_retries += 1;
-                        let victim = lock(&self.inner.index).victim(t);
+                        let victim =
+                            lock(&self.inner.index).victim(t, Some(key.namespace), capacity);
                         match victim {
                             Some(v) => self.evict(t, v).await?,
                             None => return Err(no_room()),
@@ -340,7 +341,8 @@ impl TieredStore {
             if let Some(slot) = host.stage() {
                 return Ok(Some(slot));
             }
-            let victim = lock(&self.inner.index).victim(0);
+            let capacity = self.inner.tiers[0].tier.capacity_blocks();
+            let victim = lock(&self.inner.index).victim(0, None, capacity);
             match victim {
                 Some(v) => self.evict(0, v).await?,
                 None => return Ok(None),

@@ -95,6 +95,27 @@ pub struct StoreOptions {
     pub event_buffer: usize,
     /// Promotions waiting for the promoter; more hits are not promoted. Default 64.
     pub promote_queue: usize,
+    /// The share of a full tier's blocks that a namespace (a tenant) keeps when other
+    /// namespaces need room, while some namespace holds more: one tenant's burst
+    /// cannot flush another's working set. 0 turns it off. Default 0.125.
+    pub namespace_min_share: f64,
+    /// The share of a full tier's blocks past which a namespace makes room from its own
+    /// blocks instead of others' (free room is still used). 1 turns it off. Default 1.
+    pub namespace_max_share: f64,
+}
+
+impl StoreOptions {
+    pub(crate) fn shares(&self) -> crate::Result<super::index::Shares> {
+        let (min, max) = (self.namespace_min_share, self.namespace_max_share);
+        if !(0.0..=1.0).contains(&min) || !(0.0..=1.0).contains(&max) || min > max || max == 0.0
+        {
+            return Err(crate::KvStoreError::Config(format!(
+                "namespace shares must satisfy 0 <= namespace_min_share ({min}) <= \
+                 namespace_max_share ({max}) <= 1, with namespace_max_share > 0"
+            )));
+        }
+        Ok(super::index::Shares { min, max })
+    }
 }
 
 impl Default for StoreOptions {
@@ -103,6 +124,8 @@ impl Default for StoreOptions {
             promote_on_hit: true,
             event_buffer: 4096,
             promote_queue: 64,
+            namespace_min_share: 0.125,
+            namespace_max_share: 1.0,
         }
     }
 }

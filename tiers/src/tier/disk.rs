@@ -515,7 +515,7 @@ impl Tier for DiskTier {
     fn capacity_blocks(&self) -> u64 {
         lock(&self.inner.table).capacity()
     }
-    fn used_bytes(&self) -> u64 {
+    fn payload_bytes(&self) -> u64 {
         lock(&self.inner.table).used_bytes()
     }
     fn len(&self) -> u64 {
@@ -588,6 +588,7 @@ impl Tier for DiskTier {
             &self.inner.name,
             TierKind::Disk,
             self.capacity_bytes(),
+            self.slot_bytes(),
             used,
             blocks,
         )

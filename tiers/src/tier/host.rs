@@ -473,7 +473,7 @@ impl Tier for HostTier {
     fn capacity_blocks(&self) -> u64 {
         lock(&self.inner.table).capacity()
     }
-    fn used_bytes(&self) -> u64 {
+    fn payload_bytes(&self) -> u64 {
         lock(&self.inner.table).used_bytes()
     }
     fn len(&self) -> u64 {
@@ -545,6 +545,7 @@ impl Tier for HostTier {
             &self.inner.name,
             TierKind::Host,
             self.capacity_bytes(),
+            self.slot_bytes(),
             used,
             blocks,
         )

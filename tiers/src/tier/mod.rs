@@ -65,8 +65,13 @@ pub trait Tier: Send + Sync + 'static {
     fn capacity_bytes(&self) -> u64 {
         self.capacity_blocks() * self.slot_bytes() as u64
     }
+    /// The capacity the held blocks take: a whole slot each, whatever its payload, so
+    /// `used_bytes == capacity_bytes` exactly when the tier is full.
+    fn used_bytes(&self) -> u64 {
+        self.len().saturating_mul(self.slot_bytes() as u64)
+    }
     /// Sum of the payload lengths of the blocks held.
-    fn used_bytes(&self) -> u64;
+    fn payload_bytes(&self) -> u64;
     /// Number of blocks held (including those being written).
     fn len(&self) -> u64;
     fn is_empty(&self) -> bool {

@@ -352,7 +352,7 @@ impl Tier for ObjectTier {
     fn capacity_blocks(&self) -> u64 {
         self.inner.capacity_blocks
     }
-    fn used_bytes(&self) -> u64 {
+    fn payload_bytes(&self) -> u64 {
         lock(&self.inner.index).used_bytes
     }
     fn len(&self) -> u64 {
@@ -497,6 +497,7 @@ impl Tier for ObjectTier {
             &self.inner.name,
             TierKind::Object,
             self.capacity_bytes(),
+            self.slot_bytes(),
             used,
             blocks,
         )

@@ -29,6 +29,7 @@ pub(crate) fn stats(
                     kind: t.tier.kind.to_string(),
                     capacity_bytes: t.tier.capacity_bytes,
                     used_bytes: t.tier.used_bytes,
+                    payload_bytes: t.tier.payload_bytes,
                     blocks: t.tier.blocks,
                     hits: t.hits,
                     misses: t.misses,
