@@ -1,6 +1,7 @@
 //! OpenAI-style error bodies: `{"error": {"message", "type", "param", "code"}}`.
 
-use axum::http::StatusCode;
+use axum::Router;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::EngineError;
@@ -30,6 +31,16 @@ impl ApiError {
             param: Some(param),
             code: Some("invalid_value"),
             ..ApiError::invalid(message)
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            code: None,
+            param: None,
+            message: message.into(),
         }
     }
 
@@ -87,4 +98,45 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
+}
+
+/// `router` with every plain-text error that axum writes itself (a body over the size
+/// limit: 413; a wrong content type: 415; an unreadable body: 400) rewritten as an
+/// OpenAI-style JSON error, so clients parse every error the same way.
+pub fn json_errors(router: Router) -> Router {
+    router.layer(axum::middleware::map_response(
+        |response: Response| async move {
+            let plain = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/plain"));
+            let status = response.status();
+            if !plain || !(status.is_client_error() || status.is_server_error()) {
+                return response;
+            }
+            let text = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            let message = if text.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                text
+            };
+            let kind = if status.is_client_error() {
+                "invalid_request_error"
+            } else {
+                "server_error"
+            };
+            ApiError {
+                status,
+                kind,
+                code: None,
+                param: None,
+                message,
+            }
+            .into_response()
+        },
+    ))
 }

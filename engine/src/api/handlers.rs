@@ -1,6 +1,7 @@
 //! Request handlers.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -140,7 +141,7 @@ pub async fn chat<B: Backend>(State(engine): State<B>, body: Bytes) -> Response 
         check_model(&engine, &req.model)?;
         let messages = req.chat_messages()?;
         let text = engine.codec().apply_chat_template(&messages)?;
-        let prompt = engine.codec().encode(&text)?;
+        let prompt = tokenize(&engine, text, false).await?;
         let plan = plan(&engine, &req.sampling, prompt, None)?;
         run(engine, plan, Kind::Chat).await
     };
@@ -153,8 +154,8 @@ pub async fn completions<B: Backend>(State(engine): State<B>, body: Bytes) -> Re
         check_model(&engine, &req.model)?;
         let prompt = match req.prompt {
             Prompt::Tokens(t) => t,
-            Prompt::Text(t) => encode_prompt(&engine, &t)?,
-            Prompt::Texts(v) if v.len() == 1 => encode_prompt(&engine, &v[0])?,
+            Prompt::Text(t) => tokenize(&engine, t, true).await?,
+            Prompt::Texts(mut v) if v.len() == 1 => tokenize(&engine, v.remove(0), true).await?,
             Prompt::Texts(_) => {
                 return Err(ApiError::param(
                     "prompt",
@@ -169,16 +170,28 @@ pub async fn completions<B: Backend>(State(engine): State<B>, body: Bytes) -> Re
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn encode_prompt<B: Backend>(engine: &B, text: &str) -> Result<Vec<u32>, ApiError> {
-    let mut ids = Vec::new();
-    let c = engine.model_config();
-    if c.add_bos
-        && let Some(bos) = c.bos_token_id
-    {
-        ids.push(bos);
+/// Token ids of a prompt (after the model's BOS when `bos` and the model adds one).
+/// A text that cannot fit the context is refused before it is tokenized, and
+/// tokenizing runs on a blocking thread: a long prompt never stalls the threads that
+/// serve other requests (`/health` included).
+async fn tokenize<B: Backend>(engine: &B, text: String, bos: bool) -> Result<Vec<u32>, ApiError> {
+    let codec = Arc::clone(engine.codec());
+    let max_ctx = engine.max_context();
+    let limit = max_ctx.saturating_mul(codec.max_token_bytes());
+    if text.len() > limit {
+        return Err(ApiError::invalid(format!(
+            "this model's maximum context length is {max_ctx} tokens; a prompt of {} bytes \
+             has more (one token stands for at most {} bytes)",
+            text.len(),
+            codec.max_token_bytes()
+        )));
     }
-    ids.extend(engine.codec().encode(text)?);
-    Ok(ids)
+    let c = engine.model_config();
+    let bos = if bos && c.add_bos { c.bos_token_id } else { None };
+    let ids = tokio::task::spawn_blocking(move || codec.encode(&text))
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))??;
+    Ok(bos.into_iter().chain(ids).collect())
 }
 
 async fn run<B: Backend>(engine: B, plan: Plan, kind: Kind) -> Result<Response, ApiError> {

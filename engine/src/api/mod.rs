@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 
 pub use auth::{ApiAccess, bearer_headers, require_api_key};
 pub use backend::{Backend, Routed};
-pub use error::ApiError;
+pub use error::{ApiError, json_errors};
 pub use handlers::WORKER_HEADER;
 pub(crate) use handlers::{json_response, parse};
 
@@ -41,13 +41,14 @@ pub fn router(engine: Engine) -> Router {
         .with_state(engine)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` until `shutdown` resolves; errors axum writes itself
+/// (413 and the like) go out as JSON, as every other error does.
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    axum::serve(listener, json_errors(router))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -19,6 +19,8 @@ pub struct TextCodec {
     chat: Option<minijinja::Environment<'static>>,
     bos_token: String,
     eos_token: String,
+    /// The most bytes of text one token can stand for (see [`TextCodec::max_token_bytes`]).
+    max_token_bytes: usize,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> EngineError {
@@ -53,12 +55,30 @@ impl TextCodec {
             }
             None => None,
         };
+        // A token's spelling in the vocabulary is at least as long as the text it
+        // stands for: byte-level BPE spells each byte as one char of 1-2 bytes,
+        // SentencePiece spells a space as `▁` (3 bytes) and a fallback byte as `<0x41>`.
+        let max_token_bytes = tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(TextCodec {
             tokenizer,
             chat,
             bos_token,
             eos_token,
+            max_token_bytes,
         })
+    }
+
+    /// The most bytes of text one token stands for: a text longer than
+    /// `n * max_token_bytes` bytes has more than `n` tokens, so it can be refused
+    /// without tokenizing it.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) are

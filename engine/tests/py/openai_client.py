@@ -83,6 +83,14 @@ def raw(path, data, ctype="application/json"):
 
 status, body = raw("/v1/chat/completions", b"{not json")
 assert status == 400 and "invalid JSON" in json.loads(body)["error"]["message"], (status, body)
+# A prompt too long for the context in bytes alone is refused before it is tokenized.
+big = json.dumps({"model": model, "prompt": "w " * 700_000, "max_tokens": 1}).encode()
+status, body = raw("/v1/completions", big)
+err = json.loads(body)["error"]
+assert status == 400 and "bytes" in err["message"] and err["type"] == "invalid_request_error", (status, body[:300])
+# A body over the size limit gets a JSON error too.
+status, body = raw("/v1/completions", b" " * (3 << 20))
+assert status == 413 and json.loads(body)["error"]["type"] == "invalid_request_error", (status, body[:300])
 status, body = raw("/health", None)
 assert status == 200, status
 status, body = raw("/metrics", None)
