@@ -29,7 +29,7 @@ pub use config::{
 pub use error::{KvStoreError, Result};
 pub use hash::{BlockHash, hash_blocks, hash_next};
 pub use layout::{DType, KvLayout};
-pub use namespace::{Namespace, namespace_id};
+pub use namespace::{Namespace, NamespaceKey, namespace_id};
 pub use remote_tier::{RemoteTier, RemoteTierConfig};
 pub use store::{
     PinGuard, StoreEvent, StoreEventKind, StoreOptions, StoreStats, TierPolicy, TierStoreStats,

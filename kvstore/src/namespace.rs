@@ -1,4 +1,47 @@
+use std::sync::Arc;
+
 use crate::{KvLayout, Result};
+
+/// A secret shared by the workers of one cluster that keys the digests of salted
+/// namespaces (HMAC-SHA256). Without it, a salt's digest in a namespace name lets
+/// anyone who sees the name (a watcher of events) test guesses of the salt offline;
+/// with it, nobody without the key can link a name to a salt, and the hash chain of a
+/// salted namespace is seeded by the salt itself either way, so a name alone never
+/// gives the block hashes of a guessed prompt.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct NamespaceKey(Arc<[u8]>);
+
+impl NamespaceKey {
+    /// A key of at least 16 bytes.
+    pub fn new(secret: &[u8]) -> Result<NamespaceKey> {
+        if secret.len() < 16 {
+            return Err(crate::KvStoreError::Config(format!(
+                "a namespace key needs at least 16 bytes, got {}",
+                secret.len()
+            )));
+        }
+        Ok(NamespaceKey(Arc::from(secret)))
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        use aws_lc_rs::hmac;
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &self.0);
+        let mut ctx = hmac::Context::with_key(&key);
+        for p in parts {
+            ctx.update(&(p.len() as u64).to_le_bytes());
+            ctx.update(p);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+}
+
+impl std::fmt::Debug for NamespaceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NamespaceKey(<redacted>)")
+    }
+}
 
 /// The 64-bit digest of a namespace name: the namespace part of a [`crate::BlockKey`].
 /// The block service maps the namespace strings on the wire through this.
@@ -20,6 +63,8 @@ pub struct Namespace {
     /// For an outside engine: its attention backend and in-block packing (e.g.
     /// `CPU_ATTN/vec`), since its block bytes are opaque to tierkv.
     engine_layout: Option<String>,
+    /// Keys the salt's digest and the chain seed of salted namespaces.
+    key: Option<NamespaceKey>,
     name: String,
     id: u64,
     seed: u128,
@@ -38,7 +83,15 @@ impl Namespace {
         tp_size: u32,
         cache_salt: Option<String>,
     ) -> Result<Namespace> {
-        Self::build(model_id.into(), layout, tp_rank, tp_size, None, cache_salt)
+        Self::build(
+            model_id.into(),
+            layout,
+            tp_rank,
+            tp_size,
+            None,
+            cache_salt,
+            None,
+        )
     }
 
     fn build(
@@ -48,6 +101,7 @@ impl Namespace {
         tp_size: u32,
         engine_layout: Option<String>,
         cache_salt: Option<String>,
+        key: Option<NamespaceKey>,
     ) -> Result<Namespace> {
         layout.validate()?;
         if tp_size == 0 || tp_rank >= tp_size {
@@ -65,15 +119,36 @@ impl Namespace {
             name.push('@');
             name.push_str(engine);
         }
-        if let Some(salt) = &cache_salt {
-            // The salt itself stays private: only its digest appears in the name.
-            name.push_str(&format!(
-                "@salt{:016x}",
-                xxhash_rust::xxh3::xxh3_64(salt.as_bytes())
-            ));
-        }
+        let seed = match &cache_salt {
+            None => xxhash_rust::xxh3::xxh3_128(name.as_bytes()),
+            Some(salt) => {
+                // The salt itself stays private: only a digest of it (keyed, when the
+                // cluster has a key) appears in the name, and the chain is seeded by
+                // the salt, not by the name.
+                let (tag, seed) = match &key {
+                    Some(k) => {
+                        let tag = k.mac(&[b"tierkv-salt-tag", salt.as_bytes()]);
+                        let seed = k.mac(&[b"tierkv-salt-seed", name.as_bytes(), salt.as_bytes()]);
+                        (
+                            u64::from_le_bytes(tag[..8].try_into().unwrap_or_default()),
+                            u128::from_le_bytes(seed[..16].try_into().unwrap_or_default()),
+                        )
+                    }
+                    None => {
+                        let mut seeded = name.clone().into_bytes();
+                        seeded.push(0);
+                        seeded.extend_from_slice(salt.as_bytes());
+                        (
+                            xxhash_rust::xxh3::xxh3_64(salt.as_bytes()),
+                            xxhash_rust::xxh3::xxh3_128(&seeded),
+                        )
+                    }
+                };
+                name.push_str(&format!("@salt{tag:016x}"));
+                seed
+            }
+        };
         let id = namespace_id(&name);
-        let seed = xxhash_rust::xxh3::xxh3_128(name.as_bytes());
         Ok(Namespace {
             model_id,
             layout,
@@ -81,10 +156,25 @@ impl Namespace {
             tp_size,
             cache_salt,
             engine_layout,
+            key,
             name,
             id,
             seed,
         })
+    }
+
+    /// The same namespace with the cluster's [`NamespaceKey`], which keys every salted
+    /// namespace derived from it (see [`Namespace::salted`]).
+    pub fn with_key(&self, key: NamespaceKey) -> Result<Namespace> {
+        Self::build(
+            self.model_id.clone(),
+            self.layout,
+            self.tp_rank,
+            self.tp_size,
+            self.engine_layout.clone(),
+            self.cache_salt.clone(),
+            Some(key),
+        )
     }
 
     /// The namespace whose canonical [`Namespace::name`] is `name`, as an outside
@@ -120,6 +210,7 @@ impl Namespace {
             size,
             engine_layout,
             None,
+            None,
         )?;
         if ns.name != name {
             return Err(bad("not in canonical form"));
@@ -136,6 +227,7 @@ impl Namespace {
             self.tp_size,
             self.engine_layout.clone(),
             Some(salt.into()),
+            self.key.clone(),
         )
     }
 
@@ -150,6 +242,7 @@ impl Namespace {
             self.tp_size,
             Some(engine_layout.into()),
             self.cache_salt.clone(),
+            self.key.clone(),
         )
     }
 
@@ -218,6 +311,42 @@ mod tests {
         assert_eq!(salted.engine_layout(), Some("CPU_ATTN/vec"));
         assert!(base.with_engine_layout("a@b").is_err());
         assert!(Namespace::with_parts("m", l, 2, 2, None).is_err());
+    }
+
+    #[test]
+    fn a_salted_name_does_not_give_its_salt_or_its_chain_without_the_key() {
+        let l = KvLayout::new(30, 3, 64, DType::F16, 16).unwrap();
+        let base = Namespace::new("m", l).unwrap();
+        let key = NamespaceKey::new(b"0123456789abcdef-cluster").unwrap();
+        let keyed = base.with_key(key.clone()).unwrap();
+        assert_eq!(keyed.id(), base.id(), "unsalted namespaces do not change");
+        let (plain, secret) = (base.salted("tenant-42").unwrap(), keyed.salted("tenant-42").unwrap());
+        // Unkeyed, the tag is a plain digest of the salt: a guess can be checked
+        // offline. Keyed, it is not.
+        let tag = format!("@salt{:016x}", xxhash_rust::xxh3::xxh3_64(b"tenant-42"));
+        assert!(plain.name().ends_with(&tag));
+        assert!(!secret.name().ends_with(&tag));
+        assert_ne!(secret.id(), plain.id());
+        // Either way the chain is not seeded by the (public) name alone.
+        for ns in [&plain, &secret] {
+            assert_ne!(ns.seed(), xxhash_rust::xxh3::xxh3_128(ns.name().as_bytes()));
+        }
+        // Every worker with the key derives the same namespace.
+        let again = Namespace::new("m", l)
+            .unwrap()
+            .with_key(NamespaceKey::new(b"0123456789abcdef-cluster").unwrap())
+            .unwrap()
+            .salted("tenant-42")
+            .unwrap();
+        assert_eq!((again.name(), again.seed()), (secret.name(), secret.seed()));
+        let other = base
+            .with_key(NamespaceKey::new(b"another-cluster-key!").unwrap())
+            .unwrap()
+            .salted("tenant-42")
+            .unwrap();
+        assert_ne!(other.id(), secret.id());
+        assert!(NamespaceKey::new(b"short").is_err());
+        assert!(!format!("{key:?}").contains("0123"), "the key is never printed");
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub async fn start(
         let client = EtcdClient::connect(&etcd.endpoints).await?;
         discovery.push(Box::new(EtcdDiscovery::new(client, etcd.prefix.clone())));
     }
+    config.namespace_key = super::namespace_key()?;
     let frontend = Frontend::start(text.codec, text.config, id, &config, discovery, workers)?;
     // Answer only once the listed workers joined: a request routed before would find
     // no worker.

@@ -63,6 +63,15 @@ impl HttpAccessArgs {
     }
 }
 
+/// The cluster's namespace key from `TIERKV_NAMESPACE_KEY` (never a flag: argv is
+/// visible to every user of the host), if set.
+pub fn namespace_key() -> anyhow::Result<Option<tierkv_kvstore::NamespaceKey>> {
+    match std::env::var("TIERKV_NAMESPACE_KEY") {
+        Ok(k) if !k.is_empty() => Ok(Some(tierkv_kvstore::NamespaceKey::new(k.as_bytes())?)),
+        _ => Ok(None),
+    }
+}
+
 /// Refuses to serve `what` on `addr` beyond loopback without credentials, unless the
 /// operator said `--insecure`: anyone who can reach such a port could read, overwrite
 /// or flush every tenant's KV.

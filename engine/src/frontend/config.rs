@@ -26,6 +26,11 @@ pub struct FrontendConfig {
     /// Conditional disaggregation for decode workers that leave it to the frontend
     /// (vLLM); tierkv decode workers apply their own `[disagg]`.
     pub prefill: PrefillConfig,
+    /// The cluster's secret that keys salted namespaces (`TIERKV_NAMESPACE_KEY`, read
+    /// by the binary; see [`tierkv_kvstore::NamespaceKey`]). Every worker and frontend
+    /// of a cluster needs the same one. Never in a config file. Default none.
+    #[serde(skip)]
+    pub namespace_key: Option<tierkv_kvstore::NamespaceKey>,
 }
 
 /// `[frontend.prefill]`: when the frontend has a prefill worker compute a vLLM decode
@@ -73,6 +78,7 @@ impl Default for FrontendConfig {
             workers: Vec::new(),
             etcd: None,
             prefill: PrefillConfig::default(),
+            namespace_key: None,
         }
     }
 }

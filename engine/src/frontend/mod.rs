@@ -45,6 +45,7 @@ struct Inner {
     http: reqwest::Client,
     metrics: Arc<FrontendMetrics>,
     prefill: PrefillConfig,
+    namespace_key: Option<tierkv_kvstore::NamespaceKey>,
 }
 
 impl Frontend {
@@ -94,6 +95,7 @@ impl Frontend {
                 http,
                 metrics,
                 prefill: config.prefill.clone(),
+                namespace_key: config.namespace_key.clone(),
             }),
         })
     }
@@ -143,9 +145,10 @@ impl Frontend {
         let ns = i.registry.namespace().ok_or_else(|| {
             EngineError::Unavailable("no worker has joined the cluster yet".into())
         })?;
-        let ns = match &req.cache_salt {
-            Some(salt) => ns.salted(salt.clone())?,
-            None => ns,
+        let ns = match (&req.cache_salt, &i.namespace_key) {
+            (Some(salt), Some(key)) => ns.with_key(key.clone())?.salted(salt.clone())?,
+            (Some(salt), None) => ns.salted(salt.clone())?,
+            (None, _) => ns,
         };
         let hashes = hash_blocks(&ns, &req.prompt);
         let decoders = i.registry.workers(&[Role::Decode, Role::Aggregated]);

@@ -33,6 +33,11 @@ pub struct EngineConfig {
     /// Threads of the model's compute pool (the scheduler runs on one of them).
     /// Default 0: one per core.
     pub threads: usize,
+    /// The cluster's secret that keys salted namespaces (`TIERKV_NAMESPACE_KEY`, read
+    /// by the binary; see [`tierkv_kvstore::NamespaceKey`]). Every worker and frontend
+    /// of a cluster needs the same one. Never in a config file. Default none.
+    #[serde(skip)]
+    pub namespace_key: Option<tierkv_kvstore::NamespaceKey>,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +53,7 @@ impl Default for EngineConfig {
             publish_queue: 64,
             fetch_concurrency: 8,
             threads: 0,
+            namespace_key: None,
         }
     }
 }

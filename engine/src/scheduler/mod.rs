@@ -174,7 +174,10 @@ impl Engine {
         let LoadedModel { model, codec, id } = loaded;
         let model_config = model.config().clone();
         let layout = config.kv_layout(&model_config)?;
-        let namespace = Namespace::new(id.clone(), layout)?;
+        let mut namespace = Namespace::new(id.clone(), layout)?;
+        if let Some(key) = &config.namespace_key {
+            namespace = namespace.with_key(key.clone())?;
+        }
         store.register_namespace(&namespace);
         let num_blocks = config.num_blocks(&layout);
         let pool = KvPool::new(layout, num_blocks)?;
