@@ -112,6 +112,20 @@ async fn tokens_scope_every_call_to_their_namespaces() {
     );
     // Nothing was written by the refused publish.
     assert_eq!(a.lookup("a", &[2]).await.unwrap().0, 0);
+    // Stats show a tenant its own blocks, not the store's traffic.
+    b.publish("b", &[(5, block(5, 100)), (6, block(6, 100))])
+        .await
+        .unwrap();
+    let (sa, sb) = (a.stats().await.unwrap(), b.stats().await.unwrap());
+    assert_eq!((sa.blocks, sb.blocks), (1, 2));
+    assert_eq!((sa.tiers[0].blocks, sb.tiers[0].blocks), (1, 2));
+    for t in sa.tiers.iter().chain(&sb.tiers) {
+        assert_eq!((t.hits, t.misses, t.bytes_read, t.bytes_written), (0, 0, 0, 0));
+        assert!(t.capacity_bytes > 0);
+    }
+    let root = server.store.stats();
+    assert_eq!(root.blocks, 3);
+    assert!(root.tiers[0].hits > 0, "the store did count the fetch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

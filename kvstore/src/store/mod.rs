@@ -631,6 +631,21 @@ impl TieredStore {
         self.inner.slot_bytes
     }
 
+    /// Blocks of the namespaces with these digests: per tier, and distinct in any
+    /// tier (what a caller limited to those namespaces may see of the store).
+    pub fn blocks_of(&self, namespaces: &[u64]) -> (Vec<u64>, u64) {
+        let ix = lock(&self.inner.index);
+        let per_tier = (0..self.inner.tiers.len())
+            .map(|t| namespaces.iter().map(|&ns| ix.held_by(t, ns)).sum())
+            .collect();
+        let distinct = ix
+            .location
+            .keys()
+            .filter(|k| namespaces.contains(&k.namespace))
+            .count() as u64;
+        (per_tier, distinct)
+    }
+
     pub fn stats(&self) -> StoreStats {
         let (blocks, pinned) = {
             let ix = lock(&self.inner.index);
