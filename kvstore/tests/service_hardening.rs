@@ -266,3 +266,69 @@ async fn one_tenant_cannot_flush_another_and_used_bytes_count_whole_slots() {
     );
     assert_eq!(tier.payload_bytes, 6 * (1 << 20) + 58);
 }
+
+/// Sends `bytes` as the body of one gRPC message to `method`: what a broken or hostile
+/// client puts on the wire.
+async fn send_raw_message(addr: &str, method: &'static str, bytes: Bytes) -> tonic::Status {
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    struct Raw;
+    struct RawEncoder;
+    struct ReplyDecoder;
+    impl Encoder for RawEncoder {
+        type Item = Bytes;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+    impl Decoder for ReplyDecoder {
+        type Item = ();
+        type Error = tonic::Status;
+        fn decode(&mut self, _: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+            Ok(Some(()))
+        }
+    }
+    impl Codec for Raw {
+        type Encode = Bytes;
+        type Decode = ();
+        type Encoder = RawEncoder;
+        type Decoder = ReplyDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> ReplyDecoder {
+            ReplyDecoder
+        }
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+    grpc.unary(tonic::Request::new(bytes), path, Raw)
+        .await
+        .expect_err("garbage must be refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_no_message_are_invalid_argument_not_internal() {
+    let server = start(ServiceConfig::default()).await;
+    // A field tag with an invalid wire type, then a length running past the end.
+    for garbage in [&b"\xff\xff\xff\xff"[..], &b"\x0a\xff\x01abc"[..]] {
+        for method in [
+            "/tierkv.v1.BlockService/Lookup",
+            "/tierkv.v1.BlockService/Stats",
+        ] {
+            let status = send_raw_message(&server.addr, method, Bytes::from(garbage)).await;
+            assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
+            assert!(status.message().contains("malformed"), "{}", status.message());
+        }
+    }
+    // The server is unharmed.
+    let c = client(&server.addr, None);
+    assert_eq!(c.publish("n", &[(1, block(1, 100))]).await.unwrap().stored, 1);
+}

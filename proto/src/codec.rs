@@ -5,7 +5,8 @@
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, Codec};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::{Code, Status};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// Initial encode/decode buffer: a default 4 MiB chunk plus its framing.
@@ -33,13 +34,34 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = BlockDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstEncoder::new(settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(settings())
+        BlockDecoder(ProstDecoder::new(settings()))
+    }
+}
+
+/// prost's decoder, except that bytes that are not a valid message are the sender's
+/// fault: `INVALID_ARGUMENT`, not tonic's `INTERNAL`.
+#[derive(Debug)]
+pub struct BlockDecoder<U>(ProstDecoder<U>);
+
+impl<U: prost::Message + Default> Decoder for BlockDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0.decode(buf).map_err(|s| match s.code() {
+            Code::Internal => Status::invalid_argument(format!("malformed message: {}", s.message())),
+            _ => s,
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
