@@ -13,6 +13,7 @@
 
 pub mod checksum;
 pub mod defaults;
+pub mod failpoint;
 mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu;

@@ -352,6 +352,9 @@ impl Inner {
             b[..HEADER_LEN].copy_from_slice(&head);
             b[total..padded].fill(0);
         }
+        if let Err(e) = crate::failpoint::check("disk.write") {
+            return (Some(buf), Err(self.io_error(&format!("writing slot {slot}"), e)));
+        }
         let offset = slot as u64 * self.slot_stride as u64;
         let submitted = self
             .uring
@@ -401,6 +404,9 @@ impl Inner {
         buf: AlignedBuf,
     ) -> (Option<AlignedBuf>, Result<bool>) {
         let total = HEADER_LEN + len as usize;
+        if let Err(e) = crate::failpoint::check("disk.read") {
+            return (Some(buf), Err(self.io_error(&format!("reading slot {slot}"), e)));
+        }
         let offset = slot as u64 * self.slot_stride as u64;
         let submitted = self
             .uring

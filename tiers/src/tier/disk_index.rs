@@ -154,6 +154,8 @@ impl DiskIndex {
 
     /// Records that `key` lives in `slot` with a payload of `len` bytes.
     pub(super) async fn put(&self, key: BlockKey, slot: u32, len: u64) -> Result<()> {
+        crate::failpoint::check("index.write")
+            .map_err(|e| TierError::io(format!("disk index {}", self.dir.display()), e))?;
         self.apply(Change::Put { key, slot, len }).await
     }
 

@@ -402,6 +402,8 @@ impl Tier for ObjectTier {
         let len = data.len() as u64;
         let header = Bytes::copy_from_slice(&header::encode(key, &data));
         let payload: PutPayload = [header, data].into_iter().collect();
+        crate::failpoint::check("object.put")
+            .map_err(|e| TierError::io(format!("tier {}: putting {key}", inner.name), e))?;
         {
             let _permit = inner.permit().await?;
             inner
@@ -429,6 +431,8 @@ impl Tier for ObjectTier {
             TierCounters::add(&inner.counters.misses, 1);
             return Ok(None);
         };
+        crate::failpoint::check("object.get")
+            .map_err(|e| TierError::io(format!("tier {}: getting {key}", inner.name), e))?;
         let fetched = {
             let _permit = inner.permit().await?;
             match inner.store.get(&inner.path(key)).await {

@@ -180,6 +180,7 @@ async fn fetch(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<()
             IoSlice::new(&header),
             IoSlice::new(&data),
         ];
+        tierkv_tiers::failpoint::check("net.send")?;
         write_all_vectored(&mut c.wr, &mut bufs).await?;
         pending.clear();
         server.count_bytes("out", data.len());
@@ -200,8 +201,9 @@ async fn publish(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<
     // copies the payload into its slot): reused so that a stream of large blocks is
     // received into memory already faulted in, not into a fresh allocation each.
     let mut spare: Option<BytesMut> = None;
-    for _ in 0..count {
+    for i in 0..count {
         let mut h = [0u8; PUBLISH_HEADER];
+        tierkv_tiers::failpoint::check("net.recv")?;
         c.rd.read_exact(&mut h).await?;
         let mut a = [0u8; 16];
         a.copy_from_slice(&h[..16]);
@@ -251,7 +253,18 @@ async fn publish(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<
                 present += 1;
                 server.count_block("publish", "already_present");
             }
-            Err(e) => return Err(broken(store_status(e))),
+            Err(e) => {
+                let status = store_status(e);
+                // Blocks are stored in order: say which ones are in (a client retries
+                // the rest).
+                return Err(broken(Status::new(
+                    status.code(),
+                    format!(
+                        "{} (block {i} of {count}; the {i} before it are stored or were present)",
+                        status.message()
+                    ),
+                )));
+            }
         }
     }
     let mut reply = Vec::with_capacity(21 + rejected.len());

@@ -156,7 +156,21 @@ impl BlockServer {
                     reply.already_present += 1;
                     "already_present"
                 }
-                Err(e) => return Err(store_status(e)),
+                Err(e) => {
+                    // Blocks are stored in stream order: say how many are in, so the
+                    // client retries only the rest.
+                    let status = store_status(e);
+                    let done = reply.stored + reply.already_present + reply.rejected.len() as u64;
+                    return Err(Status::new(
+                        status.code(),
+                        format!(
+                            "{} (after {done} blocks of this stream: {} stored, {} already present)",
+                            status.message(),
+                            reply.stored,
+                            reply.already_present
+                        ),
+                    ));
+                }
             }
         };
         self.metrics
