@@ -9,6 +9,7 @@ mod pd;
 mod plot;
 mod report;
 mod service;
+mod soak;
 mod tier;
 mod trace;
 mod vllm;
@@ -50,6 +51,9 @@ enum Command {
     /// vLLM with TierkvConnector beside vLLM without it, its prefix cache and its
     /// ExampleConnector (TTFT, throughput, hits per tier); block loads beside memcpy.
     Vllm(vllm::VllmArgs),
+    /// `tierkv serve` under 1,000 streams with clients that vanish, stall and
+    /// reconnect: RSS, open streams, p99 and errors over time.
+    Soak(soak::SoakArgs),
 }
 
 #[tokio::main]
@@ -78,6 +82,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Service(args) => {
             service::run(args).await?;
         }
+        Command::Soak(args) => soak::run(args).await?,
         Command::GenTrace(args) => trace::generate::run(args)?,
         Command::Replay(args) => {
             trace::replay::run(args).await?;

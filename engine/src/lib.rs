@@ -14,6 +14,8 @@ pub mod api;
 pub mod discovery;
 mod error;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kv;
 pub mod metrics;
 pub mod model;

@@ -26,7 +26,10 @@ fn cycles() -> usize {
 async fn check(client: &BlockClient, acked: &[u128]) -> (usize, usize) {
     let (mut lost, mut wrong) = (0, 0);
     for batch in acked.chunks(64) {
-        let got = client.fetch("crash", batch).await.expect("fetch after restart");
+        let got = client
+            .fetch("crash", batch)
+            .await
+            .expect("fetch after restart");
         for (h, g) in batch.iter().zip(got) {
             match g {
                 None => lost += 1,

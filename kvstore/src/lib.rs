@@ -12,6 +12,8 @@
 mod builder;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hash;
 mod layout;
 pub mod metrics;

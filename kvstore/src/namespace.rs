@@ -320,7 +320,10 @@ mod tests {
         let key = NamespaceKey::new(b"0123456789abcdef-cluster").unwrap();
         let keyed = base.with_key(key.clone()).unwrap();
         assert_eq!(keyed.id(), base.id(), "unsalted namespaces do not change");
-        let (plain, secret) = (base.salted("tenant-42").unwrap(), keyed.salted("tenant-42").unwrap());
+        let (plain, secret) = (
+            base.salted("tenant-42").unwrap(),
+            keyed.salted("tenant-42").unwrap(),
+        );
         // Unkeyed, the tag is a plain digest of the salt: a guess can be checked
         // offline. Keyed, it is not.
         let tag = format!("@salt{:016x}", xxhash_rust::xxh3::xxh3_64(b"tenant-42"));
@@ -346,7 +349,10 @@ mod tests {
             .unwrap();
         assert_ne!(other.id(), secret.id());
         assert!(NamespaceKey::new(b"short").is_err());
-        assert!(!format!("{key:?}").contains("0123"), "the key is never printed");
+        assert!(
+            !format!("{key:?}").contains("0123"),
+            "the key is never printed"
+        );
     }
 
     #[test]

@@ -94,13 +94,21 @@ async fn a_full_disk_is_a_clear_error_and_keeps_what_it_had() {
     }
     failpoint::disarm("disk.write");
     for i in 0..4 {
-        assert_eq!(store.get_key(key(i)).await.unwrap(), Some(block(i)), "block {i}");
+        assert_eq!(
+            store.get_key(key(i)).await.unwrap(),
+            Some(block(i)),
+            "block {i}"
+        );
     }
     store.put_key(key(8), block(8)).await.unwrap();
     drop(store);
     let store = host_over_disk(dir.path()).await;
     for i in (0..4).chain([8]) {
-        assert_eq!(store.get_key(key(i)).await.unwrap(), Some(block(i)), "block {i} after restart");
+        assert_eq!(
+            store.get_key(key(i)).await.unwrap(),
+            Some(block(i)),
+            "block {i} after restart"
+        );
     }
     // A refused put may still have left its block in the host tier (and a later
     // demotion may have carried it to disk): present means the right bytes.
@@ -123,7 +131,10 @@ async fn a_failing_disk_read_is_an_error_never_wrong_bytes_and_the_block_stays()
     for i in 0..4 {
         match store.read_key(key(i), false).await {
             Err(e) => assert!(e.to_string().contains("reading slot"), "{e}"),
-            Ok(got) => panic!("block {i}: a failed read returned {:?}", got.map(|b| b.len())),
+            Ok(got) => panic!(
+                "block {i}: a failed read returned {:?}",
+                got.map(|b| b.len())
+            ),
         }
     }
     failpoint::disarm("disk.read");
@@ -195,7 +206,11 @@ async fn a_connection_that_breaks_on_send_or_receive_never_delivers_wrong_bytes(
     // says nothing was stored that was not.
     fail("net.recv", libc::ECONNRESET, None);
     let e = c.publish("n", &blocks).await.unwrap_err();
-    assert!(format!("{e:#}").to_lowercase().contains("unavailable") || format!("{e:#}").contains("block channel"), "{e:#}");
+    assert!(
+        format!("{e:#}").to_lowercase().contains("unavailable")
+            || format!("{e:#}").contains("block channel"),
+        "{e:#}"
+    );
     failpoint::disarm("net.recv");
     let r = c.publish("n", &blocks).await.unwrap();
     assert_eq!(r.stored + r.already_present, 4);
@@ -205,5 +220,11 @@ async fn a_connection_that_breaks_on_send_or_receive_never_delivers_wrong_bytes(
     assert!(c.fetch("n", &hashes).await.is_err());
     failpoint::disarm("net.send");
     let back = c.fetch("n", &hashes).await.unwrap();
-    assert_eq!(back, blocks.iter().map(|(_, d)| Some(d.clone())).collect::<Vec<_>>());
+    assert_eq!(
+        back,
+        blocks
+            .iter()
+            .map(|(_, d)| Some(d.clone()))
+            .collect::<Vec<_>>()
+    );
 }

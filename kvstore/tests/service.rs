@@ -120,7 +120,10 @@ async fn tokens_scope_every_call_to_their_namespaces() {
     assert_eq!((sa.blocks, sb.blocks), (1, 2));
     assert_eq!((sa.tiers[0].blocks, sb.tiers[0].blocks), (1, 2));
     for t in sa.tiers.iter().chain(&sb.tiers) {
-        assert_eq!((t.hits, t.misses, t.bytes_read, t.bytes_written), (0, 0, 0, 0));
+        assert_eq!(
+            (t.hits, t.misses, t.bytes_read, t.bytes_written),
+            (0, 0, 0, 0)
+        );
         assert!(t.capacity_bytes > 0);
     }
     let root = server.store.stats();

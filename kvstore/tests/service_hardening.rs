@@ -325,10 +325,17 @@ async fn bytes_that_are_no_message_are_invalid_argument_not_internal() {
         ] {
             let status = send_raw_message(&server.addr, method, Bytes::from(garbage)).await;
             assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
-            assert!(status.message().contains("malformed"), "{}", status.message());
+            assert!(
+                status.message().contains("malformed"),
+                "{}",
+                status.message()
+            );
         }
     }
     // The server is unharmed.
     let c = client(&server.addr, None);
-    assert_eq!(c.publish("n", &[(1, block(1, 100))]).await.unwrap().stored, 1);
+    assert_eq!(
+        c.publish("n", &[(1, block(1, 100))]).await.unwrap().stored,
+        1
+    );
 }

@@ -56,7 +56,9 @@ impl<U: prost::Message + Default> Decoder for BlockDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.0.decode(buf).map_err(|s| match s.code() {
-            Code::Internal => Status::invalid_argument(format!("malformed message: {}", s.message())),
+            Code::Internal => {
+                Status::invalid_argument(format!("malformed message: {}", s.message()))
+            }
             _ => s,
         })
     }

@@ -13,8 +13,10 @@
 
 pub mod checksum;
 pub mod defaults;
-pub mod failpoint;
 mod error;
+pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod header;

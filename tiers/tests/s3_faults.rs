@@ -49,7 +49,11 @@ impl FaultProxy {
                     let mut m = m.lock().unwrap();
                     let now = *m;
                     if let Mode::Unavailable(n) = *m {
-                        *m = if n > 1 { Mode::Unavailable(n - 1) } else { Mode::Pass };
+                        *m = if n > 1 {
+                            Mode::Unavailable(n - 1)
+                        } else {
+                            Mode::Pass
+                        };
                     }
                     now
                 };
@@ -182,10 +186,17 @@ async fn s3_faults_are_bounded_errors_retries_succeed_and_no_wrong_bytes() {
         proxy.set(mode);
         let i = 100 + n as u128;
         let put = bounded(limit, tier.put(key(i), payload(i as u64, SLOT))).await;
-        assert!(put.is_err(), "{mode:?}: a put through a broken store succeeded");
+        assert!(
+            put.is_err(),
+            "{mode:?}: a put through a broken store succeeded"
+        );
         refused.push(i);
         let got = bounded(limit, tier.get(key(0))).await;
-        assert!(got.is_err(), "{mode:?}: {:?}", got.map(|b| b.map(|b| b.len())));
+        assert!(
+            got.is_err(),
+            "{mode:?}: {:?}",
+            got.map(|b| b.map(|b| b.len()))
+        );
     }
     // Two 503s in a row are retried through (max_retries = 2).
     proxy.set(Mode::Unavailable(2));

@@ -109,7 +109,13 @@ impl Tier for SimTier {
             let b = self.blocks();
             (b.values().sum(), b.len() as u64)
         };
-        self.counters
-            .snapshot(&self.name, self.kind, self.capacity_bytes(), self.slot_bytes, used, n)
+        self.counters.snapshot(
+            &self.name,
+            self.kind,
+            self.capacity_bytes(),
+            self.slot_bytes,
+            used,
+            n,
+        )
     }
 }

@@ -187,7 +187,11 @@ async fn tokenize<B: Backend>(engine: &B, text: String, bos: bool) -> Result<Vec
         )));
     }
     let c = engine.model_config();
-    let bos = if bos && c.add_bos { c.bos_token_id } else { None };
+    let bos = if bos && c.add_bos {
+        c.bos_token_id
+    } else {
+        None
+    };
     let ids = tokio::task::spawn_blocking(move || codec.encode(&text))
         .await
         .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))??;

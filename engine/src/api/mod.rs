@@ -7,7 +7,7 @@ mod backend;
 mod error;
 mod generation;
 mod handlers;
-mod types;
+pub(crate) mod types;
 
 use std::future::Future;
 

@@ -123,14 +123,21 @@ pub fn load_file(path: &Path) -> Result<LoadedModel> {
 type Header = (Content, BufReader<File>, ModelConfig);
 
 fn read_header(path: &Path) -> Result<Header> {
-    let open = || {
-        File::open(path)
-            .map(BufReader::new)
-            .map_err(|e| EngineError::model(format!("{}: {e}", path.display())))
-    };
-    let mut file = open()?;
-    let content = Content::read(&mut file)
-        .map_err(|e| EngineError::model(format!("{} is not a GGUF file: {e}", path.display())))?;
+    let mut file = File::open(path)
+        .map(BufReader::new)
+        .map_err(|e| EngineError::model(format!("{}: {e}", path.display())))?;
+    let (content, config) = parse_header(&mut file, &path.display().to_string())?;
+    Ok((content, file, config))
+}
+
+/// The metadata of the GGUF file `name` read from `reader`, and the model
+/// configuration it describes.
+pub(crate) fn parse_header<R: std::io::Read + std::io::Seek>(
+    reader: &mut R,
+    name: &str,
+) -> Result<(Content, ModelConfig)> {
+    let content = Content::read(reader)
+        .map_err(|e| EngineError::model(format!("{name} is not a GGUF file: {e}")))?;
     let arch = meta(&content, "general.architecture")?
         .to_string()
         .map_err(|e| EngineError::model(e.to_string()))?
@@ -172,7 +179,7 @@ fn read_header(path: &Path) -> Result<Header> {
             .unwrap_or(false),
     };
     config.validate()?;
-    Ok((content, file, config))
+    Ok((content, config))
 }
 
 fn text(content: &Content, path: &Path, config: ModelConfig) -> Result<ModelText> {

@@ -6,6 +6,8 @@ mod attention;
 mod config;
 mod gguf;
 mod quant;
+
+pub(crate) use gguf::parse_header as parse_gguf_header;
 mod rope;
 mod safetensors;
 mod tokenizer;

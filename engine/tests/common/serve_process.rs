@@ -62,4 +62,3 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
-

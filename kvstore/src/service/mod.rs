@@ -12,7 +12,7 @@ mod framing;
 mod idle;
 mod local;
 mod reports;
-mod request;
+pub(crate) mod request;
 mod rpc;
 mod server;
 mod state;

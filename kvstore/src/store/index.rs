@@ -223,13 +223,29 @@ mod tests {
     #[test]
     fn a_namespace_cannot_flush_another_below_its_minimum_share() {
         // 100 blocks of tenant 1, then 4,096 puts of tenant 2 into a 400-block tier.
-        let mut ix = StoreIndex::new(1, Shares { min: 0.25, max: 1.0 });
+        let mut ix = StoreIndex::new(
+            1,
+            Shares {
+                min: 0.25,
+                max: 1.0,
+            },
+        );
         fill(&mut ix, 1, 0..100, 400);
         fill(&mut ix, 2, 0..4096, 400);
-        assert_eq!(ix.held_by(0, 1), 100, "tenant 1 is within its minimum share");
+        assert_eq!(
+            ix.held_by(0, 1),
+            100,
+            "tenant 1 is within its minimum share"
+        );
         assert_eq!(ix.held_by(0, 2), 300);
         // Over its minimum share, the older tenant's blocks are fair game again.
-        let mut ix = StoreIndex::new(1, Shares { min: 0.25, max: 1.0 });
+        let mut ix = StoreIndex::new(
+            1,
+            Shares {
+                min: 0.25,
+                max: 1.0,
+            },
+        );
         fill(&mut ix, 1, 0..300, 400);
         fill(&mut ix, 2, 0..4096, 400);
         assert_eq!(ix.held_by(0, 1), 100, "evicted down to its minimum share");

@@ -107,8 +107,7 @@ pub struct StoreOptions {
 impl StoreOptions {
     pub(crate) fn shares(&self) -> crate::Result<super::index::Shares> {
         let (min, max) = (self.namespace_min_share, self.namespace_max_share);
-        if !(0.0..=1.0).contains(&min) || !(0.0..=1.0).contains(&max) || min > max || max == 0.0
-        {
+        if !(0.0..=1.0).contains(&min) || !(0.0..=1.0).contains(&max) || min > max || max == 0.0 {
             return Err(crate::KvStoreError::Config(format!(
                 "namespace shares must satisfy 0 <= namespace_min_share ({min}) <= \
                  namespace_max_share ({max}) <= 1, with namespace_max_share > 0"

@@ -353,7 +353,10 @@ impl Inner {
             b[total..padded].fill(0);
         }
         if let Err(e) = crate::failpoint::check("disk.write") {
-            return (Some(buf), Err(self.io_error(&format!("writing slot {slot}"), e)));
+            return (
+                Some(buf),
+                Err(self.io_error(&format!("writing slot {slot}"), e)),
+            );
         }
         let offset = slot as u64 * self.slot_stride as u64;
         let submitted = self
@@ -405,7 +408,10 @@ impl Inner {
     ) -> (Option<AlignedBuf>, Result<bool>) {
         let total = HEADER_LEN + len as usize;
         if let Err(e) = crate::failpoint::check("disk.read") {
-            return (Some(buf), Err(self.io_error(&format!("reading slot {slot}"), e)));
+            return (
+                Some(buf),
+                Err(self.io_error(&format!("reading slot {slot}"), e)),
+            );
         }
         let offset = slot as u64 * self.slot_stride as u64;
         let submitted = self

@@ -73,6 +73,21 @@ fn parse_index_value(v: &[u8]) -> Option<(u32, u64)> {
     ))
 }
 
+/// Decodes an index record the way a reopen does (a fuzz target's entry).
+pub(crate) fn fuzz_record(key: &[u8], value: &[u8]) {
+    if key.first() == Some(&BLOCK_PREFIX)
+        && let Some(k) = BlockKey::from_bytes(&key[1..])
+        && let Some((slot, len)) = parse_index_value(value)
+    {
+        assert_eq!(index_key(k)[..], key[..]);
+        assert_eq!(index_value(slot, len)[..], value[..]);
+    }
+    if let Some((format, g)) = Geometry::decode(value) {
+        assert_eq!(&Geometry::encode(&g)[4..], &value[4..]);
+        let _ = format;
+    }
+}
+
 pub(super) fn index_error(dir: &Path) -> impl FnOnce(rocksdb::Error) -> TierError + '_ {
     move |source| TierError::Index {
         path: dir.join(INDEX_DIR),

@@ -9,7 +9,7 @@ use crate::{BlockKey, Result, TierStats};
 
 pub mod disk;
 pub(crate) mod disk_buffers;
-mod disk_index;
+pub(crate) mod disk_index;
 pub mod host;
 pub mod object;
 mod slots;

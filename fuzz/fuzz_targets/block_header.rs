@@ -1,0 +1,4 @@
+//! The block header of disk and object tiers: any bytes read back from a medium.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tierkv_tiers::fuzzing::block_header(data));

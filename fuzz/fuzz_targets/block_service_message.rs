@@ -1,0 +1,4 @@
+//! A gRPC message body of the block service.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tierkv_kvstore::fuzzing::block_service_message(data));

@@ -1,0 +1,4 @@
+//! A GGUF file's metadata.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tierkv_engine::fuzzing::gguf_metadata(data));

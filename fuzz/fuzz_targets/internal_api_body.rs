@@ -1,0 +1,4 @@
+//! A cluster worker's internal API bodies and replies.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tierkv_engine::fuzzing::internal_api_body(data));

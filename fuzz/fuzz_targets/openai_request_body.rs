@@ -1,0 +1,4 @@
+//! An OpenAI request body.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tierkv_engine::fuzzing::openai_request_body(data));
