@@ -159,7 +159,7 @@ async fn good_client(
     stop: Arc<AtomicBool>,
 ) {
     let mut c = BlockClientConfig::new(addr);
-    c.transport = if id % 2 == 0 {
+    c.transport = if id.is_multiple_of(2) {
         Transport::Network
     } else {
         Transport::Grpc

@@ -10,7 +10,7 @@ pub fn openai_request_body(data: &[u8]) {
     let Some((&kind, body)) = data.split_first() else {
         return;
     };
-    if kind % 2 == 0 {
+    if kind.is_multiple_of(2) {
         if let Ok(req) = serde_json::from_slice::<ChatRequest>(body) {
             let _ = req.chat_messages();
         }

@@ -5,8 +5,6 @@
 //! error (never wrong bytes), nothing hangs, and the store works again once the fault
 //! clears.
 
-use std::sync::Mutex;
-
 use bytes::Bytes;
 use tierkv_kvstore::EvictPolicy;
 use tierkv_kvstore::service::{ServiceConfig, Transport};
@@ -20,7 +18,7 @@ use common::{client_over, serve_store};
 
 /// Failpoints are process-wide: the tests of this binary take turns (nextest runs each
 /// in its own process anyway).
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const SLOT: usize = 64 << 10;
 
@@ -65,7 +63,7 @@ fn fail(name: &str, errno: i32, times: Option<u32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_disk_write_is_never_acknowledged_and_the_retry_writes_through() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let store = host_over_disk(dir.path()).await;
     fail("disk.write", libc::EIO, Some(1));
@@ -81,7 +79,7 @@ async fn a_failing_disk_write_is_never_acknowledged_and_the_retry_writes_through
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_a_clear_error_and_keeps_what_it_had() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let store = host_over_disk(dir.path()).await;
     for i in 0..4 {
@@ -120,7 +118,7 @@ async fn a_full_disk_is_a_clear_error_and_keeps_what_it_had() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_disk_read_is_an_error_never_wrong_bytes_and_the_block_stays() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let store = host_over_disk(dir.path()).await;
     for i in 0..6 {
@@ -145,7 +143,7 @@ async fn a_failing_disk_read_is_an_error_never_wrong_bytes_and_the_block_stays()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_index_write_fails_the_put_and_a_restart_finds_no_half_block() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let store = host_over_disk(dir.path()).await;
     store.put_key(key(1), block(1)).await.unwrap();
@@ -165,7 +163,7 @@ async fn a_failing_index_write_fails_the_put_and_a_restart_finds_no_half_block()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_object_store_is_an_error_or_a_miss_never_a_hang() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let store = TieredStore::builder()
         .slot_bytes(SLOT)
@@ -197,7 +195,7 @@ async fn a_failing_object_store_is_an_error_or_a_miss_never_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_breaks_on_send_or_receive_never_delivers_wrong_bytes() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = serve_store(host_over_disk(dir.path()).await, ServiceConfig::default()).await;
     let c = client_over(&server.addr, None, Transport::Network);

@@ -32,13 +32,26 @@ pub const FORMAT_VERSION: u16 = 1;
 /// Why a stored block was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Corruption {
-    Truncated { have: usize, need: usize },
+    Truncated {
+        have: usize,
+        need: usize,
+    },
     BadMagic,
     UnsupportedVersion(u16),
+    /// A reserved byte is not zero (version 1 writes zeros there).
+    ReservedNotZero,
     HeaderChecksum,
-    WrongKey { found: BlockKey },
-    WrongLength { found: u64, expected: u64 },
-    PayloadChecksum { found: u32, expected: u32 },
+    WrongKey {
+        found: BlockKey,
+    },
+    WrongLength {
+        found: u64,
+        expected: u64,
+    },
+    PayloadChecksum {
+        found: u32,
+        expected: u32,
+    },
 }
 
 impl std::fmt::Display for Corruption {
@@ -49,6 +62,7 @@ impl std::fmt::Display for Corruption {
             }
             Corruption::BadMagic => write!(f, "bad magic"),
             Corruption::UnsupportedVersion(v) => write!(f, "unsupported format version {v}"),
+            Corruption::ReservedNotZero => write!(f, "reserved header bytes are not zero"),
             Corruption::HeaderChecksum => write!(f, "header checksum mismatch"),
             Corruption::WrongKey { found } => write!(f, "slot holds another block ({found})"),
             Corruption::WrongLength { found, expected } => {
@@ -110,6 +124,14 @@ pub fn verify(
     let version = u16::from_le_bytes([h[4], h[5]]);
     if version != FORMAT_VERSION {
         return Err(Corruption::UnsupportedVersion(version));
+    }
+    // Found by fuzzing: a header with a valid checksum over nonzero reserved bytes is
+    // not one this version wrote.
+    if [&h[6..8], &h[20..24], &h[48..60]]
+        .iter()
+        .any(|r| r.iter().any(|&b| b != 0))
+    {
+        return Err(Corruption::ReservedNotZero);
     }
     let mut hash = [0u8; 16];
     hash.copy_from_slice(&h[32..48]);
@@ -197,5 +219,17 @@ mod tests {
         ));
         // An all-zero slot (never written) is not a block.
         assert_eq!(verify(&[0u8; 4096], key, None), Err(Corruption::BadMagic));
+        // A reserved byte set, the header checksum recomputed (found by fuzzing).
+        for at in [6, 21, 57] {
+            let mut crafted = good.clone();
+            crafted[at] = 1;
+            let crc = crate::checksum::crc32c(&crafted[..60]);
+            crafted[60..64].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(
+                verify(&crafted, key, None),
+                Err(Corruption::ReservedNotZero),
+                "byte {at}"
+            );
+        }
     }
 }

@@ -140,7 +140,6 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     })?;
     let metrics = Arc::new(EngineMetrics::new());
     let role = disagg.role;
-    let mut engine_config = engine_config;
     engine_config.namespace_key = super::namespace_key()?;
     let engine = Engine::start(loaded, store.clone(), engine_config, metrics)?;
     if let Some(path) = &args.request_log {

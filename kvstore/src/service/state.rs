@@ -92,7 +92,7 @@ impl BlockServer {
             inflight: Arc::new(Semaphore::new(inflight)),
             metrics,
             tier_names: Arc::new(tier_names),
-            crcs: Arc::new(CrcCache::new(1 << 20)),
+            crcs: Arc::new(CrcCache::new(crc_entries(&store))),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             data_port: std::sync::atomic::AtomicU16::new(0),
             local_socket: std::sync::OnceLock::new(),
@@ -186,4 +186,16 @@ impl BlockServer {
             .collect::<Result<Vec<_>, _>>()?;
         Ok((self.remember(namespace), parsed))
     }
+}
+
+/// Checksums worth remembering: one per block the store's own tiers can hold (more
+/// would only remember evicted blocks), between 1,024 and 2^20.
+fn crc_entries(store: &TieredStore) -> usize {
+    store
+        .tiers()
+        .iter()
+        .filter(|t| t.is_indexed())
+        .map(|t| t.capacity_blocks())
+        .fold(0u64, u64::saturating_add)
+        .clamp(1024, 1 << 20) as usize
 }
