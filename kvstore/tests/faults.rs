@@ -99,6 +99,9 @@ async fn a_full_disk_is_a_clear_error_and_keeps_what_it_had() {
         );
     }
     store.put_key(key(8), block(8)).await.unwrap();
+    // The reads above queued promotions; a promotion in flight holds the store (and its
+    // disk index) open, so let them finish before opening the directory again.
+    store.settle_promotions().await;
     drop(store);
     let store = host_over_disk(dir.path()).await;
     for i in (0..4).chain([8]) {

@@ -29,13 +29,15 @@ pub(crate) enum Promotion {
 pub(crate) fn spawn(inner: Weak<Inner>, mut queue: mpsc::Receiver<Promotion>) {
     tokio::spawn(async move {
         while let Some(p) = queue.recv().await {
-            let Some(inner) = inner.upgrade() else {
-                return;
-            };
             match p {
                 Promotion::Block { key, data, from } => {
+                    let Some(inner) = inner.upgrade() else {
+                        return;
+                    };
                     TieredStore { inner }.promote(key, data, from).await
                 }
+                // Answered without holding the store: a caller that drops the store
+                // once settled must not find it still held by this task.
                 Promotion::Settle(done) => {
                     let _ = done.send(());
                 }
