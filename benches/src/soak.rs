@@ -8,12 +8,12 @@
 //! the p99 ratio. Writes a table, JSON and a chart.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use tierkv_kvstore::service::{BlockClient, BlockClientConfig, Transport};
 use tierkv_proto::v1::block_service_client::BlockServiceClient;
@@ -70,16 +70,6 @@ impl Drop for Server {
 }
 
 fn start_server(args: &SoakArgs, dir: &std::path::Path) -> anyhow::Result<Server> {
-    let exe = std::env::current_exe()?
-        .parent()
-        .map(|p| p.join("tierkv"))
-        .context("locating the tierkv binary")?;
-    if !exe.exists() {
-        bail!(
-            "{} not found: cargo build --release -p tierkv-engine",
-            exe.display()
-        );
-    }
     std::fs::create_dir_all(dir)?;
     let config = dir.join("serve.toml");
     let slot = args.block_bytes.div_ceil(4096) * 4096;
@@ -94,26 +84,11 @@ fn start_server(args: &SoakArgs, dir: &std::path::Path) -> anyhow::Result<Server
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut child = Command::new(&exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--metrics-listen")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let addr = loop {
-        let line = lines.next().context("tierkv serve exited")??;
-        if let Some(a) = line.strip_prefix("tierkv serve: listening on ") {
-            break a.to_string();
-        }
-    };
+    let extra = [
+        "--metrics-listen".to_string(),
+        format!("127.0.0.1:{metrics_port}"),
+    ];
+    let (child, addr) = crate::service::spawn_serve(dir, &config, &extra, "error")?;
     Ok(Server {
         child,
         addr,

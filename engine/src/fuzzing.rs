@@ -1,58 +1,52 @@
 //! Entry points for the fuzz targets (`fuzz/`): each takes bytes from outside the
-//! process and must never panic, whatever they are. Not an API.
+//! process and must never panic, whatever they are, and says whether the decoder
+//! accepted it. Not an API.
 
 use crate::api::types::{ChatRequest, CompletionRequest};
 use crate::pd::{PrefillReply, WireEvent, WireRequest, WorkerInfo, WorkerLoad};
 
 /// An OpenAI request body (`/v1/chat/completions` or `/v1/completions`, by the first
 /// byte), parsed and checked as the API does before it tokenizes anything.
-pub fn openai_request_body(data: &[u8]) {
+pub fn openai_request_body(data: &[u8]) -> bool {
     let Some((&kind, body)) = data.split_first() else {
-        return;
+        return false;
     };
     if kind.is_multiple_of(2) {
-        if let Ok(req) = serde_json::from_slice::<ChatRequest>(body) {
-            let _ = req.chat_messages();
-        }
+        serde_json::from_slice::<ChatRequest>(body).is_ok_and(|req| req.chat_messages().is_ok())
     } else {
-        let _ = serde_json::from_slice::<CompletionRequest>(body);
+        serde_json::from_slice::<CompletionRequest>(body).is_ok()
     }
 }
 
 /// What a cluster worker's internal API reads (`/internal/generate`,
 /// `/internal/prefill`) and what a frontend or decode worker reads back from another
 /// worker (event lines, prefill replies, info, load), by the first byte.
-pub fn internal_api_body(data: &[u8]) {
+pub fn internal_api_body(data: &[u8]) -> bool {
     let Some((&kind, body)) = data.split_first() else {
-        return;
+        return false;
     };
     match kind % 5 {
-        0 => {
-            if let Ok(w) = serde_json::from_slice::<WireRequest>(body) {
-                let _ = w.into_request();
-            }
-        }
-        1 => {
-            for line in body.split(|&b| b == b'\n') {
-                let _ = serde_json::from_slice::<WireEvent>(line);
-            }
-        }
-        2 => {
-            let _ = serde_json::from_slice::<PrefillReply>(body);
-        }
-        3 => {
-            if let Ok(info) = serde_json::from_slice::<WorkerInfo>(body) {
-                let _ = tierkv_kvstore::Namespace::new(info.model_id.clone(), info.layout);
-            }
-        }
-        _ => {
-            let _ = serde_json::from_slice::<WorkerLoad>(body);
-        }
+        0 => serde_json::from_slice::<WireRequest>(body).is_ok_and(|w| {
+            let _ = w.into_request();
+            true
+        }),
+        1 => body
+            .split(|&b| b == b'\n')
+            .all(|line| serde_json::from_slice::<WireEvent>(line).is_ok()),
+        2 => serde_json::from_slice::<PrefillReply>(body).is_ok(),
+        3 => serde_json::from_slice::<WorkerInfo>(body).is_ok_and(|info| {
+            tierkv_kvstore::Namespace::new(info.model_id.clone(), info.layout).is_ok()
+        }),
+        _ => serde_json::from_slice::<WorkerLoad>(body).is_ok(),
     }
 }
 
-/// A GGUF file's metadata (what `tierkv engine --model x.gguf` reads first).
-pub fn gguf_metadata(data: &[u8]) {
+/// A GGUF file's metadata (what `tierkv engine --model x.gguf` reads first); accepted
+/// when the GGUF container decodes (a model may still be refused for what it holds).
+pub fn gguf_metadata(data: &[u8]) -> bool {
     let mut reader = std::io::Cursor::new(data);
-    let _ = crate::model::parse_gguf_header(&mut reader, "fuzz.gguf");
+    match crate::model::parse_gguf_header(&mut reader, "fuzz.gguf") {
+        Ok(_) => true,
+        Err(e) => !e.to_string().contains("is not a GGUF file"),
+    }
 }

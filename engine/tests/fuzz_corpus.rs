@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use common::repo_root;
 
-type Target = fn(&[u8]);
+/// A fuzzing entry point: `true` when its decoder accepted the input.
+type Target = fn(&[u8]) -> bool;
 
 fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>)> {
     use tierkv_tiers::BlockKey;
@@ -27,7 +28,7 @@ fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>)> {
     let toml = std::fs::read(repo_root().join("deploy/tierkv.example.toml")).unwrap_or_default();
     let chat = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":4,"temperature":0.5,"stream":true,"stream_options":{"include_usage":true},"cache_salt":"t","stop":["x"]}"#;
     let completion = br#"{"model":"m","prompt":[1,2,3],"max_tokens":2,"seed":7,"top_p":0.9}"#;
-    let wire = br#"{"prompt":[1,2,3],"max_tokens":4,"temperature":0.0,"top_p":1.0,"prefill_candidates":[{"name":"p","http":"http://127.0.0.1:1","block_service":"127.0.0.1:2"}]}"#;
+    let wire = br#"{"prompt":[1,2,3],"max_tokens":4,"temperature":0.0,"top_p":1.0,"prefill_candidates":[{"name":"p","http":"http://127.0.0.1:1","blocks":"127.0.0.1:2","overlap_blocks":1,"queue":0}]}"#;
     let mut gguf = b"GGUF".to_vec();
     gguf.extend_from_slice(&3u32.to_le_bytes());
     gguf.extend_from_slice(&0u64.to_le_bytes());
@@ -61,7 +62,7 @@ fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>)> {
             vec![
                 with(
                     0,
-                    b"\x0a\x14\x0a\x02ns\x12\x10aaaaaaaaaaaaaaaa\x10\x00\x1a\x03abc",
+                    b"\x0a\x16\x0a\x02ns\x12\x10aaaaaaaaaaaaaaaa\x10\x00\x1a\x03abc",
                 ),
                 with(1, b"\x0a\x02ns\x12\x10aaaaaaaaaaaaaaaa"),
             ],
@@ -77,7 +78,7 @@ fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>)> {
             vec![
                 with(0, wire),
                 with(1, br#"{"event":"token","id":5}"#),
-                with(4, br#"{"queue":1,"running":2}"#),
+                with(4, br#"{"running":2,"waiting":1,"prefilling":0}"#),
             ],
         ),
         (
@@ -146,6 +147,9 @@ fn every_decoder_of_outside_bytes_survives_its_corpus_and_mutations() {
             for (i, s) in seeds.iter().enumerate() {
                 std::fs::write(dir.join(format!("seed-{i}")), s).unwrap();
             }
+        }
+        for (i, seed) in seeds.iter().enumerate() {
+            assert!(target(seed), "{name}: built-in valid input {i} was refused");
         }
         let mut inputs = seeds;
         let entries = std::fs::read_dir(&dir)

@@ -1,4 +1,6 @@
 //! An OpenAI request body.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tierkv_engine::fuzzing::openai_request_body(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = tierkv_engine::fuzzing::openai_request_body(data);
+});

@@ -58,16 +58,6 @@ struct TierkvServer {
 
 impl TierkvServer {
     fn start(dir: &std::path::Path, block: usize, blocks: usize) -> anyhow::Result<TierkvServer> {
-        let exe = std::env::current_exe()?
-            .parent()
-            .map(|p| p.join("tierkv"))
-            .context("locating the tierkv binary")?;
-        if !exe.exists() {
-            bail!(
-                "{} not found: build it with `cargo build --release -p tierkv-engine`",
-                exe.display()
-            );
-        }
         std::fs::create_dir_all(dir)?;
         let stride = block.div_ceil(4096) * 4096;
         let config = dir.join("serve.toml");
@@ -78,26 +68,49 @@ impl TierkvServer {
                 stride * (blocks + 8)
             ),
         )?;
-        let mut child = Command::new(&exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-        let addr = loop {
-            let line = lines.next().context("tierkv serve exited")??;
-            if let Some(a) = line.strip_prefix("tierkv serve: listening on ") {
-                break a.to_string();
-            }
-        };
+        let (child, addr) = spawn_serve(dir, &config, &[], "warn")?;
         Ok(TierkvServer { child, addr })
     }
+}
+
+/// Starts the `tierkv` binary beside this one as `tierkv serve` on a free loopback
+/// port with `config`, data in `dir` and `extra` arguments; the child and its address.
+pub(crate) fn spawn_serve(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    extra: &[String],
+    log: &str,
+) -> anyhow::Result<(Child, String)> {
+    let exe = std::env::current_exe()?
+        .parent()
+        .map(|p| p.join("tierkv"))
+        .context("locating the tierkv binary")?;
+    if !exe.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p tierkv-engine`",
+            exe.display()
+        );
+    }
+    let mut child = Command::new(&exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let addr = loop {
+        let line = lines.next().context("tierkv serve exited")??;
+        if let Some(a) = line.strip_prefix("tierkv serve: listening on ") {
+            break a.to_string();
+        }
+    };
+    Ok((child, addr))
 }
 
 impl Drop for TierkvServer {

@@ -74,18 +74,21 @@ fn parse_index_value(v: &[u8]) -> Option<(u32, u64)> {
 }
 
 /// Decodes an index record the way a reopen does (a fuzz target's entry).
-pub(crate) fn fuzz_record(key: &[u8], value: &[u8]) {
+pub(crate) fn fuzz_record(key: &[u8], value: &[u8]) -> bool {
+    let mut accepted = false;
     if key.first() == Some(&BLOCK_PREFIX)
         && let Some(k) = BlockKey::from_bytes(&key[1..])
         && let Some((slot, len)) = parse_index_value(value)
     {
         assert_eq!(index_key(k)[..], key[..]);
         assert_eq!(index_value(slot, len)[..], value[..]);
+        accepted = true;
     }
-    if let Some((format, g)) = Geometry::decode(value) {
+    if let Some((_format, g)) = Geometry::decode(value) {
         assert_eq!(&Geometry::encode(&g)[4..], &value[4..]);
-        let _ = format;
+        accepted = true;
     }
+    accepted
 }
 
 pub(super) fn index_error(dir: &Path) -> impl FnOnce(rocksdb::Error) -> TierError + '_ {
