@@ -16,6 +16,14 @@ pub struct BlocksArgs {
     /// Bearer token (default: `TIERKV_TOKEN` from the environment).
     #[arg(long)]
     pub token: Option<String>,
+    /// CA certificate to trust (TLS; an address without a scheme becomes `https://`).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Certificate and key to present to a service that asks for one (mutual TLS).
+    #[arg(long, requires = "tls_key", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: BlocksCommand,
 }
@@ -62,6 +70,9 @@ fn parse_hash(s: &str) -> anyhow::Result<u128> {
 pub async fn run(args: BlocksArgs) -> anyhow::Result<()> {
     let mut config = BlockClientConfig::new(args.addr);
     config.token = args.token.or_else(|| std::env::var("TIERKV_TOKEN").ok());
+    config.tls_ca = args.tls_ca;
+    config.tls_cert = args.tls_cert;
+    config.tls_key = args.tls_key;
     let client = BlockClient::new(config)?;
     match args.command {
         BlocksCommand::Put {

@@ -202,6 +202,13 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         tierkv_engine::pd::PeerCredentials {
             api_key: access.api_key.clone(),
             block_token: store_config.service.tokens.first().map(|t| t.token.clone()),
+            // With mutual TLS on its own block service, a worker reaches its peers'
+            // with its certificate and the cluster CA.
+            block_tls: store_config
+                .service
+                .tls
+                .as_ref()
+                .and_then(tierkv_kvstore::service::ClientTls::cluster_member),
         },
     )?;
     println!(

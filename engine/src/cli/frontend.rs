@@ -41,6 +41,16 @@ pub struct FrontendArgs {
     /// frontend's own `--api-key`.
     #[arg(long)]
     pub worker_api_key: Option<String>,
+    /// CA that signed the workers' block service certificates (their
+    /// `[service.tls]`): watch their blocks over TLS.
+    #[arg(long)]
+    pub block_tls_ca: Option<PathBuf>,
+    /// Certificate and key presented to workers whose block services ask for one
+    /// (`tls.client_ca`, mutual TLS).
+    #[arg(long, requires = "block_tls_key", requires = "block_tls_ca")]
+    pub block_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "block_tls_cert")]
+    pub block_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -124,6 +134,14 @@ pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {
             .filter(|k| !k.is_empty())
             .or_else(|| access.api_key.clone()),
         block_token,
+        block_tls: args
+            .block_tls_ca
+            .clone()
+            .map(|ca| tierkv_kvstore::service::ClientTls {
+                ca,
+                cert: args.block_tls_cert.clone(),
+                key: args.block_tls_key.clone(),
+            }),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -50,8 +50,9 @@ struct Inner {
 
 impl Frontend {
     /// A frontend for the model `model_id` (tokenized by `codec`) that learns its
-    /// workers from `discovery`; `block_token` is the bearer token of the workers'
-    /// block services, if they ask for one. Must be called inside a tokio runtime.
+    /// workers from `discovery`; `workers` holds the API key, block token and TLS it
+    /// presents to the workers, if they ask for them. Must be called inside a tokio
+    /// runtime.
     pub fn start(
         codec: TextCodec,
         model_config: ModelConfig,
@@ -61,7 +62,6 @@ impl Frontend {
         workers: crate::pd::PeerCredentials,
     ) -> Result<Frontend> {
         config.validate()?;
-        let block_token = workers.block_token;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .default_headers(crate::api::bearer_headers(workers.api_key.as_deref())?)
@@ -75,7 +75,7 @@ impl Frontend {
             Arc::clone(&metrics),
             Duration::from_millis(config.load_poll_ms),
             Duration::from_secs(config.worker_start_timeout_s),
-            block_token,
+            workers,
         );
         for d in discovery {
             registry.follow(d.watch());

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tierkv_kvstore::service::{BlockClient, BlockClientConfig, ServiceEvent};
+use tierkv_kvstore::service::{BlockClient, ServiceEvent};
 use tierkv_kvstore::{BlockHash, Namespace, StoreEventKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -150,8 +150,8 @@ pub struct Registry {
     metrics: Arc<FrontendMetrics>,
     load_poll: Duration,
     start_timeout: Duration,
-    /// Bearer token for the workers' block services, if they ask for one.
-    block_token: Option<String>,
+    /// Token and TLS for the workers' block services, if they ask for them.
+    credentials: crate::pd::PeerCredentials,
 }
 
 impl Registry {
@@ -161,7 +161,7 @@ impl Registry {
         metrics: Arc<FrontendMetrics>,
         load_poll: Duration,
         start_timeout: Duration,
-        block_token: Option<String>,
+        credentials: crate::pd::PeerCredentials,
     ) -> Arc<Registry> {
         Arc::new(Registry {
             workers: RwLock::new(BTreeMap::new()),
@@ -171,7 +171,7 @@ impl Registry {
             metrics,
             load_poll,
             start_timeout,
-            block_token,
+            credentials,
         })
     }
 
@@ -333,8 +333,7 @@ impl Registry {
 
     fn watch_blocks(&self, worker: std::sync::Weak<Worker>, addr: String) -> JoinHandle<()> {
         let metrics = Arc::clone(&self.metrics);
-        let mut config = BlockClientConfig::new(addr.clone());
-        config.token = self.block_token.clone();
+        let config = self.credentials.block_client(addr.clone());
         tokio::spawn(async move {
             let client = match BlockClient::new(config) {
                 Ok(c) => c,

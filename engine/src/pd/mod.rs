@@ -179,12 +179,42 @@ impl WireRequest {
     }
 }
 
-/// What a worker presents to the other workers of its cluster: their HTTP API key and
-/// their block services' bearer token.
-#[derive(Clone, Debug, Default)]
+/// What a worker presents to the other workers of its cluster: their HTTP API key,
+/// their block services' bearer token and, with mutual TLS, its certificate.
+#[derive(Clone, Default)]
 pub struct PeerCredentials {
     pub api_key: Option<String>,
     pub block_token: Option<String>,
+    /// TLS to the peers' block services (`https://`): the cluster CA and this
+    /// member's certificate. Default none (plain HTTP/2).
+    pub block_tls: Option<tierkv_kvstore::service::ClientTls>,
+}
+
+impl std::fmt::Debug for PeerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("PeerCredentials")
+            .field("api_key", &redacted(&self.api_key))
+            .field("block_token", &redacted(&self.block_token))
+            .field("block_tls", &self.block_tls)
+            .finish()
+    }
+}
+
+impl PeerCredentials {
+    /// A block service client configuration for the peer at `addr`, with this
+    /// worker's token and TLS.
+    pub fn block_client(
+        &self,
+        addr: impl Into<String>,
+    ) -> tierkv_kvstore::service::BlockClientConfig {
+        let mut config = tierkv_kvstore::service::BlockClientConfig::new(addr);
+        config.token = self.block_token.clone();
+        if let Some(tls) = &self.block_tls {
+            tls.apply(&mut config);
+        }
+        config
+    }
 }
 
 /// One line of a `/internal/generate` response.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tierkv_kvstore::service::{BlockClient, BlockClientConfig};
+use tierkv_kvstore::service::BlockClient;
 use tierkv_kvstore::{BlockHash, Namespace, TierKind};
 
 use super::decision::{PrefillDecision, decide};
@@ -23,8 +23,8 @@ pub struct RemotePrefill {
     http: reqwest::Client,
     /// One block service client per prefill worker, shared by requests.
     peers: Mutex<HashMap<String, BlockClient>>,
-    /// Presented to the prefill workers' block services.
-    block_token: Option<String>,
+    /// Presented to the prefill workers' block services (token, TLS).
+    credentials: PeerCredentials,
     metrics: Arc<EngineMetrics>,
 }
 
@@ -43,7 +43,7 @@ impl RemotePrefill {
             config,
             http,
             peers: Mutex::new(HashMap::new()),
-            block_token: peers.block_token,
+            credentials: peers,
             metrics,
         })
     }
@@ -143,10 +143,9 @@ impl RemotePrefill {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let mut config = BlockClientConfig::new(addr);
+        let mut config = self.credentials.block_client(addr);
         config.retries = 1;
         config.timeout = Duration::from_millis(self.config.prefill_timeout_ms);
-        config.token = self.block_token.clone();
         let client = BlockClient::new(config)?;
         peers.insert(addr.to_string(), client.clone());
         Ok(client)

@@ -371,6 +371,8 @@ impl StoreConfig {
         client.timeout = Duration::from_millis(s.timeout_ms);
         client.retries = s.retries;
         client.tls_ca = s.tls_ca.clone();
+        client.tls_cert = s.tls_cert.clone();
+        client.tls_key = s.tls_key.clone();
         crate::RemoteTierConfig {
             name: s.name.clone(),
             client,

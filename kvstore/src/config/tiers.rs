@@ -251,6 +251,12 @@ pub struct RemoteSection {
     /// PEM CA certificate for an `https://` peer. Default none.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+    /// PEM certificate and key presented to a peer that asks for one (mutual TLS).
+    /// Default none.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Also publish every put to the peer (needs `read_only = false`). Default false.
     #[serde(default)]
     pub write_through: bool,

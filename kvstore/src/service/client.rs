@@ -71,6 +71,11 @@ pub struct BlockClientConfig {
     /// PEM CA certificate to trust for `https://` addresses. Default none (system roots
     /// are not loaded: set this for TLS).
     pub tls_ca: Option<PathBuf>,
+    /// PEM certificate (chain) and private key this client presents to a server that
+    /// asks for one (mutual TLS, the server's `tls.client_ca`). Both or neither.
+    /// Default none.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Path of publish and fetch payloads. Default [`Transport::Auto`].
     pub transport: Transport,
 }
@@ -83,6 +88,8 @@ impl std::fmt::Debug for BlockClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
             .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
@@ -100,8 +107,39 @@ impl BlockClientConfig {
             chunk_bytes: 4 << 20,
             max_block_bytes: 1 << 30,
             tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             transport: Transport::Auto,
         }
+    }
+}
+
+/// The client side of TLS: the CA a client trusts and, for mutual TLS, the
+/// certificate and key it presents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// How a member of a cluster whose block services serve `server` reaches its
+    /// peers: it trusts the cluster CA (`client_ca`) and presents its own certificate.
+    /// None when `server` asks no client certificate (no cluster CA to trust).
+    pub fn cluster_member(server: &super::TlsConfig) -> Option<ClientTls> {
+        server.client_ca.as_ref().map(|ca| ClientTls {
+            ca: ca.clone(),
+            cert: Some(server.cert.clone()),
+            key: Some(server.key.clone()),
+        })
+    }
+
+    /// Sets `config`'s TLS fields.
+    pub fn apply(&self, config: &mut BlockClientConfig) {
+        config.tls_ca = Some(self.ca.clone());
+        config.tls_cert = self.cert.clone();
+        config.tls_key = self.key.clone();
     }
 }
 
@@ -156,6 +194,8 @@ impl BlockClient {
         };
         let uri = if addr.contains("://") {
             addr.clone()
+        } else if config.tls_ca.is_some() {
+            format!("https://{addr}")
         } else {
             format!("http://{addr}")
         };
@@ -170,8 +210,22 @@ impl BlockClient {
         if let Some(ca) = &config.tls_ca {
             let pem = std::fs::read(ca)
                 .map_err(|e| connect_err(format!("reading CA {}: {e}", ca.display())))?;
-            let tls = tonic::transport::ClientTlsConfig::new()
+            let mut tls = tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            match (&config.tls_cert, &config.tls_key) {
+                (Some(cert), Some(key)) => {
+                    let read = |p: &PathBuf| {
+                        std::fs::read(p)
+                            .map_err(|e| connect_err(format!("reading {}: {e}", p.display())))
+                    };
+                    tls = tls.identity(tonic::transport::Identity::from_pem(
+                        read(cert)?,
+                        read(key)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => return Err(connect_err("tls_cert and tls_key go together".into())),
+            }
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| connect_err(e.to_string()))?;

@@ -14,12 +14,19 @@ pub struct TokenConfig {
     pub namespaces: Vec<String>,
 }
 
-/// PEM files of the server's certificate chain and private key.
+/// PEM files of the server's certificate chain and private key, and the CA its
+/// clients' certificates must chain to (mutual TLS).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// With it, a client that presents no certificate signed by this CA is refused
+    /// during the handshake, before any token is read; an engine also presents its own
+    /// `cert` to its peers' block services and trusts this CA for them (one cluster
+    /// CA). Default none: any client that completes TLS, then tokens decide.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The block service's configuration.

@@ -18,7 +18,7 @@ mod server;
 mod state;
 
 pub use auth::{Access, Auth};
-pub use client::{BlockClient, BlockClientConfig, PublishSummary, Transport};
+pub use client::{BlockClient, BlockClientConfig, ClientTls, PublishSummary, Transport};
 pub use config::{ServiceConfig, TlsConfig, TokenConfig};
 pub use reports::{ServiceEvent, ServiceEvents, ServiceStats, ServiceTierStats};
 pub use server::serve;

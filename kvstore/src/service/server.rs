@@ -136,8 +136,16 @@ pub async fn serve(
                 .map_err(|e| KvStoreError::Config(format!("reading TLS file {}: {e}", p.display())))
         };
         let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+        let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &tls.client_ca {
+            // Required, not optional: a client without a certificate of this CA fails
+            // the handshake.
+            server_tls = server_tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
+                .client_auth_optional(false);
+        }
         builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .tls_config(server_tls)
             .map_err(|e| KvStoreError::Config(format!("TLS: {e}")))?;
     }
     let local_addr = listener.local_addr();

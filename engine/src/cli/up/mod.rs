@@ -222,6 +222,7 @@ async fn serve(args: &UpArgs, workers: &[Worker], token: Option<String>) -> anyh
         tierkv_engine::pd::PeerCredentials {
             api_key: None,
             block_token: token,
+            block_tls: None,
         },
     )
     .await?;
