@@ -24,6 +24,9 @@ pub enum EngineError {
     /// The KV block store failed.
     #[error("store: {0}")]
     Store(#[from] tierkv_kvstore::KvStoreError),
+    /// A trace or request log is malformed (the message names the file and line).
+    #[error("trace: {0}")]
+    Trace(String),
     /// Discovery (etcd) failed.
     #[error("discovery: {0}")]
     Discovery(String),

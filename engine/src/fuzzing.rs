@@ -50,3 +50,54 @@ pub fn gguf_metadata(data: &[u8]) -> bool {
         Err(e) => !e.to_string().contains("is not a GGUF file"),
     }
 }
+
+/// Lines of a trace or request log (`tierkv-bench replay/tune --trace`), parsed and
+/// checked; what parses prints back to lines that parse to the same records.
+pub fn trace_lines(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let Ok(records) = crate::scheduler::parse_trace(text, "fuzz.jsonl") else {
+        return false;
+    };
+    let mut again = String::new();
+    for r in &records {
+        if let Ok(line) = serde_json::to_string(r) {
+            again.push_str(&line);
+            again.push('\n');
+        }
+    }
+    let back = crate::scheduler::parse_trace(&again, "again.jsonl");
+    assert!(back.as_ref().is_ok_and(|b| *b == records), "{again}");
+    true
+}
+
+/// An engine or frontend configuration file (`tierkv engine --config`, `tierkv
+/// frontend --config`): its `[engine]`, `[disagg]`, `[store]` and `[frontend]` tables,
+/// parsed and validated as the binaries do; accepted when it parses.
+pub fn engine_config_toml(data: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        engine: crate::EngineConfig,
+        #[serde(default)]
+        disagg: crate::pd::DisaggConfig,
+        store: Option<tierkv_kvstore::StoreConfig>,
+        #[serde(default)]
+        frontend: crate::frontend::FrontendConfig,
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let Ok(file) = toml::from_str::<File>(text) else {
+        return false;
+    };
+    let _ = file.engine.validate();
+    let _ = file.disagg.validate();
+    let _ = file.frontend.validate();
+    if let Some(store) = &file.store {
+        let _ = store.validate();
+    }
+    true
+}

@@ -40,6 +40,75 @@ fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>)> {
     gguf.extend_from_slice(&5u64.to_le_bytes());
     gguf.extend_from_slice(b"llama");
     let with = |tag: u8, body: &[u8]| [&[tag][..], body].concat();
+    let crc = tierkv_tiers::checksum::crc32c;
+    // The data channel: hello with the harness's token, publish one block of namespace
+    // `a`, fetch it and a missing one.
+    let hash: u128 = 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef;
+    let mut channel = b"TKVD".to_vec();
+    channel.extend_from_slice(&1u16.to_le_bytes());
+    let token = tierkv_kvstore::fuzzing::HARNESS_TOKEN.as_bytes();
+    channel.extend_from_slice(&(token.len() as u16).to_le_bytes());
+    channel.extend_from_slice(token);
+    let head = |op: u8, count: u32| {
+        let mut h = vec![op];
+        h.extend_from_slice(&1u16.to_le_bytes());
+        h.push(b'a');
+        h.extend_from_slice(&count.to_le_bytes());
+        h
+    };
+    channel.extend(head(2, 1));
+    channel.extend_from_slice(&hash.to_be_bytes());
+    channel.extend_from_slice(&3u64.to_le_bytes());
+    channel.extend_from_slice(&crc(b"abc").to_le_bytes());
+    channel.extend_from_slice(b"abc");
+    channel.extend(head(1, 2));
+    channel.extend_from_slice(&hash.to_be_bytes());
+    channel.extend_from_slice(&(hash + 1).to_be_bytes());
+    // A publish stream: one block in one chunk, one in two; gRPC frames, cut into
+    // HTTP/2 data frames of 3 × 7 bytes.
+    let varint = |mut v: u64| {
+        let mut out = Vec::new();
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+        out
+    };
+    let field = |tag: u8, bytes: &[u8]| [&[tag][..], &varint(bytes.len() as u64), bytes].concat();
+    let block_id = |h: u128| [field(0x0a, b"a"), field(0x12, &h.to_be_bytes())].concat();
+    let chunk = |h: Option<u128>, offset: u64, data: &[u8], total: u64, crc: u32| {
+        let mut m = Vec::new();
+        if let Some(h) = h {
+            m.extend(field(0x0a, &block_id(h)));
+        }
+        if offset > 0 {
+            m.push(0x10);
+            m.extend(varint(offset));
+        }
+        m.extend(field(0x1a, data));
+        if total > 0 {
+            m.push(0x20);
+            m.extend(varint(total));
+            m.push(0x28);
+            m.extend(varint(u64::from(crc)));
+        }
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        frame.extend(m);
+        frame
+    };
+    let mut stream = vec![3u8];
+    stream.extend(chunk(Some(hash + 2), 0, b"abc", 3, crc(b"abc")));
+    stream.extend(chunk(Some(hash + 3), 0, b"ab", 4, crc(b"abcd")));
+    stream.extend(chunk(None, 2, b"cd", 0, 0));
+    let log_line = br#"{"timestamp":0,"input_length":40,"output_length":4,"block_tokens":16,"block_hashes":["0000000000000000000000000000000a","0000000000000000000000000000000b"]}"#;
+    let mooncake =
+        br#"{"timestamp": 5, "input_length": 600, "output_length": 5, "hash_ids": [1, 2]}"#;
+    let engine_toml = [
+        std::fs::read(repo_root().join("deploy/engine.example.toml")).unwrap_or_default(),
+        std::fs::read(repo_root().join("deploy/frontend.example.toml")).unwrap_or_default(),
+    ];
     vec![
         (
             "block_header",
@@ -85,6 +154,29 @@ fn targets() -> Vec<(&'static str, Target, Vec<Vec<u8>>)> {
             "gguf_metadata",
             tierkv_engine::fuzzing::gguf_metadata,
             vec![gguf],
+        ),
+        (
+            "data_channel_connection",
+            tierkv_kvstore::fuzzing::data_channel_connection,
+            vec![channel],
+        ),
+        (
+            "publish_stream",
+            tierkv_kvstore::fuzzing::publish_stream,
+            vec![stream],
+        ),
+        (
+            "trace_lines",
+            tierkv_engine::fuzzing::trace_lines,
+            vec![
+                log_line.to_vec(),
+                [&log_line[..], b"\n", &mooncake[..], b"\n"].concat(),
+            ],
+        ),
+        (
+            "engine_config_toml",
+            tierkv_engine::fuzzing::engine_config_toml,
+            engine_toml.to_vec(),
         ),
     ]
 }

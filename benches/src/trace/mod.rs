@@ -15,108 +15,12 @@ pub mod tune;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 
-/// Tokens per hash id in the Mooncake format.
-pub const TRACE_BLOCK_TOKENS: u64 = 512;
-
-/// One request of a trace.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TraceRecord {
-    /// Arrival time in milliseconds from the start of the trace.
-    pub timestamp: u64,
-    pub input_length: u64,
-    pub output_length: u64,
-    /// Mooncake format: one id per 512-token block.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hash_ids: Vec<u64>,
-    /// Request-log format: the block size of `block_hashes`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub block_tokens: Option<u64>,
-    /// Request-log format: the chain hash of every full block of the prompt.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_hashes")]
-    pub block_hashes: Vec<u128>,
-}
-
-/// `block_hashes` as 32-digit hex strings.
-mod hex_hashes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u128], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(|h| format!("{h:032x}")))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u128>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|h| {
-                u128::from_str_radix(h, 16)
-                    .map_err(|_| serde::de::Error::custom(format!("block hash `{h}` is not hex")))
-            })
-            .collect()
-    }
-}
-
-impl TraceRecord {
-    fn check(&self) -> Result<(), String> {
-        if let Some(bt) = self.block_tokens {
-            if bt == 0 || !self.hash_ids.is_empty() {
-                return Err("a request-log record has block_tokens > 0 and no hash_ids".into());
-            }
-            let full = self.input_length / bt;
-            if self.block_hashes.len() as u64 != full {
-                return Err(format!(
-                    "input_length {} has {full} full blocks of {bt} tokens, but {} block_hashes",
-                    self.input_length,
-                    self.block_hashes.len()
-                ));
-            }
-            return Ok(());
-        }
-        if !self.block_hashes.is_empty() {
-            return Err("block_hashes without block_tokens".into());
-        }
-        let needed = self.input_length.div_ceil(TRACE_BLOCK_TOKENS);
-        if self.hash_ids.len() as u64 != needed {
-            return Err(format!(
-                "input_length {} needs {needed} hash_ids of {TRACE_BLOCK_TOKENS} tokens, found {}",
-                self.input_length,
-                self.hash_ids.len()
-            ));
-        }
-        Ok(())
-    }
-}
+pub use tierkv_engine::scheduler::{TRACE_BLOCK_TOKENS, TraceRecord};
 
 /// Parses a trace; a malformed line is an error naming the file and the line.
 pub fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<TraceRecord>> {
-    let mut out = Vec::new();
-    let mut last_ts = 0;
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let rec: TraceRecord = serde_json::from_str(line)
-            .with_context(|| format!("{origin}:{}: not a trace record", i + 1))?;
-        if let Err(why) = rec.check() {
-            bail!("{origin}:{}: {why}", i + 1);
-        }
-        if rec.timestamp < last_ts {
-            bail!(
-                "{origin}:{}: timestamp {} goes back in time (previous {last_ts})",
-                i + 1,
-                rec.timestamp
-            );
-        }
-        last_ts = rec.timestamp;
-        out.push(rec);
-    }
-    if out.is_empty() {
-        bail!("{origin}: the trace has no records");
-    }
-    Ok(out)
+    Ok(tierkv_engine::scheduler::parse_trace(text, origin)?)
 }
 
 /// Checks that `block_tokens` can be replayed from `trace`: any size from Mooncake

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use config::EngineConfig;
 pub use elsewhere::{PrefillElsewhere, Prefilled};
-pub use request_log::RequestLog;
+pub use request_log::{RequestLog, TRACE_BLOCK_TOKENS, TraceRecord, parse_trace};
 pub use sampler::SamplingParams;
 
 use crate::kv::{KvPool, PoolUsage, ResidentSet};

@@ -7,13 +7,13 @@ mod auth;
 mod client;
 mod config;
 mod crc_cache;
-mod data;
+pub(crate) mod data;
 mod framing;
 mod idle;
 mod local;
 mod reports;
 pub(crate) mod request;
-mod rpc;
+pub(crate) mod rpc;
 mod server;
 mod state;
 

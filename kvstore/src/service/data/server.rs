@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tierkv_tiers::{BlockKey, PutOutcome};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
 
@@ -52,12 +51,12 @@ pub(crate) async fn accept_loop(server: Arc<BlockServer>, listener: TcpListener)
 
 /// A data connection; each half fails with `TimedOut` after `idle_timeout_ms` without
 /// progress inside a request (the read half's limit is off between requests).
-struct Conn {
-    rd: BufReader<IdleLimit<OwnedReadHalf>>,
-    wr: IdleLimit<OwnedWriteHalf>,
+struct Conn<R, W> {
+    rd: BufReader<IdleLimit<R>>,
+    wr: IdleLimit<W>,
 }
 
-impl Conn {
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     /// Resolves once the client has closed (or broken) the connection; never while it
     /// is only quiet or has sent its next request early.
     async fn client_gone(&mut self) {
@@ -72,6 +71,16 @@ impl Conn {
 async fn serve_connection(server: &BlockServer, stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
+    serve_halves(server, rd, wr).await
+}
+
+/// A data connection's requests, read from `rd` and answered on `wr`, until the client
+/// closes it or breaks the protocol.
+pub(crate) async fn serve_halves<R, W>(server: &BlockServer, rd: R, wr: W) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let idle = server.limits.idle_timeout;
     let mut c = Conn {
         rd: BufReader::with_capacity(READ_BUFFER, IdleLimit::new(rd, idle)),
@@ -131,7 +140,7 @@ async fn serve_connection(server: &BlockServer, stream: TcpStream) -> std::io::R
 /// Before closing a connection whose request was refused half-read: stop writing and
 /// read what the client still sends (bounded), so that the close does not reset the
 /// connection and discard the error frame before the client reads it.
-async fn drain(mut c: Conn) {
+async fn drain<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut c: Conn<R, W>) {
     const MAX_DRAIN: u64 = 256 << 20;
     let _ = c.wr.shutdown().await;
     let mut sink = tokio::io::sink();
@@ -143,7 +152,11 @@ async fn drain(mut c: Conn) {
     .await;
 }
 
-async fn fetch(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<(), Failure> {
+async fn fetch<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    server: &BlockServer,
+    access: &Access,
+    c: &mut Conn<R, W>,
+) -> Result<(), Failure> {
     let (ns, count) = read_head(server, &mut c.rd).await?;
     let mut raw = vec![0u8; count * 16];
     c.rd.read_exact(&mut raw).await?;
@@ -192,7 +205,11 @@ async fn fetch(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<()
     Ok(())
 }
 
-async fn publish(server: &BlockServer, access: &Access, c: &mut Conn) -> Result<(), Failure> {
+async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    server: &BlockServer,
+    access: &Access,
+    c: &mut Conn<R, W>,
+) -> Result<(), Failure> {
     let (ns, count) = read_head(server, &mut c.rd).await?;
     let ns_id = check_head(server, access, ns).map_err(|f| broken(f.status))?;
     let (mut stored, mut present) = (0u64, 0u64);
