@@ -101,13 +101,17 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Checks `stored` (header followed by at least the payload) against the key and,
-/// when known, the expected payload length. Returns the payload length.
-pub fn verify(
-    stored: &[u8],
-    key: BlockKey,
-    expected_len: Option<u64>,
-) -> Result<usize, Corruption> {
+/// What a well-formed header says: the block's key, payload length and payload crc32c.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub key: BlockKey,
+    pub len: u64,
+    pub crc: u32,
+}
+
+/// Decodes the header at the start of `stored`: magic, header checksum, version and
+/// reserved bytes checked; the payload is not.
+pub fn read_header(stored: &[u8]) -> Result<Header, Corruption> {
     if stored.len() < HEADER_LEN {
         return Err(Corruption::Truncated {
             have: stored.len(),
@@ -135,11 +139,25 @@ pub fn verify(
     }
     let mut hash = [0u8; 16];
     hash.copy_from_slice(&h[32..48]);
-    let found = BlockKey::new(le_u64(&h[24..32]), u128::from_le_bytes(hash));
-    if found != key {
-        return Err(Corruption::WrongKey { found });
+    Ok(Header {
+        key: BlockKey::new(le_u64(&h[24..32]), u128::from_le_bytes(hash)),
+        len: le_u64(&h[8..16]),
+        crc: le_u32(&h[16..20]),
+    })
+}
+
+/// Checks `stored` (header followed by at least the payload) against the key and,
+/// when known, the expected payload length. Returns the payload length.
+pub fn verify(
+    stored: &[u8],
+    key: BlockKey,
+    expected_len: Option<u64>,
+) -> Result<usize, Corruption> {
+    let header = read_header(stored)?;
+    if header.key != key {
+        return Err(Corruption::WrongKey { found: header.key });
     }
-    let len = le_u64(&h[8..16]);
+    let len = header.len;
     if let Some(expected) = expected_len
         && expected != len
     {
@@ -157,7 +175,7 @@ pub fn verify(
     }
     // `need` fits in usize: it is at most stored.len().
     let payload = &stored[HEADER_LEN..need as usize];
-    let expected = le_u32(&h[16..20]);
+    let expected = header.crc;
     let found = crate::checksum::crc32c(payload);
     if found != expected {
         return Err(Corruption::PayloadChecksum { found, expected });

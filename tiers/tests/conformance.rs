@@ -416,6 +416,90 @@ async fn disk_refuses_a_file_of_the_wrong_size_or_geometry() {
     assert!(err.to_string().contains("truncated"), "{err}");
 }
 
+/// A deleted index, a garbage MANIFEST or a missing CURRENT: the tier opens (with a
+/// loud log), the damaged index moved aside, and the index rebuilt from the slots'
+/// headers brings back every block whose slot is intact, with its bytes; a slot whose
+/// header was damaged stays a miss. A tier open elsewhere (RocksDB's lock) is an
+/// error, not damage: nothing is moved or rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_index_deleted_or_damaged_is_rebuilt_from_the_slots() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = disk_config(dir.path());
+    let size = |i: u64| 5_000 + 300 * i as usize;
+    let damaged_header;
+    {
+        let tier = DiskTier::open(config.clone()).unwrap();
+        for i in 0..8 {
+            tier.put(key(i), payload(i, size(i))).await.unwrap();
+        }
+        // A second open while this one holds the index is refused, and harmless.
+        let err = DiskTier::open(config.clone()).err().expect("index in use");
+        assert!(err.to_string().contains("index"), "{err}");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(tier.data_file())
+            .unwrap();
+        damaged_header = tier.slot_offset(key(5)).unwrap();
+        file.write_all_at(&[0x42], damaged_header + 33).unwrap();
+        file.sync_all().unwrap();
+    }
+    let index = config.path.join("index");
+    let aside = || {
+        std::fs::read_dir(&config.path)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("index.damaged-")
+            })
+            .count()
+    };
+    assert_eq!(aside(), 0, "the lock error moved nothing");
+    let check = |tier: DiskTier, round: &'static str| async move {
+        assert_eq!(tier.len(), 7, "{round}: every intact slot is indexed");
+        for i in 0..8 {
+            let got = tier.get(key(i)).await.unwrap();
+            if i == 5 {
+                assert!(got.is_none(), "{round}: the damaged header is a miss");
+            } else {
+                assert_eq!(got, Some(payload(i, size(i))), "{round}: block {i}");
+            }
+        }
+    };
+
+    // Deleted.
+    std::fs::remove_dir_all(&index).unwrap();
+    check(DiskTier::open(config.clone()).unwrap(), "deleted").await;
+
+    // Every MANIFEST overwritten with garbage.
+    for e in std::fs::read_dir(&index).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("MANIFEST")
+        {
+            std::fs::write(&p, vec![0x5a; 4096]).unwrap();
+        }
+    }
+    check(DiskTier::open(config.clone()).unwrap(), "garbage MANIFEST").await;
+    assert_eq!(aside(), 1, "the damaged index is kept beside, not deleted");
+
+    // CURRENT gone.
+    std::fs::remove_file(index.join("CURRENT")).unwrap();
+    let tier = DiskTier::open(config.clone()).unwrap();
+    // The rebuilt index takes new blocks and reopens as usual.
+    tier.put(key(20), payload(20, 1234)).await.unwrap();
+    drop(tier);
+    let tier = DiskTier::open(config.clone()).unwrap();
+    assert_eq!(tier.get(key(20)).await.unwrap(), Some(payload(20, 1234)));
+    tier.remove(key(20)).await.unwrap();
+    check(tier, "CURRENT gone").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_reports_an_unusable_directory() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,9 @@
 //! entry went into RocksDB's write-ahead log, which survives a crash of the process.
 //! With `sync_writes` the data is written with `RWF_DSYNC` and the WAL is synced too,
 //! which also survives a power loss.
+//!
+//! A deleted or damaged index is rebuilt from the slots' headers at open, loudly
+//! (`disk_rebuild`); a damaged one is kept beside as `index.damaged-<secs>`.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,6 +25,7 @@ use bytes::Bytes;
 use super::disk_index::{
     DISK_FORMAT, DiskIndex, Geometry, META_KEY, index_error, load_table, open_db,
 };
+use super::disk_rebuild;
 use super::host::check_payload;
 use super::slots::{Reservation, SlotTable};
 use super::{PutOutcome, Tier, TierKind, lock};
@@ -141,9 +145,7 @@ impl DiskTier {
             TierError::io(format!("creating disk tier directory {}", dir.display()), e)
         })?;
 
-        let db = open_db(&dir)?;
-        let file = open_data_file(&dir, &config, geometry, &db)?;
-        let table = load_table(&dir, &db, slots32)?;
+        let (db, file, table) = open_index_and_file(&name, &dir, &config, geometry, slots32)?;
         let index = DiskIndex::start(&name, &dir, db, config.sync_writes)?;
 
         let uring = UringPool::new(&name, config.io_threads, config.queue_depth)
@@ -228,7 +230,7 @@ fn open_data_file(
     config: &DiskTierConfig,
     geometry: Geometry,
     index: &rocksdb::DB,
-) -> Result<File> {
+) -> Result<(File, Slots)> {
     let path = dir.join(DATA_FILE);
     let expected_len = geometry.slots * geometry.slot_stride;
     let recorded = index.get(META_KEY).map_err(index_error(dir))?;
@@ -279,12 +281,17 @@ fn open_data_file(
                 "file has {len} bytes, expected {expected_len}; it was truncated or replaced"
             )));
         }
-        return Ok(file);
+        return Ok((file, Slots::Indexed));
     }
     if len != 0 && len != expected_len {
         return Err(layout_err(format!(
             "file has {len} bytes but no index; expected an empty file or {expected_len} bytes"
         )));
+    }
+    if len == expected_len {
+        // Slots, but no index recorded them: the caller rebuilds it, then records the
+        // geometry (a crash before that rebuilds again).
+        return Ok((file, Slots::Unindexed));
     }
     preallocate(&file, expected_len).map_err(|e| {
         TierError::io(
@@ -292,12 +299,73 @@ fn open_data_file(
             e,
         )
     })?;
+    record_geometry(dir, index, geometry)?;
+    Ok((file, Slots::Indexed))
+}
+
+fn record_geometry(dir: &Path, index: &rocksdb::DB, geometry: Geometry) -> Result<()> {
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     index
         .put_opt(META_KEY, geometry.encode(), &wo)
-        .map_err(index_error(dir))?;
-    Ok(file)
+        .map_err(index_error(dir))
+}
+
+/// Whether the slot file's blocks are in the index.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Slots {
+    /// New, or recorded by the index.
+    Indexed,
+    /// Of the right size but unknown to the index (it was deleted or replaced).
+    Unindexed,
+}
+
+/// Opens the index and the slot file and loads the slot table. An index RocksDB
+/// refuses as damaged is moved aside; a missing or moved-aside index is rebuilt from
+/// the slot file's headers. Both are logged loudly. Blocking.
+fn open_index_and_file(
+    name: &str,
+    dir: &Path,
+    config: &DiskTierConfig,
+    geometry: Geometry,
+    slots: u32,
+) -> Result<(rocksdb::DB, File, SlotTable)> {
+    let mut recovered = false;
+    loop {
+        let attempt = open_db(dir).and_then(|db| {
+            let (file, state) = open_data_file(dir, config, geometry, &db)?;
+            if state == Slots::Unindexed {
+                if !recovered {
+                    tracing::warn!(
+                        tier = %name, dir = %dir.display(),
+                        "DISK INDEX MISSING beside a slot file: rebuilding it from the slots' headers"
+                    );
+                }
+                let found =
+                    disk_rebuild::rebuild_index(dir, &db, &dir.join(DATA_FILE), geometry)?;
+                record_geometry(dir, &db, geometry)?;
+                tracing::warn!(
+                    tier = %name, blocks = found.blocks, skipped = found.skipped,
+                    "disk index rebuilt from the slot file"
+                );
+            }
+            let table = load_table(dir, &db, slots)?;
+            Ok((db, file, table))
+        });
+        match attempt {
+            Err(TierError::Index { source, .. })
+                if !recovered && disk_rebuild::is_damage(&source) =>
+            {
+                let aside = disk_rebuild::move_aside(dir)?;
+                tracing::error!(
+                    tier = %name, dir = %dir.display(), moved_to = %aside.display(), error = %source,
+                    "DISK INDEX DAMAGED: moved aside; rebuilding it from the slot file"
+                );
+                recovered = true;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Reserves the file's blocks up front (fallocate), falling back to a sparse

@@ -49,14 +49,14 @@ impl Geometry {
     }
 }
 
-fn index_key(key: BlockKey) -> [u8; 1 + BlockKey::ENCODED_LEN] {
+pub(super) fn index_key(key: BlockKey) -> [u8; 1 + BlockKey::ENCODED_LEN] {
     let mut k = [0u8; 1 + BlockKey::ENCODED_LEN];
     k[0] = BLOCK_PREFIX;
     k[1..].copy_from_slice(&key.to_bytes());
     k
 }
 
-fn index_value(slot: u32, len: u64) -> [u8; 12] {
+pub(super) fn index_value(slot: u32, len: u64) -> [u8; 12] {
     let mut v = [0u8; 12];
     v[..4].copy_from_slice(&slot.to_le_bytes());
     v[4..].copy_from_slice(&len.to_le_bytes());

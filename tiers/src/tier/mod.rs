@@ -10,6 +10,7 @@ use crate::{BlockKey, Result, TierStats};
 pub mod disk;
 pub(crate) mod disk_buffers;
 pub(crate) mod disk_index;
+mod disk_rebuild;
 pub mod host;
 pub mod object;
 mod slots;
