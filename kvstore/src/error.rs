@@ -40,3 +40,37 @@ pub enum KvStoreError {
 }
 
 pub type Result<T, E = KvStoreError> = std::result::Result<T, E>;
+
+impl KvStoreError {
+    /// What a remote client may be told about this error: its kind and the tier it
+    /// happened in. Never the paths, endpoints, object keys or the text of the
+    /// underlying error (object_store and I/O errors carry them): those go to the
+    /// server's log.
+    pub fn public_summary(&self) -> String {
+        use tierkv_tiers::TierError as T;
+        match self {
+            KvStoreError::Tier(t) => match t {
+                T::Full { .. } | T::TooLarge { .. } | T::Empty(_) | T::ReadOnly(_) => t.to_string(),
+                T::Closed(tier) => format!("tier `{tier}` is shut down"),
+                T::Config { tier, .. } => format!("tier `{tier}` is misconfigured"),
+                T::Io { .. } => "a tier's I/O failed".into(),
+                T::DiskLayout { .. } => "a disk tier's files are unusable".into(),
+                T::Index { .. } => "a disk tier's index failed".into(),
+                T::Object { tier, .. } => format!("object tier `{tier}` failed"),
+                T::Unavailable { tier, .. } => format!("tier `{tier}` is unavailable"),
+                T::Gpu(_) => "the GPU tier failed".into(),
+            },
+            KvStoreError::WrongBlockSize { .. }
+            | KvStoreError::NoRoom { .. }
+            | KvStoreError::Layout(_) => self.to_string(),
+            KvStoreError::Config(_) | KvStoreError::ConfigFile { .. } => {
+                "the store's configuration is invalid".into()
+            }
+            KvStoreError::Rpc { op, code, .. } => {
+                format!("a peer block service's {op} failed ({code:?})")
+            }
+            KvStoreError::Connect { .. } => "a peer block service is unreachable".into(),
+            KvStoreError::Protocol(_) => "a peer block service broke the protocol".into(),
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tierkv_kvstore::service::{BlockClientConfig, ServiceConfig, Transport};
+use tierkv_kvstore::{StoreConfig, TieredStore};
 use tierkv_proto::v1::{FetchRequest, PublishChunk, WatchRequest};
 use tierkv_tiers::testing::payload as block;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -338,4 +339,56 @@ async fn bytes_that_are_no_message_are_invalid_argument_not_internal() {
         c.publish("n", &[(1, block(1, 100))]).await.unwrap().stored,
         1
     );
+}
+
+/// A store failure reaches the client as its kind, the tier's name and an id in the
+/// server's log: never the file paths, endpoints or object keys the underlying error
+/// names (here: object_store's local-filesystem error for a write-through copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_failures_reach_clients_without_paths_endpoints_or_object_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects-dir-secret");
+    let mut config = StoreConfig::from_toml(&format!(
+        r#"
+        data_dir = "{}"
+        slot_bytes = "1MiB"
+        [[tier]]
+        kind = "host"
+        capacity = "4MiB"
+        [[tier]]
+        kind = "object"
+        name = "cold"
+        capacity = "64MiB"
+        local_dir = "{}"
+        write_through = true
+        "#,
+        dir.path().display(),
+        objects.display()
+    ))
+    .unwrap();
+    config.service = ServiceConfig::default();
+    let store = TieredStore::open(&config).await.unwrap();
+    let server = common::serve_store(store, config.service).await;
+    // The object tier's directory becomes a file: every copy into it fails.
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::write(&objects, b"not a directory").unwrap();
+    let hash: u128 = 0xfeed_beef_0000_0000_0000_0000_1234_5678;
+    let err = common::client(&server.addr, None)
+        .publish("paths", &[(hash, Bytes::from(vec![1u8; 4096]))])
+        .await
+        .expect_err("the write-through copy cannot be made");
+    let msg = err.to_string();
+    for secret in [
+        dir.path().display().to_string(),
+        "objects-dir-secret".to_string(),
+        format!("{hash:032x}"),
+        format!("{hash:x}"),
+    ] {
+        assert!(
+            !msg.contains(&secret),
+            "`{secret}` reached the client: {msg}"
+        );
+    }
+    assert!(msg.contains("object tier `cold` failed"), "{msg}");
+    assert!(msg.contains("in the block service's log"), "{msg}");
 }

@@ -78,13 +78,19 @@ impl From<EngineError> for ApiError {
                 param: None,
                 message: m,
             },
-            other => ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                kind: "server_error",
-                code: None,
-                param: None,
-                message: other.to_string(),
-            },
+            other => {
+                // The client gets the kind and an id to quote; the engine's log has the
+                // whole error (paths, endpoints and object keys stay in it).
+                static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error_id = id, error = %other, "request failed");
+                let what = match &other {
+                    EngineError::Store(e) => e.public_summary(),
+                    EngineError::Compute(_) => "the model's compute failed".into(),
+                    _ => "internal error".into(),
+                };
+                ApiError::internal(format!("{what} (error {id} in the engine's log)"))
+            }
         }
     }
 }

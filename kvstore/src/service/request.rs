@@ -54,6 +54,16 @@ pub(crate) fn store_status(e: KvStoreError) -> Status {
         KvStoreError::Tier(tierkv_tiers::TierError::TooLarge { .. }) => {
             Status::resource_exhausted(e.to_string())
         }
-        other => Status::internal(other.to_string()),
+        other => {
+            // The client learns the kind and an id to quote; the server's log has the
+            // whole error (paths, endpoints and object keys stay here).
+            static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error_id = id, error = %other, "store failure");
+            Status::internal(format!(
+                "{} (error {id} in the block service's log)",
+                other.public_summary()
+            ))
+        }
     }
 }
