@@ -29,6 +29,10 @@ impl Drop for Server {
 
 /// A shared host tier of `host_slots` slots of 1 MiB over a disk tier.
 async fn start(host_slots: usize, tokens: Vec<TokenConfig>) -> Server {
+    start_with(host_slots, tokens, ServiceConfig::default()).await
+}
+
+async fn start_with(host_slots: usize, tokens: Vec<TokenConfig>, base: ServiceConfig) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut config = StoreConfig::from_toml(&format!(
         r#"
@@ -49,7 +53,7 @@ async fn start(host_slots: usize, tokens: Vec<TokenConfig>) -> Server {
     config.service = ServiceConfig {
         local_socket: Some(dir.path().join("tierkv.sock")),
         tokens,
-        ..Default::default()
+        ..base
     };
     let store = TieredStore::open(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -257,4 +261,56 @@ async fn a_client_killed_while_holding_leases_releases_them() {
     child.kill().await.unwrap();
     // The server sees the socket close and drops the child's leases.
     until(|| host.stage().is_some()).await;
+}
+
+/// A same-host client that stops in the middle of a request (or of its hello) is cut
+/// off after `idle_timeout_ms`: it is told DEADLINE_EXCEEDED and the connection, with
+/// its leases and staged slots, is closed. Before, it held its task and pins forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_host_client_stalled_mid_request_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start_with(
+        2,
+        Vec::new(),
+        ServiceConfig {
+            idle_timeout_ms: 300,
+            ..Default::default()
+        },
+    )
+    .await;
+    let socket = server._dir.path().join("tierkv.sock");
+    let limit = Duration::from_secs(10);
+    until(|| socket.exists()).await;
+
+    // Mid-request: a lease whose head stops after the namespace.
+    let mut conn = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut hello = b"TKVL".to_vec();
+    hello.extend_from_slice(&1u16.to_le_bytes());
+    hello.extend_from_slice(&0u16.to_le_bytes());
+    conn.write_all(&hello).await.unwrap();
+    let mut greeting = [0u8; 41];
+    conn.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(greeting[0], 0, "hello accepted");
+    conn.write_all(&[1, 1, 0, b'a']).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(limit, conn.read_to_end(&mut rest))
+        .await
+        .expect("the server closes a stalled connection")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(rest.first(), Some(&3), "an error frame: {rest:?}");
+    assert_eq!(
+        rest.get(1).copied(),
+        Some(i32::from(tonic::Code::DeadlineExceeded) as u8)
+    );
+
+    // Mid-hello: the magic, then nothing.
+    let mut conn = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    conn.write_all(b"TKVL").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(limit, conn.read_to_end(&mut rest))
+        .await
+        .expect("the server closes a stalled hello");
+    assert!(read.is_ok_and(|n| n == 0) || rest.is_empty(), "{rest:?}");
 }

@@ -22,6 +22,7 @@ use super::{
 use crate::service::auth::Access;
 use crate::service::data::{READ_BUFFER, error_frame};
 use crate::service::framing::{Failure, broken, check_head, hello, in_step, read_head};
+use crate::service::idle::{IdleLimit, within};
 use crate::service::request::store_status;
 use crate::service::state::BlockServer;
 
@@ -84,10 +85,13 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// One connection's state; dropping it releases every lease and staged slot.
+/// One connection's state; dropping it releases every lease and staged slot. Each
+/// half fails with `TimedOut` after `idle_timeout_ms` without progress inside a
+/// request (the read half's limit is off between requests: holding leases while
+/// reading them in place is how the channel is used).
 struct Conn {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: BufReader<IdleLimit<OwnedReadHalf>>,
+    wr: IdleLimit<OwnedWriteHalf>,
     leases: HashMap<u64, Bytes>,
     staged: HashMap<u64, StagedSlot>,
     next_id: u64,
@@ -98,7 +102,16 @@ async fn serve_connection(
     host: &HostTier,
     mut stream: UnixStream,
 ) -> std::io::Result<()> {
-    let access = match hello(server, &mut stream, (MAGIC, VERSION, "same-host")).await? {
+    let idle = server.limits.idle_timeout;
+    let greeted = within(
+        idle,
+        "the same-host hello",
+        hello(server, &mut stream, (MAGIC, VERSION, "same-host")),
+    )
+    .await;
+    let access = match greeted
+        .map_err(|s| std::io::Error::new(std::io::ErrorKind::TimedOut, s.message().to_string()))??
+    {
         Ok(access) => access,
         Err(status) => {
             stream.write_all(&error_frame(&status)).await?;
@@ -119,18 +132,21 @@ async fn serve_connection(
     send_with_fd(&stream, &reply, fd.as_raw_fd()).await?;
     let (rd, wr) = stream.into_split();
     let mut c = Conn {
-        rd: BufReader::with_capacity(READ_BUFFER, rd),
-        wr,
+        rd: BufReader::with_capacity(READ_BUFFER, IdleLimit::new(rd, idle)),
+        wr: IdleLimit::new(wr, idle),
         leases: HashMap::new(),
         staged: HashMap::new(),
         next_id: 1,
     };
     let mut closing = server.closing.subscribe();
     loop {
+        // At rest between requests: no limit on how long the client takes.
+        c.rd.get_mut().set_on(false);
         let op = tokio::select! {
             op = c.rd.read_u8() => op,
             _ = closing.wait_for(|c| *c) => return Ok(()),
         };
+        c.rd.get_mut().set_on(true);
         let op = match op {
             Ok(op) => op,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
