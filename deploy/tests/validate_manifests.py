@@ -142,6 +142,12 @@ def check_conventions(where: str, doc: dict) -> None:
             for a in c.get("args", []) + c.get("command", []):
                 if re.search(r"token=|secret_access_key|AWS_SECRET", a, re.I):
                     fail(at, f"{c['name']}: a secret on the command line: {a[:60]}")
+            env = {e["name"]: e for e in c.get("env", [])}
+            keyed = {"vllm": "VLLM_API_KEY", "engine": "TIERKV_API_KEY", "frontend": "TIERKV_API_KEY"}
+            if c["name"] in keyed:
+                var = env.get(keyed[c["name"]], {})
+                if "secretKeyRef" not in var.get("valueFrom", {}):
+                    fail(at, f"{c['name']}: its HTTP API has no key ({keyed[c['name']]} from a Secret)")
             if c["name"] in ("vllm", "engine", "frontend", "etcd"):
                 for probe in ("readinessProbe", "livenessProbe"):
                     path = c.get(probe, {}).get("httpGet", {}).get("path")

@@ -23,7 +23,21 @@ import threading
 
 import pytest
 
-from vllm_cluster import BLOCK, MAX_TOKENS, Etcd, Frontend, Registrar, Server, cached, full_blocks, text, wait_until
+import urllib.error
+
+from vllm_cluster import (
+    BLOCK,
+    MAX_TOKENS,
+    Etcd,
+    Frontend,
+    Registrar,
+    Server,
+    cached,
+    complete,
+    full_blocks,
+    text,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +86,17 @@ def test_a_short_prompt_has_nothing_to_fetch(cluster, prompts):
     decoded = decode.complete(short, MAX_TOKENS)
     assert cached(decoded) == 0
     assert len(decoded["choices"][0]["text"]) > 0
+
+
+def test_the_workers_refuse_requests_without_their_api_key(cluster, prompts):
+    """vLLM's --api-key (VLLM_API_KEY) on both workers: a request without it is 401;
+    the frontend below presents it (TIERKV_WORKER_API_KEY) and is served."""
+    prefill, decode = cluster
+    for worker in (prefill, decode):
+        for key in (None, "wrong-key"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                complete(worker.port, prompts["p4"][:20], 1, api_key=key)
+            assert refused.value.code == 401, (worker.log_path.name, key)
 
 
 @pytest.fixture(scope="module")

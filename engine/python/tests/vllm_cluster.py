@@ -19,6 +19,9 @@ from conftest import free_port, wait_port
 BLOCK = 128
 MAX_TOKENS = 16
 TOKEN = "pd-cluster-token"
+# The workers' HTTP API key (vLLM's --api-key, through VLLM_API_KEY): the frontend
+# presents it to them; tests calling a worker directly send it too.
+API_KEY = "pd-cluster-api-key"
 
 
 def full_blocks(n_tokens: int) -> int:
@@ -54,7 +57,13 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             # TIERKV_LOG: the connector's Rust side logs its warnings into the same log.
-            env={"TIERKV_LOG": "warn", **os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+            env={
+                "TIERKV_LOG": "warn",
+                **os.environ,
+                "VLLM_CPU_KVCACHE_SPACE": "1",
+                "HF_HUB_OFFLINE": "1",
+                "VLLM_API_KEY": API_KEY,
+            },
             # Its own process group: `kill` takes vLLM's engine processes down with it.
             start_new_session=True,
         )
@@ -74,7 +83,7 @@ class Server:
         # The port opens before the engine answers; the first request waits for it.
 
     def complete(self, prompt: list[int], max_tokens: int, kv_transfer_params: dict | None = None, **extra) -> dict:
-        return complete(self.port, prompt, max_tokens, kv_transfer_params, **extra)
+        return complete(self.port, prompt, max_tokens, kv_transfer_params, api_key=API_KEY, **extra)
 
     def metric(self, name: str) -> float:
         return metric(self.port, name)
@@ -94,14 +103,24 @@ class Server:
         self.log.close()
 
 
-def complete(port: int, prompt: list[int], max_tokens: int, kv_transfer_params: dict | None = None, **extra) -> dict:
+def complete(
+    port: int,
+    prompt: list[int],
+    max_tokens: int,
+    kv_transfer_params: dict | None = None,
+    api_key: str | None = None,
+    **extra,
+) -> dict:
     body = {"model": "smollm2", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True, **extra}
     if kv_transfer_params is not None:
         body["kv_transfer_params"] = kv_transfer_params
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/completions",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
     )
     with urllib.request.urlopen(req, timeout=300) as r:
         return json.loads(r.read())
@@ -183,8 +202,9 @@ class Frontend:
              str(config), "--etcd", etcd.url, "--served-model-name", "smollm2"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            # The token of the workers' block services (their event streams).
-            env={**os.environ, "TIERKV_TOKEN": TOKEN},
+            # The token of the workers' block services (their event streams) and the
+            # key of their HTTP APIs.
+            env={**os.environ, "TIERKV_TOKEN": TOKEN, "TIERKV_WORKER_API_KEY": API_KEY},
         )
         wait_port(self.port, self.proc, "tierkv frontend")
 
