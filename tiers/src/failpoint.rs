@@ -3,7 +3,7 @@
 //!
 //! They exist only with the `failpoints` feature, which the test suites turn on
 //! through their dev-dependencies; without it [`check`] is an inlined `Ok(())`. Even
-//! with it nothing is armed unless a test calls [`arm`]: no environment variable or
+//! with it nothing is armed unless a test calls `arm`: no environment variable or
 //! input can reach them. Names in use (grep `failpoint::check`):
 //! `disk.write`, `disk.read`, `index.write`, `object.put`, `object.get`, `net.send`,
 //! `net.recv`.
@@ -13,7 +13,7 @@
 pub struct Failure {
     /// The `errno` of the error it returns (e.g. `libc::EIO`, `libc::ENOSPC`).
     pub errno: i32,
-    /// Fails this many times, then disarms itself; `None`: until [`disarm`].
+    /// Fails this many times, then disarms itself; `None`: until `disarm`.
     pub times: Option<u32>,
 }
 

@@ -73,7 +73,7 @@ impl Hasher for BlockKeyHasher {
     }
 }
 
-/// [`BuildHasher`] for [`BlockKeyHasher`].
+/// [`BuildHasher`] for `BlockKeyHasher`.
 #[derive(Default, Clone, Copy)]
 pub struct BuildBlockKeyHasher;
 

@@ -1,15 +1,15 @@
 //! `tierkv._tierkv`: the native half of the `tierkv` Python package.
 //!
-//! - [`namespace::PyNamespace`]: `Namespace` and the block-hash chain, exactly as the Rust
+//! - `namespace::PyNamespace`: `Namespace` and the block-hash chain, exactly as the Rust
 //!   side computes them.
-//! - [`store::PyStore`]: a `TieredStore` opened in this process (`Store.open`) or a
+//! - `store::PyStore`: a `TieredStore` opened in this process (`Store.open`) or a
 //!   `tierkv serve` sidecar (`Store.connect`), with the same methods: put / get /
 //!   contains / lookup / stats, whole-block copies to and from caller memory, and
 //!   background saves.
 //! - `gpu` (feature `cuda`): an engine's KV cache tensors on a GPU (`GpuKv`), offloaded
 //!   into the host tier and onboarded back by the transfer engine (`save_gpu`,
 //!   `load_gpu`).
-//! - [`memory`]: caller memory regions (e.g. a KV cache tensor) registered once, so that
+//! - `memory`: caller memory regions (e.g. a KV cache tensor) registered once, so that
 //!   every copy to or from an address is bounds-checked instead of trusted.
 //!
 //! Every call that does I/O releases the GIL; errors are `tierkv.TierkvError` with the

@@ -4,7 +4,7 @@
 //!   object per line (what a frontend sends a decode or aggregated worker);
 //! - `POST /internal/prefill`: compute a prompt, publish its full blocks, answer a
 //!   [`PrefillReply`] (what a decode worker asks a prefill worker);
-//! - `GET /internal/info` ([`WorkerInfo`]) and `GET /internal/load` ([`WorkerLoad`]).
+//! - `GET /internal/info` ([`WorkerInfo`]) and `GET /internal/load` ([`WorkerLoad`](super::WorkerLoad)).
 
 use std::collections::HashSet;
 use std::convert::Infallible;

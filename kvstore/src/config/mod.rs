@@ -211,7 +211,7 @@ impl StoreConfig {
     }
 
     /// A copy with every secret (S3 keys, a remote tier's token, the block service's
-    /// bearer tokens) replaced by [`REDACTED`]: what may be printed or logged.
+    /// bearer tokens) replaced by `REDACTED`: what may be printed or logged.
     pub fn redacted(&self) -> StoreConfig {
         let mut c = self.clone();
         let hide = |s: &mut Option<String>| {

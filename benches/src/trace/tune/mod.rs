@@ -4,7 +4,7 @@
 //! target share of the best saving — written out as a tierkv TOML file. The
 //! recommendation is then replayed for real when it fits `--max-real-bytes`.
 //!
-//! Host-only points come from one pass per block size ([`HitCurve`], exact); host ->
+//! Host-only points come from one pass per block size ([`HitCurve`](crate::trace::curve::HitCurve), exact); host ->
 //! disk points (write-back, promotion) from the same pass's exclusive model; the
 //! cheapest points reaching the target, and every policy variant of their capacities,
 //! are then simulated exactly, and only exact points are recommended. `--exact`
