@@ -136,8 +136,17 @@ pub(crate) fn parse_header<R: std::io::Read + std::io::Seek>(
     reader: &mut R,
     name: &str,
 ) -> Result<(Content, ModelConfig)> {
-    let content = Content::read(reader)
-        .map_err(|e| EngineError::model(format!("{name} is not a GGUF file: {e}")))?;
+    // candle's reader panics on some malformed files (found by libFuzzer: a
+    // `general.alignment` of 0 divides by zero); such a file is an error like any other
+    // bad file. The reader is dropped with the failed read, so nothing sees it after.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(reader)))
+        .map_err(|_| {
+            EngineError::model(format!(
+                "{name} is not a GGUF file: its metadata is malformed (the GGUF reader failed)"
+            ))
+        })?;
+    let content =
+        read.map_err(|e| EngineError::model(format!("{name} is not a GGUF file: {e}")))?;
     let arch = meta(&content, "general.architecture")?
         .to_string()
         .map_err(|e| EngineError::model(e.to_string()))?
@@ -222,4 +231,28 @@ fn text(content: &Content, path: &Path, config: ModelConfig) -> Result<ModelText
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     Ok(ModelText { codec, config, id })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Found by libFuzzer (`gguf_metadata`): `general.alignment = 0` made candle's
+    /// reader divide by zero; now a clear error.
+    #[test]
+    fn a_zero_alignment_is_an_error_not_a_panic() {
+        let mut f = b"GGUF\x03\0\0\0".to_vec();
+        f.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        f.extend_from_slice(&1u64.to_le_bytes()); // one metadata entry
+        let key = b"general.alignment";
+        f.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        f.extend_from_slice(key);
+        f.extend_from_slice(&4u32.to_le_bytes()); // u32
+        f.extend_from_slice(&0u32.to_le_bytes());
+        let Err(err) = super::parse_header(&mut std::io::Cursor::new(f), "zero.gguf") else {
+            panic!("a zero alignment was accepted")
+        };
+        assert!(
+            err.to_string().contains("zero.gguf is not a GGUF file"),
+            "{err}"
+        );
+    }
 }
