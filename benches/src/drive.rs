@@ -9,7 +9,11 @@ use crate::report::Measurement;
 
 /// Calls `op(i)` for every `i in 0..ops`, at most `concurrency` at a time; each call
 /// returns the bytes it moved.
-pub async fn drive<F, Fut>(ops: usize, concurrency: usize, op: F) -> anyhow::Result<Measurement>
+pub(crate) async fn drive<F, Fut>(
+    ops: usize,
+    concurrency: usize,
+    op: F,
+) -> anyhow::Result<Measurement>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<u64>> + Send,
@@ -46,7 +50,7 @@ where
 }
 
 /// Runs a synchronous `op(i)` `ops` times on this thread.
-pub fn drive_sync(ops: usize, mut op: impl FnMut(usize) -> u64) -> Measurement {
+pub(crate) fn drive_sync(ops: usize, mut op: impl FnMut(usize) -> u64) -> Measurement {
     let mut m = Measurement {
         latencies: Vec::with_capacity(ops),
         ..Default::default()
@@ -62,7 +66,7 @@ pub fn drive_sync(ops: usize, mut op: impl FnMut(usize) -> u64) -> Measurement {
 }
 
 /// The measurement with the median throughput (latencies come with it).
-pub fn median(mut runs: Vec<Measurement>) -> Measurement {
+pub(crate) fn median(mut runs: Vec<Measurement>) -> Measurement {
     runs.sort_by(|a, b| a.gbps().total_cmp(&b.gbps()));
     let mid = runs.len() / 2;
     runs.into_iter().nth(mid).unwrap_or_default()

@@ -9,13 +9,13 @@ use serde_json::Value;
 
 /// fio's figures for one job.
 #[derive(Clone, Debug)]
-pub struct FioResult {
+pub(crate) struct FioResult {
     pub gbps: f64,
     pub p99_us: f64,
 }
 
 /// Whether fio can be run; the reason when not.
-pub fn available() -> Result<(), String> {
+pub(crate) fn available() -> Result<(), String> {
     match Command::new("fio").arg("--version").output() {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => Err(format!(
@@ -29,7 +29,7 @@ pub fn available() -> Result<(), String> {
 }
 
 /// Runs one sequential `rw` ("write" or "read") job over `file`.
-pub fn run(
+pub(crate) fn run(
     file: &Path,
     rw: &str,
     block: u64,

@@ -18,7 +18,7 @@ const FONT_PATHS: [&str; 3] = [
 const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
 
 /// One line of a chart.
-pub struct Series {
+pub(crate) struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
 }
@@ -42,7 +42,7 @@ fn ensure_font() -> anyhow::Result<()> {
 }
 
 /// Writes `<stem>.svg` and `<stem>.png`; returns their paths.
-pub fn line_chart(
+pub(crate) fn line_chart(
     stem: &Path,
     title: &str,
     x_label: &str,
@@ -134,7 +134,7 @@ where
 
 /// [`line_chart`], reporting what it wrote, or why it wrote nothing, instead of failing
 /// the command that wanted the chart.
-pub fn line_chart_or_note(
+pub(crate) fn line_chart_or_note(
     stem: &Path,
     title: &str,
     x_label: &str,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 /// One measured operation beside its baseline, measured in the same run.
 #[derive(Clone, Debug, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     pub tier: String,
     pub op: String,
     pub block_bytes: u64,
@@ -37,14 +37,14 @@ pub struct Row {
 
 /// Latencies of a batch of operations and the wall time they took together.
 #[derive(Clone, Debug, Default)]
-pub struct Measurement {
+pub(crate) struct Measurement {
     pub latencies: Vec<Duration>,
     pub wall: Duration,
     pub bytes: u64,
 }
 
 impl Measurement {
-    pub fn gbps(&self) -> f64 {
+    pub(crate) fn gbps(&self) -> f64 {
         if self.wall.is_zero() {
             return 0.0;
         }
@@ -52,12 +52,12 @@ impl Measurement {
     }
 
     /// The `q` quantile (0..=1) of the latencies, in microseconds.
-    pub fn percentile_us(&self, q: f64) -> f64 {
+    pub(crate) fn percentile_us(&self, q: f64) -> f64 {
         percentile_us(&self.latencies, q)
     }
 }
 
-pub fn percentile_us(latencies: &[Duration], q: f64) -> f64 {
+pub(crate) fn percentile_us(latencies: &[Duration], q: f64) -> f64 {
     if latencies.is_empty() {
         return 0.0;
     }
@@ -70,7 +70,7 @@ pub fn percentile_us(latencies: &[Duration], q: f64) -> f64 {
 
 /// A baseline's figures; `gbps: None` when it could not run.
 #[derive(Clone, Debug)]
-pub struct Baseline {
+pub(crate) struct Baseline {
     pub name: String,
     pub gbps: Option<f64>,
     pub p99_us: Option<f64>,
@@ -78,7 +78,7 @@ pub struct Baseline {
 }
 
 impl Baseline {
-    pub fn measured(name: &str, m: &Measurement) -> Baseline {
+    pub(crate) fn measured(name: &str, m: &Measurement) -> Baseline {
         Baseline {
             name: name.into(),
             gbps: Some(m.gbps()),
@@ -89,7 +89,7 @@ impl Baseline {
 }
 
 /// A byte-throughput row from a measurement and its baseline.
-pub fn byte_row(
+pub(crate) fn byte_row(
     tier: &str,
     op: &str,
     block_bytes: u64,
@@ -130,7 +130,7 @@ fn human_bytes(b: u64) -> String {
 }
 
 /// Prints the rows as an aligned table.
-pub fn print_table(rows: &[Row]) {
+pub(crate) fn print_table(rows: &[Row]) {
     let header = [
         "tier",
         "op",
@@ -207,7 +207,7 @@ pub fn print_table(rows: &[Row]) {
 }
 
 /// Writes the rows as JSON to `path`, when given.
-pub fn write_json(rows: &[Row], path: Option<&std::path::Path>) -> anyhow::Result<()> {
+pub(crate) fn write_json(rows: &[Row], path: Option<&std::path::Path>) -> anyhow::Result<()> {
     if let Some(path) = path {
         let text = serde_json::to_string_pretty(rows)?;
         std::fs::write(path, text)

@@ -24,7 +24,7 @@ use crate::report::percentile_us;
 use crate::tier::payload;
 
 #[derive(clap::Args, Debug)]
-pub struct SoakArgs {
+pub(crate) struct SoakArgs {
     /// Concurrent client streams in all.
     #[arg(long, default_value_t = 1000)]
     pub streams: usize,
@@ -309,7 +309,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let (base, base_errors) = phase(&args, false, args.baseline_seconds, "baseline").await?;
     let (soak, soak_errors) = phase(&args, true, args.seconds, "soak").await?;
     let p99 = |s: &[Sample]| median(s.iter().map(|x| x.p99_ms).collect());

@@ -6,7 +6,7 @@ FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends libclang-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release -p tierkv-engine --bin tierkv && strip target/release/tierkv
+RUN cargo build --release -p tierkv-cli --bin tierkv && strip target/release/tierkv
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

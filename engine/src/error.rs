@@ -30,10 +30,12 @@ pub enum EngineError {
     /// Discovery (etcd) failed.
     #[error("discovery: {0}")]
     Discovery(String),
+    /// An I/O error.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
 
+/// `Result` with [`EngineError`].
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 impl EngineError {

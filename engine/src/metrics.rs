@@ -6,61 +6,106 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Requests queued.
 pub const REQUESTS: &str = "tierkv_engine_requests_total";
+/// Requests finished.
 pub const FINISHED: &str = "tierkv_engine_requests_finished_total";
+/// Requests whose client went away.
 pub const CANCELLED: &str = "tierkv_engine_requests_cancelled_total";
+/// Requests preempted when the KV pool ran out.
 pub const PREEMPTIONS: &str = "tierkv_engine_preemptions_total";
+/// Prompt tokens by where their KV came from.
 pub const PROMPT_TOKENS: &str = "tierkv_engine_prompt_tokens_total";
+/// Tokens generated.
 pub const GENERATED_TOKENS: &str = "tierkv_engine_generated_tokens_total";
+/// KV blocks published to the store.
 pub const BLOCKS_PUBLISHED: &str = "tierkv_engine_blocks_published_total";
+/// KV block publications the store refused.
 pub const PUBLISH_FAILURES: &str = "tierkv_engine_publish_failures_total";
+/// KV blocks not published: queue full.
 pub const PUBLISH_SKIPPED: &str = "tierkv_engine_publish_skipped_total";
+/// Time to first token.
 pub const TTFT: &str = "tierkv_engine_time_to_first_token_seconds";
+/// Time between tokens of a request.
 pub const ITL: &str = "tierkv_engine_inter_token_latency_seconds";
+/// Duration of one model step.
 pub const STEP_SECONDS: &str = "tierkv_engine_step_seconds";
+/// Tokens computed in one model step.
 pub const STEP_TOKENS: &str = "tierkv_engine_step_tokens";
+/// KV pool blocks by state.
 pub const POOL_BLOCKS: &str = "tierkv_engine_kv_pool_blocks";
+/// Requests being decoded or prefilled.
 pub const RUNNING: &str = "tierkv_engine_requests_running";
+/// Requests waiting for room.
 pub const WAITING: &str = "tierkv_engine_requests_waiting";
+/// Where prompts were prefilled (decode role).
 pub const PREFILL_DECISIONS: &str = "tierkv_engine_prefill_decisions_total";
+/// Remote prefill call until the answer.
 pub const REMOTE_PREFILL_SECONDS: &str = "tierkv_engine_remote_prefill_seconds";
+/// Remote prefills served (prefill role).
 pub const PREFILLS_SERVED: &str = "tierkv_engine_prefills_served_total";
+/// KV blocks fetched from prefill workers.
 pub const PEER_BLOCKS_FETCHED: &str = "tierkv_engine_peer_blocks_fetched_total";
+/// KV bytes fetched from prefill workers.
 pub const PEER_BYTES_FETCHED: &str = "tierkv_engine_peer_bytes_fetched_total";
+/// Fetching a request's blocks from a prefill worker.
 pub const PEER_FETCH_SECONDS: &str = "tierkv_engine_peer_fetch_seconds";
+/// Peer fetches failed or cut short by a missing or corrupt block.
 pub const PEER_FETCH_FAILURES: &str = "tierkv_engine_peer_fetch_failures_total";
 
+/// Requests received.
 pub const FRONTEND_REQUESTS: &str = "tierkv_frontend_requests_total";
+/// Requests routed to a decode worker.
 pub const FRONTEND_ROUTED: &str = "tierkv_frontend_routed_total";
+/// Prompt blocks the chosen worker already held.
 pub const FRONTEND_OVERLAP_BLOCKS: &str = "tierkv_frontend_kv_overlap_blocks";
+/// Requests a worker failed.
 pub const FRONTEND_WORKER_FAILURES: &str = "tierkv_frontend_worker_failures_total";
+/// Known workers by role.
 pub const FRONTEND_WORKERS: &str = "tierkv_frontend_workers";
+/// Blocks in the router's KV index.
 pub const FRONTEND_INDEX_BLOCKS: &str = "tierkv_frontend_index_blocks";
+/// Requests being served.
 pub const FRONTEND_INFLIGHT: &str = "tierkv_frontend_requests_in_flight";
+/// Where the frontend had a vLLM decode worker's prompt computed.
 pub const FRONTEND_PREFILL_DECISIONS: &str = "tierkv_frontend_prefill_decisions_total";
+/// A vLLM prefill worker's prefill request until its answer.
 pub const FRONTEND_REMOTE_PREFILL_SECONDS: &str = "tierkv_frontend_remote_prefill_seconds";
 
+/// The engine's metrics (names above), in a registry of their own.
 pub struct EngineMetrics {
     registry: Registry,
+    /// See [`REQUESTS`].
     pub requests: IntCounter,
     /// By `reason` (stop, length).
     pub finished: IntCounterVec,
+    /// See [`CANCELLED`].
     pub cancelled: IntCounter,
+    /// See [`PREEMPTIONS`].
     pub preemptions: IntCounter,
     /// Prompt tokens by `source`: computed, engine (own pool), host, disk, object, remote.
     pub prompt_tokens: IntCounterVec,
+    /// See [`GENERATED_TOKENS`].
     pub generated_tokens: IntCounter,
+    /// See [`BLOCKS_PUBLISHED`].
     pub blocks_published: IntCounter,
+    /// See [`PUBLISH_FAILURES`].
     pub publish_failures: IntCounter,
     /// Blocks not published because the publish queue was full.
     pub publish_skipped: IntCounter,
+    /// See [`TTFT`].
     pub ttft_seconds: Histogram,
+    /// See [`ITL`].
     pub itl_seconds: Histogram,
+    /// See [`STEP_SECONDS`].
     pub step_seconds: Histogram,
+    /// See [`STEP_TOKENS`].
     pub step_tokens: Histogram,
     /// By `state`: used, cached, free.
     pub pool_blocks: IntGaugeVec,
+    /// See [`RUNNING`].
     pub running: IntGauge,
+    /// See [`WAITING`].
     pub waiting: IntGauge,
     /// Decode role, by `decision`: remote, local_short, local_busy,
     /// local_no_prefill_worker, fallback (the remote path failed).
@@ -71,7 +116,9 @@ pub struct EngineMetrics {
     pub prefills_served: IntCounter,
     /// Decode role: blocks fetched from prefill workers' block services.
     pub peer_blocks_fetched: IntCounter,
+    /// Decode role: bytes of those blocks.
     pub peer_bytes_fetched: IntCounter,
+    /// Decode role: one fetch from a prefill worker's block service.
     pub peer_fetch_seconds: Histogram,
     /// Fetches that failed or returned a missing or corrupt block (recomputed).
     pub peer_fetch_failures: IntCounter,
@@ -87,7 +134,18 @@ fn latency_buckets() -> Vec<f64> {
     ]
 }
 
+impl std::fmt::Debug for EngineMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineMetrics")
+            .field("requests", &self.requests.get())
+            .field("running", &self.running.get())
+            .field("waiting", &self.waiting.get())
+            .finish_non_exhaustive()
+    }
+}
+
 impl EngineMetrics {
+    /// The engine's metrics, registered in a registry of their own.
     pub fn new() -> EngineMetrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
@@ -195,8 +253,10 @@ fn render(registry: &Registry) -> String {
 }
 
 /// The frontend's metrics.
+/// The frontend's metrics (names above), in a registry of their own.
 pub struct FrontendMetrics {
     registry: Registry,
+    /// See [`FRONTEND_REQUESTS`].
     pub requests: IntCounter,
     /// By `worker` and `policy` (round-robin, kv-aware).
     pub routed: IntCounterVec,
@@ -208,6 +268,7 @@ pub struct FrontendMetrics {
     pub workers: IntGaugeVec,
     /// Blocks in the router's index, by `worker`.
     pub index_blocks: IntGaugeVec,
+    /// See [`FRONTEND_INFLIGHT`].
     pub in_flight: IntGauge,
     /// Requests to decode workers that cannot choose for themselves (vLLM), by
     /// `decision`: remote, local_short, local_busy, local_no_prefill_worker, fallback.
@@ -216,7 +277,17 @@ pub struct FrontendMetrics {
     pub remote_prefill_seconds: Histogram,
 }
 
+impl std::fmt::Debug for FrontendMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontendMetrics")
+            .field("requests", &self.requests.get())
+            .field("in_flight", &self.in_flight.get())
+            .finish_non_exhaustive()
+    }
+}
+
 impl FrontendMetrics {
+    /// The frontend's metrics, registered in a registry of their own.
     pub fn new() -> FrontendMetrics {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| ok(registry.register(c));
@@ -281,6 +352,7 @@ impl FrontendMetrics {
         }
     }
 
+    /// The frontend's metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         render(&self.registry)
     }

@@ -2,6 +2,7 @@
 //! from the engine's pool, the host tier, the disk tier, the object tier or a peer's
 //! block service — for block sizes 16 and 128, prompts whose length is and is not a
 //! multiple of the block size.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 mod common;
 

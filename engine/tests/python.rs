@@ -1,6 +1,7 @@
 //! The `tierkv` Python package and `TierkvConnector` in real vLLM: pytest suites in
 //! `engine/python/tests/`, run with the venv `scripts/vllm-env` makes (vLLM CPU + the
 //! package built from this tree). `scripts/test` creates it; here it is reused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

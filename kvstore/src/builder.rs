@@ -31,6 +31,16 @@ pub struct TieredStoreBuilder {
     tiers: Vec<(PendingTier, TierPolicy)>,
 }
 
+impl std::fmt::Debug for TieredStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredStoreBuilder")
+            .field("slot_bytes", &self.slot_bytes)
+            .field("options", &self.options)
+            .field("tiers", &self.tiers.len())
+            .finish()
+    }
+}
+
 impl TieredStore {
     /// A builder with no tiers, slots of [`defaults::SLOT_BYTES`] and the default
     /// [`StoreOptions`].

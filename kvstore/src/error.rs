@@ -2,14 +2,19 @@ use std::path::PathBuf;
 
 /// Every error of the kvstore crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KvStoreError {
+    /// A tier failed.
     #[error(transparent)]
     Tier(#[from] tierkv_tiers::TierError),
     /// A payload whose size does not match the namespace's KV layout.
     #[error("block payload has {got} bytes, but the layout {layout} needs exactly {expected}")]
     WrongBlockSize {
+        /// The layout's description.
         layout: String,
+        /// The bytes one block of that layout has.
         expected: usize,
+        /// The payload's bytes.
         got: usize,
     },
     /// A configuration that cannot work.
@@ -17,28 +22,47 @@ pub enum KvStoreError {
     Config(String),
     /// A configuration file that cannot be read or parsed.
     #[error("config file {path}: {reason}")]
-    ConfigFile { path: PathBuf, reason: String },
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (the I/O or TOML error, with its line).
+        reason: String,
+    },
     /// A layout with a zero dimension or a size that overflows.
     #[error("invalid KV layout: {0}")]
     Layout(String),
     /// A block service call failed (after retries, for idempotent calls).
     #[error("block service {op}: {code:?}: {message}")]
     Rpc {
+        /// The call (`fetch`, `publish`, ...).
         op: &'static str,
+        /// The gRPC status code.
         code: tonic::Code,
+        /// The server's message.
         message: String,
     },
     /// A block service could not be reached or set up.
     #[error("block service at {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    Connect {
+        /// The address (or socket path).
+        addr: String,
+        /// What failed, with the underlying error.
+        reason: String,
+    },
     /// Something that is not a valid message of the block service protocol.
     #[error("block service protocol: {0}")]
     Protocol(String),
     /// Every tier that could take the block is full of pinned blocks.
     #[error("no room in tier `{tier}`: all {capacity_blocks} blocks are pinned or being written")]
-    NoRoom { tier: String, capacity_blocks: u64 },
+    NoRoom {
+        /// The tier's name.
+        tier: String,
+        /// Its capacity in blocks.
+        capacity_blocks: u64,
+    },
 }
 
+/// `Result` with [`KvStoreError`].
 pub type Result<T, E = KvStoreError> = std::result::Result<T, E>;
 
 impl KvStoreError {
@@ -59,6 +83,8 @@ impl KvStoreError {
                 T::Object { tier, .. } => format!("object tier `{tier}` failed"),
                 T::Unavailable { tier, .. } => format!("tier `{tier}` is unavailable"),
                 T::Gpu(_) => "the GPU tier failed".into(),
+                // A tier error added later: its kind only, never its text.
+                _ => "a tier failed".into(),
             },
             KvStoreError::WrongBlockSize { .. }
             | KvStoreError::NoRoom { .. }

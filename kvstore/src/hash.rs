@@ -10,6 +10,7 @@ use crate::Namespace;
 pub struct BlockHash(pub u128);
 
 impl BlockHash {
+    /// Big-endian bytes: the form on the wire and in vLLM's block hashes.
     pub fn to_bytes(self) -> [u8; 16] {
         self.0.to_be_bytes()
     }

@@ -9,14 +9,18 @@ use crate::{KvStoreError, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
+    /// IEEE 754 single precision.
     F32,
+    /// IEEE 754 half precision.
     F16,
+    /// bfloat16.
     Bf16,
     /// FP8 E4M3, as used by FP8 KV caches.
     F8e4m3,
 }
 
 impl DType {
+    /// Bytes per element.
     pub const fn size(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -25,6 +29,7 @@ impl DType {
         }
     }
 
+    /// Its name in configurations and namespaces (`f32`, `f16`, `bf16`, `f8e4m3`).
     pub const fn as_str(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -49,10 +54,13 @@ impl DType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KvLayout {
+    /// Attention layers.
     pub num_layers: u32,
     /// KV heads on this rank (the model's KV heads divided by the TP size).
     pub num_kv_heads: u32,
+    /// Elements per head.
     pub head_dim: u32,
+    /// Element type.
     pub dtype: DType,
     /// Tokens per block.
     pub block_size: u32,
@@ -78,6 +86,7 @@ impl KvLayout {
         Ok(layout)
     }
 
+    /// An error unless every dimension is non-zero and a block's size fits in memory.
     pub fn validate(&self) -> Result<()> {
         if self.num_layers == 0
             || self.num_kv_heads == 0

@@ -10,24 +10,43 @@ use prometheus::{
 
 use crate::TieredStore;
 
+/// Block service calls, by `rpc` and gRPC `code`.
 pub const RPC_TOTAL: &str = "tierkv_service_rpc_total";
+/// Block service call durations, by `rpc`.
 pub const RPC_SECONDS: &str = "tierkv_service_rpc_seconds";
+/// Blocks through the block service, by `rpc` and `outcome`.
 pub const BLOCKS_TOTAL: &str = "tierkv_service_blocks_total";
+/// Block bytes through the block service, by `direction`.
 pub const BYTES_TOTAL: &str = "tierkv_service_bytes_total";
+/// Block bytes the service holds in flight now.
 pub const INFLIGHT_BYTES: &str = "tierkv_service_inflight_bytes";
+/// Publish, fetch and watch streams open now.
 pub const OPEN_STREAMS: &str = "tierkv_service_open_streams";
+/// Gets a tier served, by `tier`.
 pub const TIER_HITS: &str = "tierkv_tier_hits_total";
+/// Gets that reached a tier and missed, by `tier`.
 pub const TIER_MISSES: &str = "tierkv_tier_misses_total";
+/// Bytes read from a tier, by `tier`.
 pub const TIER_BYTES_READ: &str = "tierkv_tier_bytes_read_total";
+/// Bytes written into a tier, by `tier`.
 pub const TIER_BYTES_WRITTEN: &str = "tierkv_tier_bytes_written_total";
+/// Blocks evicted from a tier, by `tier`.
 pub const TIER_EVICTIONS: &str = "tierkv_tier_evictions_total";
+/// Blocks demoted from a tier to the next, by `tier`.
 pub const TIER_DEMOTIONS: &str = "tierkv_tier_demotions_total";
+/// Blocks promoted from a tier into the top tier, by `tier`.
 pub const TIER_PROMOTIONS: &str = "tierkv_tier_promotions_total";
+/// Blocks a tier found damaged on read, by `tier`.
 pub const TIER_CORRUPT: &str = "tierkv_tier_corrupt_blocks_total";
+/// Failed I/O operations of a tier, by `tier`.
 pub const TIER_IO_ERRORS: &str = "tierkv_tier_io_errors_total";
+/// Capacity a tier's blocks take (whole slots), by `tier`.
 pub const TIER_USED_BYTES: &str = "tierkv_tier_used_bytes";
+/// Sum of a tier's block payloads, by `tier`.
 pub const TIER_PAYLOAD_BYTES: &str = "tierkv_tier_payload_bytes";
+/// A tier's capacity, by `tier`.
 pub const TIER_CAPACITY_BYTES: &str = "tierkv_tier_capacity_bytes";
+/// Blocks a tier holds, by `tier`.
 pub const TIER_BLOCKS: &str = "tierkv_tier_blocks";
 
 /// The block service's metrics.
@@ -41,11 +60,23 @@ pub struct Metrics {
     pub blocks_total: IntCounterVec,
     /// By `direction` (in, out).
     pub bytes_total: IntCounterVec,
+    /// Block bytes held in flight.
     pub inflight_bytes: IntGauge,
+    /// Streams open.
     pub open_streams: IntGauge,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("inflight_bytes", &self.inflight_bytes.get())
+            .field("open_streams", &self.open_streams.get())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Metrics {
+    /// The block service's metrics, registered in a registry of their own.
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let rpc_total = IntCounterVec::new(

@@ -76,6 +76,8 @@ impl Namespace {
         Self::with_parts(model_id, layout, 0, 1, None)
     }
 
+    /// The namespace of one tensor-parallel rank of `model_id`, salted per tenant by
+    /// `cache_salt` (vLLM's `cache_salt`). Fails on an invalid layout or rank.
     pub fn with_parts(
         model_id: impl Into<String>,
         layout: KvLayout,
@@ -251,15 +253,19 @@ impl Namespace {
         self.engine_layout.as_deref()
     }
 
+    /// The model's id, as given.
     pub fn model_id(&self) -> &str {
         &self.model_id
     }
+    /// The KV layout of one block.
     pub fn layout(&self) -> &KvLayout {
         &self.layout
     }
+    /// This rank, in `0..tp_size`.
     pub fn tp_rank(&self) -> u32 {
         self.tp_rank
     }
+    /// The tensor-parallel size.
     pub fn tp_size(&self) -> u32 {
         self.tp_size
     }

@@ -15,6 +15,7 @@ use crate::service::{BlockClient, BlockClientConfig};
 pub struct RemoteTierConfig {
     /// Default `"remote"`.
     pub name: String,
+    /// How to reach the peer. No default: the peer's address is required.
     pub client: BlockClientConfig,
     /// Refuse puts. Default true.
     pub read_only: bool,
@@ -33,6 +34,17 @@ pub struct RemoteTier {
     slot_bytes: usize,
     names: NamespaceNames,
     counters: TierCounters,
+}
+
+impl std::fmt::Debug for RemoteTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteTier")
+            .field("name", &self.name)
+            .field("addr", &self.client.addr())
+            .field("read_only", &self.read_only)
+            .field("slot_bytes", &self.slot_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteTier {
@@ -107,6 +119,16 @@ impl Tier for RemoteTier {
     async fn put(&self, key: BlockKey, data: Bytes) -> tierkv_tiers::Result<PutOutcome> {
         if self.read_only {
             return Err(TierError::ReadOnly(self.name.clone()));
+        }
+        if data.is_empty() {
+            return Err(TierError::Empty(self.name.clone()));
+        }
+        if data.len() > self.slot_bytes {
+            return Err(TierError::TooLarge {
+                tier: self.name.clone(),
+                len: data.len(),
+                slot_bytes: self.slot_bytes,
+            });
         }
         let Some(ns) = self.namespace(&key) else {
             return Err(TierError::Unavailable {

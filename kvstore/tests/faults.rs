@@ -4,6 +4,7 @@
 //! stored is an error (never acknowledged), a read is the right bytes, a miss or an
 //! error (never wrong bytes), nothing hangs, and the store works again once the fault
 //! clears.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use bytes::Bytes;
 use tierkv_kvstore::EvictPolicy;

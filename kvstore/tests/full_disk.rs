@@ -4,6 +4,7 @@
 //! tier whose directory fills up fails its puts with "No space left" and keeps every
 //! block it acknowledged, through a restart; a disk tier whose index cannot grow fails
 //! puts cleanly and keeps what it acknowledged.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,8 +93,7 @@ async fn a_disk_tier_larger_than_its_filesystem_is_refused_clearly() {
         direct_io: false,
         ..Default::default()
     })
-    .err()
-    .expect("16 MiB do not fit in 4 MiB");
+    .expect_err("16 MiB do not fit in 4 MiB");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("preallocating") && msg.contains("No space left"),

@@ -1,6 +1,7 @@
 //! The block service against clients that vanish, stall or lie: every stream notices a
 //! gone client within a bounded time and gives back its slot and budget, and a payload
 //! published under a key already stored never changes what verifying readers get.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use std::time::{Duration, Instant};
 

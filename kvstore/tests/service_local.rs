@@ -1,5 +1,6 @@
 //! The same-host channel: a `tierkv serve`-style server sharing its host slab over a
 //! Unix socket; clients publish into staged slots and read leased blocks in place.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use std::sync::Arc;
 use std::time::Duration;

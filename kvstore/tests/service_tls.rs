@@ -1,5 +1,6 @@
 //! The block service over TLS (rustls), with a CA and server certificate made by the
 //! `openssl` command line for this test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use std::path::Path;
 use std::process::Command;

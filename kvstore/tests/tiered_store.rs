@@ -1,5 +1,6 @@
 //! TieredStore behaviour across real host, disk (io_uring + RocksDB) and object
 //! (local directory) tiers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use bytes::Bytes;
 use tierkv_kvstore::{
@@ -473,8 +474,7 @@ async fn an_unusable_data_dir_is_a_clear_error() {
     std::fs::write(&blocker, b"x").unwrap();
     let err = TieredStore::open(&config(&blocker, "", true))
         .await
-        .err()
-        .expect("data_dir is a file");
+        .expect_err("data_dir is a file");
     assert!(err.to_string().contains("file"), "{err}");
 }
 

@@ -2,15 +2,24 @@ use std::path::PathBuf;
 
 /// Every error a tier can report.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TierError {
     /// The tier has no free slot; the caller (the tiered store) must evict first.
     #[error("tier `{tier}` is full ({capacity_blocks} blocks)")]
-    Full { tier: String, capacity_blocks: u64 },
+    Full {
+        /// The tier's name.
+        tier: String,
+        /// How many blocks it holds when full.
+        capacity_blocks: u64,
+    },
     /// A payload larger than the tier's slot.
     #[error("block of {len} bytes does not fit tier `{tier}`, whose slots hold {slot_bytes} bytes")]
     TooLarge {
+        /// The tier's name.
         tier: String,
+        /// The payload's length.
         len: usize,
+        /// The largest payload a slot holds.
         slot_bytes: usize,
     },
     /// An empty payload; only full blocks are stored.
@@ -18,34 +27,55 @@ pub enum TierError {
     Empty(String),
     /// A configuration that cannot work (zero capacity, slot larger than capacity, ...).
     #[error("invalid configuration for tier `{tier}`: {reason}")]
-    Config { tier: String, reason: String },
+    Config {
+        /// The tier's name.
+        tier: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// An I/O error with what was being done and where.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, on which file.
         context: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// The on-disk geometry disagrees with the configuration or is damaged.
     #[error("disk tier at {path}: {reason}")]
-    DiskLayout { path: PathBuf, reason: String },
+    DiskLayout {
+        /// The tier's data file.
+        path: PathBuf,
+        /// What disagrees.
+        reason: String,
+    },
     /// The RocksDB slot index failed.
     #[error("disk index at {path}: {source}")]
     Index {
+        /// The index directory.
         path: PathBuf,
+        /// RocksDB's error.
         #[source]
         source: rocksdb::Error,
     },
     /// The object store failed (after its retries).
     #[error("object tier `{tier}`: {source}")]
     Object {
+        /// The tier's name.
         tier: String,
+        /// `object_store`'s error.
         #[source]
         source: object_store::Error,
     },
     /// A tier behind a network (a peer's block service) could not be reached or failed.
     #[error("tier `{tier}` is unavailable: {reason}")]
-    Unavailable { tier: String, reason: String },
+    Unavailable {
+        /// The tier's name.
+        tier: String,
+        /// Why, in words (the peer's status; never its credentials).
+        reason: String,
+    },
     /// A put into a read-only tier.
     #[error("tier `{0}` is read-only")]
     ReadOnly(String),
@@ -73,4 +103,5 @@ impl TierError {
     }
 }
 
+/// `Result` with [`TierError`].
 pub type Result<T, E = TierError> = std::result::Result<T, E>;

@@ -32,20 +32,20 @@ mod armed {
         TABLE.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn arm(name: &str, failure: Failure) {
+    pub(super) fn arm(name: &str, failure: Failure) {
         table()
             .get_or_insert_with(HashMap::new)
             .insert(name.to_string(), failure);
         ANY.store(true, Ordering::SeqCst);
     }
 
-    pub fn disarm(name: &str) {
+    pub(super) fn disarm(name: &str) {
         if let Some(t) = table().as_mut() {
             t.remove(name);
         }
     }
 
-    pub fn check(name: &str) -> std::io::Result<()> {
+    pub(super) fn check(name: &str) -> std::io::Result<()> {
         if !ANY.load(Ordering::Relaxed) {
             return Ok(());
         }

@@ -31,25 +31,40 @@ pub const FORMAT_VERSION: u16 = 1;
 
 /// Why a stored block was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Corruption {
+    /// Fewer bytes than the header (or the header's length) needs.
     Truncated {
+        /// Bytes present.
         have: usize,
+        /// Bytes needed.
         need: usize,
     },
+    /// The first four bytes are not [`MAGIC`].
     BadMagic,
+    /// A format version this build cannot read.
     UnsupportedVersion(u16),
     /// A reserved byte is not zero (version 1 writes zeros there).
     ReservedNotZero,
+    /// The header's own crc32c does not match it.
     HeaderChecksum,
+    /// An intact header of another block (a stale or misplaced slot).
     WrongKey {
+        /// The key the header names.
         found: BlockKey,
     },
+    /// The header's payload length is not the one expected.
     WrongLength {
+        /// The header's length.
         found: u64,
+        /// The length the index (or the caller) expects.
         expected: u64,
     },
+    /// The payload's crc32c does not match the header's.
     PayloadChecksum {
+        /// The payload's crc32c.
         found: u32,
+        /// The header's.
         expected: u32,
     },
 }
@@ -104,8 +119,11 @@ fn le_u64(b: &[u8]) -> u64 {
 /// What a well-formed header says: the block's key, payload length and payload crc32c.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The block's key.
     pub key: BlockKey,
+    /// The payload's length in bytes.
     pub len: u64,
+    /// The payload's crc32c (Castagnoli).
     pub crc: u32,
 }
 

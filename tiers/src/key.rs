@@ -6,7 +6,9 @@ use std::hash::{BuildHasher, Hasher};
 /// 128-bit block hash of the prefix chain.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct BlockKey {
+    /// The namespace's 64-bit digest.
     pub namespace: u64,
+    /// The block's hash in the prefix chain.
     pub hash: u128,
 }
 
@@ -14,6 +16,7 @@ impl BlockKey {
     /// Length of [`BlockKey::to_bytes`].
     pub const ENCODED_LEN: usize = 24;
 
+    /// The key of block `hash` in namespace `namespace`.
     pub const fn new(namespace: u64, hash: u128) -> Self {
         BlockKey { namespace, hash }
     }
@@ -46,7 +49,7 @@ impl std::fmt::Display for BlockKey {
 /// A hasher for maps keyed by [`BlockKey`]. The key is already a uniform hash, so
 /// folding it with one multiply is enough and much faster than SipHash; this is what
 /// lets `lookup_prefix` walk tens of millions of hashes per second.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone, Copy, Debug)]
 pub struct BlockKeyHasher(u64);
 
 impl Hasher for BlockKeyHasher {
@@ -74,7 +77,7 @@ impl Hasher for BlockKeyHasher {
 }
 
 /// [`BuildHasher`] for `BlockKeyHasher`.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone, Copy, Debug)]
 pub struct BuildBlockKeyHasher;
 
 impl BuildHasher for BuildBlockKeyHasher {

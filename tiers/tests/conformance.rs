@@ -1,12 +1,14 @@
-//! The conformance suite every tier implementation runs: host, disk, object on a local
-//! directory and object on a real S3-compatible server.
+//! The conformance suite (`tierkv_tiers::testing::conformance`) on every tier of this
+//! crate: host, disk, object on a local directory and object on a real S3-compatible
+//! server; then what only the disk and object tiers promise (restarts, damaged files).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 mod common;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use common::{S3Server, payload};
+use tierkv_tiers::testing::conformance::Capabilities;
 use tierkv_tiers::{
     BlockKey, DiskTier, DiskTierConfig, HostTier, HostTierConfig, ObjectBackend, ObjectTier,
     ObjectTierConfig, PutOutcome, Tier, TierError,
@@ -17,169 +19,6 @@ const CAPACITY_BLOCKS: u64 = 24;
 
 fn key(i: u64) -> BlockKey {
     BlockKey::new(0xfeed, (i as u128) << 64 | 0x5eed)
-}
-
-async fn round_trip(tier: &dyn Tier) {
-    for (i, len) in [1usize, 100, 4096, 5000, SLOT - 1, SLOT]
-        .into_iter()
-        .enumerate()
-    {
-        let data = payload(i as u64, len);
-        assert_eq!(
-            tier.put(key(i as u64), data.clone()).await.unwrap(),
-            PutOutcome::Stored
-        );
-        let back = tier.get(key(i as u64)).await.unwrap().expect("just stored");
-        assert_eq!(back, data, "{}: block {i} of {len} bytes", tier.name());
-    }
-    assert!(tier.get(key(999)).await.unwrap().is_none());
-    let stats = tier.stats();
-    assert_eq!(stats.hits, 6);
-    assert_eq!(stats.misses, 1);
-    assert_eq!(stats.blocks, 6);
-    assert_eq!(tier.len(), 6);
-    assert_eq!(
-        stats.payload_bytes,
-        (1 + 100 + 4096 + 5000 + SLOT - 1 + SLOT) as u64
-    );
-    assert_eq!(tier.payload_bytes(), stats.payload_bytes);
-    // A block takes a whole slot, whatever its length.
-    assert_eq!(stats.used_bytes, 6 * tier.slot_bytes() as u64);
-    assert_eq!(tier.used_bytes(), stats.used_bytes);
-    let mut keys: Vec<_> = tier
-        .keys()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    keys.sort();
-    let mut expected: Vec<_> = (0..6).map(key).collect();
-    expected.sort();
-    assert_eq!(keys, expected);
-}
-
-async fn idempotent_put(tier: &dyn Tier) {
-    let data = payload(7, 3000);
-    assert_eq!(
-        tier.put(key(7), data.clone()).await.unwrap(),
-        PutOutcome::Stored
-    );
-    let used = tier.payload_bytes();
-    assert_eq!(
-        tier.put(key(7), payload(8, 3000)).await.unwrap(),
-        PutOutcome::AlreadyPresent
-    );
-    assert_eq!(tier.payload_bytes(), used);
-    assert_eq!(
-        tier.get(key(7)).await.unwrap().unwrap(),
-        data,
-        "first write wins"
-    );
-}
-
-async fn contains_and_remove(tier: &dyn Tier) {
-    tier.put(key(1), payload(1, 100)).await.unwrap();
-    assert!(tier.contains(key(1)).await.unwrap());
-    assert!(!tier.contains(key(2)).await.unwrap());
-    assert!(tier.remove(key(1)).await.unwrap());
-    assert!(!tier.remove(key(1)).await.unwrap());
-    assert!(!tier.contains(key(1)).await.unwrap());
-    assert!(tier.get(key(1)).await.unwrap().is_none());
-    assert_eq!((tier.used_bytes(), tier.payload_bytes()), (0, 0));
-    // The key can be stored again afterwards.
-    tier.put(key(1), payload(11, 200)).await.unwrap();
-    assert_eq!(tier.get(key(1)).await.unwrap().unwrap(), payload(11, 200));
-}
-
-async fn capacity_limit(tier: &dyn Tier) {
-    assert_eq!(tier.capacity_blocks(), CAPACITY_BLOCKS);
-    for i in 0..CAPACITY_BLOCKS {
-        tier.put(key(i), payload(i, 1000)).await.unwrap();
-    }
-    let err = tier.put(key(100), payload(100, 1000)).await.unwrap_err();
-    assert!(matches!(err, TierError::Full { .. }), "{err}");
-    assert!(err.to_string().contains("full"));
-    // Nothing was lost by the refused put.
-    for i in 0..CAPACITY_BLOCKS {
-        assert_eq!(tier.get(key(i)).await.unwrap().unwrap(), payload(i, 1000));
-    }
-    tier.remove(key(0)).await.unwrap();
-    tier.put(key(100), payload(100, 1000)).await.unwrap();
-    assert_eq!(tier.len(), CAPACITY_BLOCKS);
-}
-
-async fn bad_payloads(tier: &dyn Tier) {
-    let err = tier.put(key(1), Bytes::new()).await.unwrap_err();
-    assert!(matches!(err, TierError::Empty(_)), "{err}");
-    let err = tier.put(key(1), payload(1, SLOT + 1)).await.unwrap_err();
-    assert!(matches!(err, TierError::TooLarge { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("{}", SLOT + 1)));
-    assert!(!tier.contains(key(1)).await.unwrap());
-}
-
-async fn concurrency(tier: Arc<dyn Tier>) {
-    let mut tasks = Vec::new();
-    for t in 0..16u64 {
-        let tier = Arc::clone(&tier);
-        tasks.push(tokio::spawn(async move {
-            let i = 1000 + t;
-            let data = payload(i, SLOT - (t as usize) * 100);
-            // Every task also races on one shared key.
-            let _ = tier.put(key(5000), payload(5000, 777)).await.unwrap();
-            tier.put(key(i), data.clone()).await.unwrap();
-            for _ in 0..4 {
-                assert_eq!(tier.get(key(i)).await.unwrap().unwrap(), data);
-                assert_eq!(
-                    tier.get(key(5000)).await.unwrap().unwrap(),
-                    payload(5000, 777)
-                );
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(tier.len(), 17);
-}
-
-macro_rules! conformance {
-    ($module:ident, $make:expr) => {
-        mod $module {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn round_trip() {
-                let (tier, _guard) = $make.await;
-                super::round_trip(&*tier).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn idempotent_put() {
-                let (tier, _guard) = $make.await;
-                super::idempotent_put(&*tier).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn contains_and_remove() {
-                let (tier, _guard) = $make.await;
-                super::contains_and_remove(&*tier).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn capacity_limit() {
-                let (tier, _guard) = $make.await;
-                super::capacity_limit(&*tier).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn bad_payloads() {
-                let (tier, _guard) = $make.await;
-                super::bad_payloads(&*tier).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrency() {
-                let (tier, _guard) = $make.await;
-                super::concurrency(tier).await;
-            }
-        }
-    };
 }
 
 /// Keeps whatever backs a tier (a temp dir, a server) alive for the test.
@@ -257,10 +96,10 @@ async fn object_s3() -> (Arc<dyn Tier>, Guard) {
     (Arc::new(tier), Guard::S3(server))
 }
 
-conformance!(host_tier, host());
-conformance!(disk_tier, disk());
-conformance!(object_tier_local_dir, object_local());
-conformance!(object_tier_s3, object_s3());
+tierkv_tiers::tier_conformance_tests!(host_tier, Capabilities::local(), host());
+tierkv_tiers::tier_conformance_tests!(disk_tier, Capabilities::local(), disk());
+tierkv_tiers::tier_conformance_tests!(object_tier_local_dir, Capabilities::local(), object_local());
+tierkv_tiers::tier_conformance_tests!(object_tier_s3, Capabilities::local(), object_s3());
 
 // ---- medium-specific behaviour -------------------------------------------------------
 
@@ -328,8 +167,11 @@ async fn disk_slot_buffers_write_from_and_read_into_the_callers_memory() {
     let tier = DiskTier::open(disk_config(dir.path())).unwrap();
     // A buffer over the caller's own (4 KiB-aligned) memory, as the GPU path pins it.
     let layout = std::alloc::Layout::from_size_align(2 * tier.slot_stride(), 4096).unwrap();
-    // SAFETY (test): freed at the end, after every buffer over it is dropped.
+    // SAFETY: `layout` has a non-zero size; the region is freed at the end, after
+    // every buffer over it is dropped.
     let region = unsafe { std::alloc::alloc_zeroed(layout) };
+    // SAFETY: the region is 4 KiB-aligned, two strides long, and only this buffer
+    // uses its first stride until it is dropped.
     let mut mine = unsafe { tier.slot_buffer_in(region, tier.slot_stride()) }.unwrap();
     let data = payload(7, 20_000);
     mine.payload_mut()[..data.len()].copy_from_slice(&data);
@@ -373,7 +215,9 @@ async fn disk_slot_buffers_write_from_and_read_into_the_callers_memory() {
     assert!(matches!(r, Err(TierError::TooLarge { .. })));
     assert!(other.is_some(), "a refused buffer comes back");
     assert!(!tier.contains(key(9)).await.unwrap());
+    // SAFETY: both calls are refused (misaligned, too short), so no buffer is made.
     assert!(unsafe { tier.slot_buffer_in(region.add(8), tier.slot_stride()) }.is_err());
+    // SAFETY: as above.
     assert!(unsafe { tier.slot_buffer_in(region, tier.slot_stride() - 4096) }.is_err());
     let small = DiskTier::open(DiskTierConfig {
         path: dir.path().join("small"),
@@ -388,7 +232,7 @@ async fn disk_slot_buffers_write_from_and_read_into_the_callers_memory() {
         "a buffer of a tier with smaller slots is refused"
     );
     drop(mine);
-    // SAFETY (test): no buffer over the region is alive any more.
+    // SAFETY: allocated above with `layout`; no buffer over the region is alive.
     unsafe { std::alloc::dealloc(region, layout) };
 }
 
@@ -403,7 +247,7 @@ async fn disk_refuses_a_file_of_the_wrong_size_or_geometry() {
 
     let mut bigger = config.clone();
     bigger.capacity_bytes *= 2;
-    let err = DiskTier::open(bigger).err().expect("geometry changed");
+    let err = DiskTier::open(bigger).expect_err("geometry changed");
     assert!(err.to_string().contains("slots"), "{err}");
 
     std::fs::OpenOptions::new()
@@ -412,7 +256,7 @@ async fn disk_refuses_a_file_of_the_wrong_size_or_geometry() {
         .unwrap()
         .set_len(4096)
         .unwrap();
-    let err = DiskTier::open(config).err().expect("file truncated");
+    let err = DiskTier::open(config).expect_err("file truncated");
     assert!(err.to_string().contains("truncated"), "{err}");
 }
 
@@ -434,7 +278,7 @@ async fn disk_index_deleted_or_damaged_is_rebuilt_from_the_slots() {
             tier.put(key(i), payload(i, size(i))).await.unwrap();
         }
         // A second open while this one holds the index is refused, and harmless.
-        let err = DiskTier::open(config.clone()).err().expect("index in use");
+        let err = DiskTier::open(config.clone()).expect_err("index in use");
         assert!(err.to_string().contains("index"), "{err}");
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -507,7 +351,7 @@ async fn disk_reports_an_unusable_directory() {
     std::fs::write(&file, b"x").unwrap();
     let mut config = disk_config(dir.path());
     config.path = file.join("disk");
-    let err = DiskTier::open(config).err().expect("path under a file");
+    let err = DiskTier::open(config).expect_err("path under a file");
     assert!(err.to_string().contains("not-a-dir"), "{err}");
 }
 
@@ -570,8 +414,7 @@ async fn unreachable_s3_endpoint_is_a_clear_error() {
     config.request_timeout = std::time::Duration::from_secs(2);
     let err = ObjectTier::open(config)
         .await
-        .err()
-        .expect("nothing listens there");
+        .expect_err("nothing listens there");
     let msg = format!("{err}");
     assert!(msg.contains("object tier"), "{msg}");
 }

@@ -4,6 +4,7 @@
 //! over, the blocks onboarded back: everything must match bit for bit — for block sizes
 //! 16 and 128 and 2-byte dtypes (bf16, fp16). Also the disk round trip and the pinned
 //! host tier.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 #![cfg(feature = "cuda")]
 
 use std::sync::Arc;
@@ -450,7 +451,7 @@ async fn a_layer_wise_offload_lands_every_layer_of_every_block() {
             PinnedBuffer::new(&ctx, subset.len() * bb, PinMethod::HostAlloc).expect("pinned");
         let base = host.as_mut_ptr() as usize;
         let addrs: Vec<usize> = (0..subset.len()).map(|i| base + i * bb).collect();
-        // SAFETY (test): `pool` outlives the job.
+        // SAFETY: `pool` outlives the job.
         let mut job = unsafe { engine.begin_layered_offload(&pool, &subset, 1) }
             .await
             .expect("begin");
@@ -462,7 +463,7 @@ async fn a_layer_wise_offload_lands_every_layer_of_every_block() {
         }
         assert!(job.layer(6, &stream.record(&ctx).expect("event")).is_err());
         let ev = stream.record(&ctx).expect("event");
-        // SAFETY (test): `host` outlives the copy and is not touched until it completed.
+        // SAFETY: `host` outlives the copy and is not touched until it completed.
         let in_flight = unsafe { job.finish(&ev, &stream, &addrs) }.expect("finish");
         let stats = in_flight.wait().await.expect("wait");
         assert_eq!(stats.bytes, subset.len() * bb);
@@ -475,8 +476,8 @@ async fn a_layer_wise_offload_lands_every_layer_of_every_block() {
     }
     // A block pool of one run per block has no layers to save one by one.
     let contiguous = HbmPool::new(&ctx, GpuLayout::BlockContiguous, g, 2).expect("pool");
-    // SAFETY (test): refused before any copy is queued.
     assert!(
+        // SAFETY: refused before any copy is queued.
         unsafe { engine.begin_layered_offload(&contiguous, &[0], 1) }
             .await
             .is_err()

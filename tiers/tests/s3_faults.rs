@@ -3,6 +3,7 @@
 //! within the configured time (no hang), a retried fault must succeed, a read is the
 //! right bytes or an error (never wrong bytes), and what was stored before a fault
 //! reads back after it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 mod common;
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::E2eArgs;
 
-pub struct LlamaCpp {
+pub(super) struct LlamaCpp {
     /// Prompt tokens per second, per prompt.
     pub prefill_tps: Vec<f64>,
     pub decode_tps: f64,
@@ -26,7 +26,7 @@ struct Output {
     decode: Timing,
 }
 
-pub fn measure(args: &E2eArgs, prompts: &[Vec<u32>]) -> anyhow::Result<LlamaCpp> {
+pub(super) fn measure(args: &E2eArgs, prompts: &[Vec<u32>]) -> anyhow::Result<LlamaCpp> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/llama_cpp_bench.py");
     let mut child = Command::new("python3")
         .arg(&script)

@@ -16,7 +16,7 @@ use tierkv_engine::{Engine, EngineConfig, GenEvent, GenerateRequest};
 use tierkv_kvstore::{ByteSize, StoreConfig, TieredStore, hash_blocks};
 
 #[derive(clap::Args, Debug)]
-pub struct E2eArgs {
+pub(crate) struct E2eArgs {
     /// The model (`scripts/fetch-model` prints the default's path).
     #[arg(long)]
     pub model: PathBuf,
@@ -53,7 +53,7 @@ pub struct E2eArgs {
 }
 
 #[derive(Serialize, Debug, Default, Clone)]
-pub struct TtftRow {
+pub(crate) struct TtftRow {
     pub prompt_tokens: usize,
     /// Median TTFT in ms by KV source: computed (cold), engine, host, disk, object.
     pub cold_ms: f64,
@@ -70,7 +70,7 @@ pub struct TtftRow {
 }
 
 #[derive(Serialize, Debug, Clone)]
-pub struct DecodeRow {
+pub(crate) struct DecodeRow {
     pub concurrency: usize,
     /// Generated tokens per second over all requests.
     pub tokens_per_s: f64,
@@ -80,7 +80,7 @@ pub struct DecodeRow {
 }
 
 #[derive(Serialize, Debug)]
-pub struct Report {
+pub(crate) struct Report {
     pub model: String,
     pub block_size: u32,
     pub ttft: Vec<TtftRow>,
@@ -185,7 +185,7 @@ async fn wait_stored(engine: &Engine, p: &[u32]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let mut rows: Vec<TtftRow> = args

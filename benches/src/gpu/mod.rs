@@ -19,7 +19,7 @@ use tierkv_tiers::gpu::{
 use tierkv_tiers::{BlockKey, DiskTier, DiskTierConfig};
 
 #[derive(clap::Args, Debug)]
-pub struct GpuArgs {
+pub(crate) struct GpuArgs {
     /// KV shapes: qwen3-32b (64 layers), llama3-8b (32 layers); 8 KV heads, head dim
     /// 128, bf16.
     #[arg(long, value_delimiter = ',', default_value = "qwen3-32b,llama3-8b")]
@@ -48,7 +48,7 @@ pub struct GpuArgs {
 }
 
 #[derive(Serialize, Debug)]
-pub struct TransferRow {
+pub(crate) struct TransferRow {
     pub shape: String,
     pub block_size: usize,
     pub layout: String,
@@ -73,7 +73,7 @@ pub struct TransferRow {
 }
 
 #[derive(Serialize, Debug)]
-pub struct PinRow {
+pub(crate) struct PinRow {
     pub method: String,
     pub gib: usize,
     pub seconds: f64,
@@ -84,7 +84,7 @@ pub struct PinRow {
 
 /// The naive baseline: one copy per 64 KiB piece.
 #[derive(Serialize, Debug)]
-pub struct NaiveRow {
+pub(crate) struct NaiveRow {
     pub shape: String,
     pub block_size: usize,
     pub batch: usize,
@@ -95,7 +95,7 @@ pub struct NaiveRow {
 }
 
 #[derive(Serialize, Debug)]
-pub struct DiskRow {
+pub(crate) struct DiskRow {
     pub blocks: usize,
     pub bytes: usize,
     pub hbm_to_disk_gbps: f64,
@@ -112,7 +112,7 @@ pub struct DiskRow {
 }
 
 #[derive(Serialize, Debug)]
-pub struct Report {
+pub(crate) struct Report {
     pub device: String,
     pub transfers: Vec<TransferRow>,
     pub pinning: Vec<PinRow>,
@@ -170,7 +170,7 @@ fn scattered(n: usize, of: usize, seed: u64) -> Vec<u32> {
     ids
 }
 
-pub async fn run(args: GpuArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: GpuArgs) -> anyhow::Result<()> {
     let ctx = require_context()?;
     let device = cudarc::driver::result::device::get(0)
         .and_then(cudarc::driver::result::device::get_name)
@@ -486,7 +486,7 @@ fn o_direct_parallel(
             let workers: Vec<_> = (0..threads.max(1))
                 .map(|_| {
                     scope.spawn(|| -> std::io::Result<()> {
-                        let mut buf = tierkv_tiers::io::AlignedBuf::new(stride);
+                        let mut buf = tierkv_tiers::AlignedBuf::new(stride);
                         buf.as_mut_slice().fill(0x5a);
                         loop {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -5,14 +5,14 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use futures::StreamExt;
 
-pub struct Timing {
+pub(super) struct Timing {
     pub ttft_ms: f64,
     /// Gaps between consecutive tokens.
     pub itl_ms: Vec<f64>,
     pub tokens: usize,
 }
 
-pub async fn stream(
+pub(super) async fn stream(
     http: &reqwest::Client,
     base: &str,
     model: &str,

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 #[derive(clap::Args, Debug)]
-pub struct PdArgs {
+pub(crate) struct PdArgs {
     /// The workers: tierkv or vllm (the vLLM venv of `scripts/vllm-env`).
     #[arg(long, default_value = "tierkv")]
     pub engine: String,
@@ -71,7 +71,7 @@ pub struct PdArgs {
 }
 
 #[derive(Serialize, Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     pub setup: String,
     pub workers: String,
     pub workload: String,
@@ -94,7 +94,7 @@ pub struct Row {
 }
 
 #[derive(Serialize, Debug)]
-pub struct Report {
+pub(crate) struct Report {
     pub model: String,
     pub requests: usize,
     pub concurrency: usize,
@@ -331,7 +331,7 @@ async fn measure(
     Ok((ttft, itl, tps, failed, share))
 }
 
-pub async fn run(args: PdArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: PdArgs) -> anyhow::Result<()> {
     let tierkv = match &args.tierkv {
         Some(p) => p.clone(),
         None => std::env::current_exe()?

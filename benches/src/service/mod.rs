@@ -24,7 +24,7 @@ use crate::report::{self, Baseline, Measurement, Row, byte_row};
 use crate::tier::payload;
 
 #[derive(clap::Args, Debug)]
-pub struct ServiceArgs {
+pub(crate) struct ServiceArgs {
     /// Concurrent clients (each its own connection).
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub clients: Vec<usize>,
@@ -87,7 +87,7 @@ pub(crate) fn spawn_serve(
         .context("locating the tierkv binary")?;
     if !exe.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release -p tierkv-engine`",
+            "{} not found: build it with `cargo build --release -p tierkv-cli`",
             exe.display()
         );
     }
@@ -370,7 +370,7 @@ fn cpu_note(name: &str, cpu: &[f64]) -> String {
     median_f64(cpu.to_vec()).map_or(String::new(), |c| format!("{name} server {c:.2} CPU-s/GB"))
 }
 
-pub async fn run(args: ServiceArgs) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn run(args: ServiceArgs) -> anyhow::Result<Vec<Row>> {
     let ops = args.ops.unwrap_or(if args.quick { 3 } else { 8 }).max(1);
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
     let redis = match redis::RedisServer::start() {

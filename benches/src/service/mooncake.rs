@@ -29,7 +29,7 @@ struct Sample {
 
 /// Per (block, clients): puts and gets of every round, with server CPU seconds.
 #[derive(Default)]
-pub struct MooncakeRuns {
+pub(super) struct MooncakeRuns {
     pub put: Vec<Measurement>,
     pub get: Vec<Measurement>,
     pub put_cpu_per_gb: Vec<f64>,
@@ -37,7 +37,7 @@ pub struct MooncakeRuns {
 }
 
 /// Runs the Mooncake benchmark; `Err` (with the reason) when Mooncake is not there.
-pub fn run(
+pub(super) fn run(
     python: &Path,
     sizes: &[usize],
     clients: &[usize],

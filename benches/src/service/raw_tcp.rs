@@ -9,12 +9,12 @@ use std::net::{TcpListener, TcpStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A raw TCP server on a loopback port, serving until the process exits.
-pub struct RawTcpServer {
+pub(super) struct RawTcpServer {
     pub port: u16,
 }
 
 impl RawTcpServer {
-    pub fn start(max_len: usize) -> anyhow::Result<RawTcpServer> {
+    pub(super) fn start(max_len: usize) -> anyhow::Result<RawTcpServer> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         std::thread::Builder::new()
@@ -51,13 +51,13 @@ fn serve(mut conn: TcpStream, max_len: usize) {
 }
 
 /// One client connection with its receive buffer.
-pub struct RawTcpConn {
+pub(super) struct RawTcpConn {
     stream: tokio::net::TcpStream,
     buf: Vec<u8>,
 }
 
 impl RawTcpConn {
-    pub async fn connect(port: u16, max_len: usize) -> anyhow::Result<RawTcpConn> {
+    pub(super) async fn connect(port: u16, max_len: usize) -> anyhow::Result<RawTcpConn> {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
         Ok(RawTcpConn {
@@ -66,7 +66,7 @@ impl RawTcpConn {
         })
     }
 
-    pub async fn put(&mut self, data: &[u8]) -> anyhow::Result<()> {
+    pub(super) async fn put(&mut self, data: &[u8]) -> anyhow::Result<()> {
         let mut head = [b'P'; 9];
         head[1..].copy_from_slice(&(data.len() as u64).to_le_bytes());
         self.stream.write_all(&head).await?;
@@ -76,7 +76,7 @@ impl RawTcpConn {
         Ok(())
     }
 
-    pub async fn get(&mut self, len: usize) -> anyhow::Result<usize> {
+    pub(super) async fn get(&mut self, len: usize) -> anyhow::Result<usize> {
         let mut head = [b'G'; 9];
         head[1..].copy_from_slice(&(len as u64).to_le_bytes());
         self.stream.write_all(&head).await?;
@@ -87,7 +87,7 @@ impl RawTcpConn {
 }
 
 /// CPU time (user + system) a process has used, in seconds; `None` off Linux.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) in parentheses.
     let rest = stat.rsplit_once(')')?.1;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// A redis-server child process, stopped on drop.
-pub struct RedisServer {
+pub(super) struct RedisServer {
     child: Child,
     pub port: u16,
 }
@@ -18,7 +18,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts redis-server with persistence off; `Err` with the reason when it is not
     /// installed or does not come up.
-    pub fn start() -> anyhow::Result<RedisServer> {
+    pub(super) fn start() -> anyhow::Result<RedisServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -59,7 +59,7 @@ impl RedisServer {
 
 impl RedisServer {
     /// The server's process id (its CPU time is read from /proc).
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -72,12 +72,12 @@ impl Drop for RedisServer {
 }
 
 /// One RESP connection.
-pub struct RedisConn {
+pub(super) struct RedisConn {
     stream: BufReader<TcpStream>,
 }
 
 impl RedisConn {
-    pub async fn connect(port: u16) -> anyhow::Result<RedisConn> {
+    pub(super) async fn connect(port: u16) -> anyhow::Result<RedisConn> {
         let s = TcpStream::connect(("127.0.0.1", port)).await?;
         s.set_nodelay(true)?;
         Ok(RedisConn {
@@ -94,7 +94,7 @@ impl RedisConn {
         Ok(line.trim_end().to_string())
     }
 
-    pub async fn set(&mut self, key: &str, value: &Bytes) -> anyhow::Result<()> {
+    pub(super) async fn set(&mut self, key: &str, value: &Bytes) -> anyhow::Result<()> {
         let head = format!(
             "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
             key.len(),
@@ -111,7 +111,7 @@ impl RedisConn {
         Ok(())
     }
 
-    pub async fn get(&mut self, key: &str) -> anyhow::Result<Option<Bytes>> {
+    pub(super) async fn get(&mut self, key: &str) -> anyhow::Result<Option<Bytes>> {
         let cmd = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
         self.stream.get_mut().write_all(cmd.as_bytes()).await?;
         let head = self.line().await?;

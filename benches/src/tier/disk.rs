@@ -13,7 +13,7 @@ use crate::drive::median;
 use crate::fio;
 use crate::report::{Baseline, Row, byte_row};
 
-pub async fn bench(
+pub(super) async fn bench(
     name: &str,
     config: DiskTierConfig,
     plan: RowPlan,

@@ -11,7 +11,7 @@ use super::{RowPlan, key};
 use crate::drive::{drive, drive_sync, median};
 use crate::report::{Baseline, Measurement, Row, byte_row};
 
-pub async fn bench(
+pub(super) async fn bench(
     name: &str,
     config: HostTierConfig,
     plan: RowPlan,

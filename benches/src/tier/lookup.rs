@@ -13,7 +13,7 @@ use crate::report::{Row, percentile_us};
 
 const CHAIN: usize = 10_000;
 
-pub async fn bench(rounds: usize) -> anyhow::Result<Row> {
+pub(super) async fn bench(rounds: usize) -> anyhow::Result<Row> {
     let layout = KvLayout::new(1, 1, 1, DType::F16, 16)?;
     let ns = Namespace::new("lookup-bench", layout)?;
     let tokens: Vec<u32> = (0..(CHAIN * 16) as u32).collect();

@@ -21,7 +21,7 @@ use crate::report::Measurement;
 use crate::report::{self, Row};
 
 #[derive(clap::Args, Debug)]
-pub struct TierArgs {
+pub(crate) struct TierArgs {
     /// Store configuration whose tiers are measured (kind, path, queue depth, backend).
     /// Default: the built-in host + disk + object (local directory) tiers under --dir.
     #[arg(long)]
@@ -58,22 +58,22 @@ pub struct TierArgs {
 }
 
 /// Deterministic pseudo-random payload of `len` bytes.
-pub fn payload(len: usize, seed: u64) -> Bytes {
+pub(crate) fn payload(len: usize, seed: u64) -> Bytes {
     tierkv_tiers::testing::payload(seed, len)
 }
 
-pub fn key(i: usize) -> BlockKey {
+pub(crate) fn key(i: usize) -> BlockKey {
     BlockKey::new(0xbe9c, i as u128)
 }
 
 /// What one row size needs.
 #[derive(Clone, Copy, Debug)]
-pub struct RowPlan {
+pub(crate) struct RowPlan {
     pub block: usize,
     pub ops: usize,
 }
 
-pub async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
     let mut config = match &args.config {
         Some(path) => StoreConfig::from_file(path)?,
         None => StoreConfig::default(),
@@ -152,7 +152,7 @@ pub async fn run(args: TierArgs) -> anyhow::Result<Vec<Row>> {
 
 /// One round against a tier: `ops` puts then `ops` gets with `concurrency` tasks, then
 /// the blocks are removed (untimed) so the next round starts empty.
-pub async fn put_get_round(
+pub(crate) async fn put_get_round(
     tier: Arc<dyn Tier>,
     ops: usize,
     block: usize,

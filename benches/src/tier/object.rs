@@ -13,7 +13,7 @@ use super::{RowPlan, put_get_round};
 use crate::drive::{drive, median};
 use crate::report::{Baseline, Measurement, Row, byte_row};
 
-pub async fn bench(
+pub(super) async fn bench(
     name: &str,
     config: ObjectTierConfig,
     plan: RowPlan,

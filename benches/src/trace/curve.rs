@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use super::{TraceRecord, block_hashes};
 
 /// Distance of a block never seen before.
-pub const COLD: u64 = u64::MAX;
+pub(super) const COLD: u64 = u64::MAX;
 
 fn bump(hist: &mut Vec<u64>, at: usize) {
     if hist.len() <= at {
@@ -58,7 +58,7 @@ impl Fenwick {
 /// One pass over a trace at one block size: the histogram of prefix-maximum stack
 /// distances, overall and split by the host capacities asked for.
 #[derive(Clone, Debug)]
-pub struct HitCurve {
+pub(super) struct HitCurve {
     pub block_tokens: u64,
     /// Block accesses (full prompt blocks over all requests).
     pub accesses: u64,
@@ -75,7 +75,7 @@ pub struct HitCurve {
 impl HitCurve {
     /// Measures `trace` at `block_tokens` tokens per block; `host_caps` are the host
     /// capacities (blocks) whose split [`HitCurve::split`] will be asked for.
-    pub fn measure(trace: &[TraceRecord], block_tokens: u64, host_caps: &[u64]) -> HitCurve {
+    pub(super) fn measure(trace: &[TraceRecord], block_tokens: u64, host_caps: &[u64]) -> HitCurve {
         let mut host_caps = host_caps.to_vec();
         host_caps.sort_unstable();
         host_caps.dedup();
@@ -145,14 +145,14 @@ impl HitCurve {
     }
 
     /// Block hits of one LRU cache of `capacity` blocks (exact).
-    pub fn hits(&self, capacity: u64) -> u64 {
+    pub(super) fn hits(&self, capacity: u64) -> u64 {
         self.total[capacity.min(self.distinct) as usize]
     }
 
     /// `(host hits, lower-tier hits)` of the exclusive host -> lower model: host
     /// `host_cap` blocks (one of the capacities given to [`HitCurve::measure`]) over a
     /// lower tier of `lower_cap`. `None` for a host capacity not measured.
-    pub fn split(&self, host_cap: u64, lower_cap: u64) -> Option<(u64, u64)> {
+    pub(super) fn split(&self, host_cap: u64, lower_cap: u64) -> Option<(u64, u64)> {
         let i = self.host_caps.iter().position(|&c| c == host_cap)?;
         let all = (host_cap + lower_cap).min(self.distinct) as usize;
         let host = self.host[i][all];

@@ -11,7 +11,7 @@ use anyhow::{Context, ensure};
 use super::{TRACE_BLOCK_TOKENS, TraceRecord};
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct GenArgs {
+pub(crate) struct GenArgs {
     /// Where to write the trace (JSON lines).
     #[arg(long)]
     pub out: PathBuf,
@@ -53,31 +53,31 @@ pub struct GenArgs {
 }
 
 /// xorshift64* — small, fast, reproducible.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
 /// Samples `0..n` with probability proportional to `1 / (i + 1)^s`.
-pub struct Zipf {
+pub(crate) struct Zipf {
     cdf: Vec<f64>,
 }
 
 impl Zipf {
-    pub fn new(n: usize, s: f64) -> Zipf {
+    pub(crate) fn new(n: usize, s: f64) -> Zipf {
         let mut acc = 0.0;
         let mut cdf: Vec<f64> = (0..n.max(1))
             .map(|i| {
@@ -90,7 +90,7 @@ impl Zipf {
         }
         Zipf { cdf }
     }
-    pub fn sample(&self, rng: &mut Rng) -> usize {
+    pub(crate) fn sample(&self, rng: &mut Rng) -> usize {
         let u = rng.unit();
         self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
     }
@@ -143,7 +143,7 @@ struct Session {
 }
 
 /// Generates the requests described by `args`.
-pub fn generate(args: &GenArgs) -> anyhow::Result<Vec<TraceRecord>> {
+pub(crate) fn generate(args: &GenArgs) -> anyhow::Result<Vec<TraceRecord>> {
     ensure!(
         args.requests > 0 && args.users > 0 && args.turns > 0,
         "requests, users and turns must be > 0"
@@ -204,7 +204,7 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<Vec<TraceRecord>> {
     Ok(out)
 }
 
-pub fn run(args: GenArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: GenArgs) -> anyhow::Result<()> {
     let records = generate(&args)?;
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(&args.out)

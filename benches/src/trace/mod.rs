@@ -7,25 +7,25 @@
 //!   (32 hex digits) at that block size, replayable at any multiple of it.
 
 mod curve;
-pub mod generate;
-pub mod replay;
+pub(crate) mod generate;
+pub(crate) mod replay;
 mod sim_tier;
-pub mod tune;
+pub(crate) mod tune;
 
 use std::path::Path;
 
 use anyhow::{Context, bail};
 
-pub use tierkv_engine::scheduler::{TRACE_BLOCK_TOKENS, TraceRecord};
+pub(crate) use tierkv_engine::scheduler::{TRACE_BLOCK_TOKENS, TraceRecord};
 
 /// Parses a trace; a malformed line is an error naming the file and the line.
-pub fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<TraceRecord>> {
+pub(crate) fn parse(text: &str, origin: &str) -> anyhow::Result<Vec<TraceRecord>> {
     Ok(tierkv_engine::scheduler::parse_trace(text, origin)?)
 }
 
 /// Checks that `block_tokens` can be replayed from `trace`: any size from Mooncake
 /// ids, a multiple of the logged size from a request log.
-pub fn check_block_tokens(trace: &[TraceRecord], block_tokens: u64) -> anyhow::Result<()> {
+pub(crate) fn check_block_tokens(trace: &[TraceRecord], block_tokens: u64) -> anyhow::Result<()> {
     if let Some(logged) = trace.iter().find_map(|r| r.block_tokens)
         && (block_tokens == 0 || !block_tokens.is_multiple_of(logged))
     {
@@ -36,7 +36,7 @@ pub fn check_block_tokens(trace: &[TraceRecord], block_tokens: u64) -> anyhow::R
     Ok(())
 }
 
-pub fn load(path: &Path) -> anyhow::Result<Vec<TraceRecord>> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<Vec<TraceRecord>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading trace {}", path.display()))?;
     parse(&text, &path.display().to_string())
@@ -45,7 +45,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<TraceRecord>> {
 /// The block hashes of a request's prompt at `block_tokens` tokens per block: a chain
 /// over the trace's 512-token ids, so equal id prefixes give equal hash prefixes. Only
 /// full blocks are hashed.
-pub fn block_hashes(rec: &TraceRecord, block_tokens: u64) -> Vec<u128> {
+pub(crate) fn block_hashes(rec: &TraceRecord, block_tokens: u64) -> Vec<u128> {
     if let Some(logged) = rec.block_tokens {
         // A block of `block_tokens` is named by the chain hash of its last logged
         // sub-block (a chain hash names the whole prefix). Callers check the multiple.

@@ -18,7 +18,7 @@ use super::sim_tier::SimTier;
 use super::{TraceRecord, block_hashes};
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct ReplayArgs {
+pub(crate) struct ReplayArgs {
     /// Trace in the Mooncake JSON-lines format.
     #[arg(long)]
     pub trace: PathBuf,
@@ -54,7 +54,7 @@ pub struct ReplayArgs {
 
 /// One tier's share of a replay.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TierReplay {
+pub(crate) struct TierReplay {
     pub name: String,
     pub kind: String,
     pub hit_blocks: u64,
@@ -71,7 +71,7 @@ pub struct TierReplay {
 
 /// What a replay measured.
 #[derive(Clone, Debug, Serialize)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     pub simulated: bool,
     pub requests: u64,
     pub block_tokens: u64,
@@ -121,7 +121,10 @@ fn timeline(
 const REPLAY_NS: u64 = 0x7265_706c_6179;
 
 /// Builds the store: the configuration's tiers, or their metadata-only stand-ins.
-pub async fn build_store(config: &StoreConfig, simulate: bool) -> anyhow::Result<TieredStore> {
+pub(crate) async fn build_store(
+    config: &StoreConfig,
+    simulate: bool,
+) -> anyhow::Result<TieredStore> {
     if !simulate {
         return Ok(TieredStore::open(config).await?);
     }
@@ -144,7 +147,7 @@ pub async fn build_store(config: &StoreConfig, simulate: bool) -> anyhow::Result
 }
 
 /// Replays `trace` against `store`.
-pub async fn replay(
+pub(crate) async fn replay(
     store: &TieredStore,
     trace: &[TraceRecord],
     args: &ReplayArgs,
@@ -252,7 +255,7 @@ pub async fn replay(
     })
 }
 
-pub fn print_report(r: &ReplayReport) {
+pub(crate) fn print_report(r: &ReplayReport) {
     println!(
         "{} replay: {} requests, {} prompt tokens, {} blocks of {} tokens ({} bytes); hit rate {:.1}%; est. TTFT saved {:.2} s; wall {:.2} s",
         if r.simulated { "simulated" } else { "real" },
@@ -301,7 +304,12 @@ fn store_tier_names(r: &ReplayReport) -> Vec<String> {
 }
 
 /// Charts read bandwidth per tier over the replay; says so when it cannot.
-pub fn plot_bandwidth(r: &ReplayReport, names: &[String], dir: &std::path::Path, stem: &str) {
+pub(crate) fn plot_bandwidth(
+    r: &ReplayReport,
+    names: &[String],
+    dir: &std::path::Path,
+    stem: &str,
+) {
     let series: Vec<crate::plot::Series> = names
         .iter()
         .enumerate()
@@ -323,7 +331,7 @@ pub fn plot_bandwidth(r: &ReplayReport, names: &[String], dir: &std::path::Path,
     );
 }
 
-pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplayReport> {
+pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ReplayReport> {
     anyhow::ensure!(args.block_tokens > 0, "--block-tokens must be > 0");
     anyhow::ensure!(
         args.prefill_tokens_per_s > 0.0,

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 #[derive(clap::Args, Debug)]
-pub struct VllmArgs {
+pub(crate) struct VllmArgs {
     /// Fewer sessions, documents and requests (about half the time).
     #[arg(long)]
     pub quick: bool,
@@ -80,7 +80,7 @@ fn script_output(script: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(line))
 }
 
-pub fn run(args: VllmArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: VllmArgs) -> anyhow::Result<()> {
     let python = match &args.python {
         Some(p) => p.clone(),
         None => script_output("vllm-env", &[])?,
@@ -94,7 +94,7 @@ pub fn run(args: VllmArgs) -> anyhow::Result<()> {
         .and_then(|p| p.parent().map(|d| d.join("tierkv")))
         .filter(|p| p.exists())
         .context(
-            "the `tierkv` binary next to tierkv-bench (cargo build --release -p tierkv-engine)",
+            "the `tierkv` binary next to tierkv-bench (cargo build --release -p tierkv-cli)",
         )?;
     std::fs::create_dir_all(&args.work)?;
     let work = std::fs::canonicalize(&args.work)?;

@@ -12,7 +12,7 @@ use crate::error::{PyTierkvError, Result};
 
 /// A block service started on an embedded store.
 #[derive(Debug)]
-pub struct Served {
+pub(crate) struct Served {
     pub addr: String,
     pub stop: watch::Sender<bool>,
     /// The service's task; it holds a handle to the store until it ends.
@@ -20,7 +20,7 @@ pub struct Served {
 }
 
 /// The two kinds of store a Python engine can use.
-pub enum Backend {
+pub(crate) enum Backend {
     Embedded {
         store: TieredStore,
         served: std::sync::Mutex<Option<Served>>,
@@ -42,7 +42,7 @@ impl std::fmt::Debug for Backend {
 
 /// Options of a sidecar connection (every default in one place).
 #[derive(Clone, Debug)]
-pub struct SidecarOptions {
+pub(crate) struct SidecarOptions {
     /// Bearer token. Default none.
     pub token: Option<String>,
     /// Per call. Default 60 s.
@@ -52,7 +52,7 @@ pub struct SidecarOptions {
 }
 
 impl Backend {
-    pub fn sidecar(addr: &str, options: SidecarOptions) -> Result<Backend> {
+    pub(crate) fn sidecar(addr: &str, options: SidecarOptions) -> Result<Backend> {
         let mut config = BlockClientConfig::new(addr);
         config.token = options.token;
         config.timeout = options.timeout;
@@ -60,7 +60,7 @@ impl Backend {
         Ok(Backend::Sidecar(BlockClient::new(config)?))
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Backend::Embedded { .. } => "embedded",
             Backend::Sidecar(_) => "sidecar",
@@ -68,7 +68,7 @@ impl Backend {
     }
 
     /// Stores blocks; returns how many were new (the rest were already present).
-    pub async fn put_many(&self, ns: &Namespace, blocks: Vec<(u128, Bytes)>) -> Result<u64> {
+    pub(crate) async fn put_many(&self, ns: &Namespace, blocks: Vec<(u128, Bytes)>) -> Result<u64> {
         let expected = ns.layout().block_bytes();
         if let Some((_, bad)) = blocks.iter().find(|(_, d)| d.len() != expected) {
             return Err(PyTierkvError::PayloadSize {
@@ -103,7 +103,11 @@ impl Backend {
     }
 
     /// The payloads of `hashes`, `None` where a block is missing (or failed its checksum).
-    pub async fn get_many(&self, ns: &Namespace, hashes: &[u128]) -> Result<Vec<Option<Bytes>>> {
+    pub(crate) async fn get_many(
+        &self,
+        ns: &Namespace,
+        hashes: &[u128],
+    ) -> Result<Vec<Option<Bytes>>> {
         let blocks = match self {
             Backend::Embedded { store, .. } => {
                 let gets = hashes.iter().map(|&h| store.get(ns, BlockHash(h)));
@@ -124,7 +128,7 @@ impl Backend {
     }
 
     /// How many leading blocks of the chain `hashes` are held (no payload I/O).
-    pub async fn lookup(&self, ns: &Namespace, hashes: &[u128]) -> Result<usize> {
+    pub(crate) async fn lookup(&self, ns: &Namespace, hashes: &[u128]) -> Result<usize> {
         match self {
             Backend::Embedded { store, .. } => {
                 let chain: Vec<BlockHash> = hashes.iter().map(|&h| BlockHash(h)).collect();
@@ -136,7 +140,7 @@ impl Backend {
 
     /// The store's figures as JSON: per tier (name, kind, capacity, used, blocks, hits,
     /// misses, bytes, evictions, corrupt blocks) and the number of distinct blocks.
-    pub async fn stats(&self) -> Result<serde_json::Value> {
+    pub(crate) async fn stats(&self) -> Result<serde_json::Value> {
         match self {
             Backend::Embedded { store, .. } => {
                 let s = store.stats();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Monotonic counters of one `Store` handle (read by `Store.stats()["io"]`).
 #[derive(Debug, Default)]
-pub struct IoCounters {
+pub(crate) struct IoCounters {
     /// Blocks `save` accepted (copied out and queued; failures are in `save_failed`).
     pub saved_blocks: AtomicU64,
     pub saved_bytes: AtomicU64,
@@ -23,11 +23,11 @@ pub struct IoCounters {
 }
 
 impl IoCounters {
-    pub fn add_time(counter: &AtomicU64, elapsed: Duration) {
+    pub(crate) fn add_time(counter: &AtomicU64, elapsed: Duration) {
         counter.fetch_add(elapsed.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         let secs = |c: &AtomicU64| c.load(Relaxed) as f64 / 1e9;
         serde_json::json!({
             "saved_blocks": self.saved_blocks.load(Relaxed),

@@ -50,7 +50,7 @@ pub enum PyTierkvError {
     Runtime(String),
 }
 
-pub type Result<T, E = PyTierkvError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = PyTierkvError> = std::result::Result<T, E>;
 
 impl From<PyTierkvError> for PyErr {
     fn from(e: PyTierkvError) -> PyErr {

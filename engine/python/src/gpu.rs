@@ -23,7 +23,7 @@ use crate::saver::Saver;
 
 /// Whether a CUDA driver and a GPU are present (GPU copies work).
 #[pyfunction]
-pub fn gpu_available() -> bool {
+pub(crate) fn gpu_available() -> bool {
     cuda_available()
 }
 
@@ -56,6 +56,14 @@ pub struct PyGpuKv {
     /// Pieces of one layer (a block's pieces are its layers' in order).
     pieces_per_layer: usize,
     _owner: Py<PyAny>,
+}
+
+impl std::fmt::Debug for PyGpuKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyGpuKv")
+            .field("pieces_per_layer", &self.pieces_per_layer)
+            .finish_non_exhaustive()
+    }
 }
 
 #[pymethods]
@@ -199,7 +207,7 @@ async fn landings(backend: &Backend, n: usize, len: usize) -> Result<Vec<Landing
 /// (staged host slots the put adopts, where there was room). Runs on the GPU after the
 /// work queued so far on the engine's `stream`; the blocks may be reused when this
 /// returns.
-pub fn offload(
+pub(crate) fn offload(
     backend: &Backend,
     ns: &Namespace,
     kv: &PyGpuKv,
@@ -243,7 +251,7 @@ pub fn offload(
 /// returns how many: a missing or untrusted block ends the run (the caller recomputes
 /// from there). Runs on the GPU after the work queued so far on the engine's `stream`;
 /// the blocks have landed when this returns.
-pub fn onboard(
+pub(crate) fn onboard(
     backend: &Backend,
     ns: &Namespace,
     kv: &PyGpuKv,
@@ -307,7 +315,15 @@ pub struct PyLayeredSave {
     saver: Arc<Saver>,
 }
 
-pub fn begin_layered(
+impl std::fmt::Debug for PyLayeredSave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyLayeredSave")
+            .field("in_progress", &self.state.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn begin_layered(
     backend: &Arc<Backend>,
     ns: &Namespace,
     kv: &PyGpuKv,

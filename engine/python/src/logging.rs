@@ -10,7 +10,7 @@ use crate::error::PyTierkvError;
 /// e.g. `info` or `tierkv_kvstore=debug`). Returns false if logging was already set up
 /// (by an earlier call or by the embedding process); a bad filter is an error.
 #[pyfunction]
-pub fn init_logging(filter: &str) -> PyResult<bool> {
+pub(crate) fn init_logging(filter: &str) -> PyResult<bool> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| PyTierkvError::Argument(format!("log filter {filter:?}: {e}")))?;
     Ok(tracing_subscriber::fmt()

@@ -14,14 +14,14 @@ use crate::error::{PyTierkvError, Result};
 static REGIONS: RwLock<BTreeMap<usize, usize>> = RwLock::new(BTreeMap::new());
 
 /// One piece of a block in caller memory: `(address, length)`.
-pub type Range = (usize, usize);
+pub(crate) type Range = (usize, usize);
 
 /// Registers `[addr, addr + nbytes)` as memory that copies may read and write.
 ///
 /// The caller promises the memory stays allocated until `unregister_memory(addr)` (for
 /// a tensor: keep a reference to it). Overlapping registrations are refused.
 #[pyfunction]
-pub fn register_memory(addr: usize, nbytes: usize) -> PyResult<()> {
+pub(crate) fn register_memory(addr: usize, nbytes: usize) -> PyResult<()> {
     let end = addr
         .checked_add(nbytes)
         .filter(|_| addr != 0 && nbytes != 0)
@@ -46,7 +46,7 @@ pub fn register_memory(addr: usize, nbytes: usize) -> PyResult<()> {
 /// Forgets the region registered at `addr` (after copies in flight finish); returns
 /// whether there was one.
 #[pyfunction]
-pub fn unregister_memory(addr: usize) -> bool {
+pub(crate) fn unregister_memory(addr: usize) -> bool {
     REGIONS
         .write()
         .unwrap_or_else(PoisonError::into_inner)
@@ -55,12 +55,12 @@ pub fn unregister_memory(addr: usize) -> bool {
 }
 
 /// The registry, read-locked for the duration of a copy (an unregister waits for it).
-pub struct Checked {
+pub(crate) struct Checked {
     regions: RwLockReadGuard<'static, BTreeMap<usize, usize>>,
 }
 
 impl Checked {
-    pub fn lock() -> Checked {
+    pub(crate) fn lock() -> Checked {
         Checked {
             regions: REGIONS.read().unwrap_or_else(PoisonError::into_inner),
         }
@@ -81,7 +81,7 @@ impl Checked {
     }
 
     /// Checks every range and returns their total length.
-    pub fn total(&self, ranges: &[Range]) -> Result<usize> {
+    pub(crate) fn total(&self, ranges: &[Range]) -> Result<usize> {
         let mut total = 0usize;
         for &r in ranges {
             self.check(r)?;
@@ -93,7 +93,7 @@ impl Checked {
     }
 
     /// The bytes of `ranges`, concatenated (one copy).
-    pub fn gather(&self, ranges: &[Range]) -> Result<Bytes> {
+    pub(crate) fn gather(&self, ranges: &[Range]) -> Result<Bytes> {
         let total = self.total(ranges)?;
         let mut out = BytesMut::with_capacity(total);
         for &(addr, len) in ranges {
@@ -107,7 +107,7 @@ impl Checked {
     }
 
     /// Copies `data` into `ranges` in order (one copy); their total must equal its length.
-    pub fn scatter(&self, data: &[u8], ranges: &[Range]) -> Result<()> {
+    pub(crate) fn scatter(&self, data: &[u8], ranges: &[Range]) -> Result<()> {
         let total = self.total(ranges)?;
         if total != data.len() {
             return Err(PyTierkvError::PayloadSize {

@@ -140,6 +140,6 @@ impl PyNamespace {
 
 /// The 64-bit digest of a namespace name, as the block service maps names to keys.
 #[pyfunction]
-pub fn namespace_id(name: &str) -> u64 {
+pub(crate) fn namespace_id(name: &str) -> u64 {
     tierkv_kvstore::namespace_id(name)
 }

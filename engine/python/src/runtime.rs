@@ -8,7 +8,7 @@ static RUNTIME: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
 
 /// The process-wide runtime: two worker threads (the stores' own I/O runs on their
 /// dedicated threads), created on first use, free to run on every core.
-pub fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     RUNTIME
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()

@@ -19,7 +19,7 @@ use crate::counters::IoCounters;
 /// Blocks whose bytes are still on their way (a GPU copy in flight): the saving task
 /// waits for them, in queue order, then stores them.
 #[cfg(feature = "cuda")]
-pub type Deferred = Pin<Box<dyn Future<Output = Result<Vec<(u128, Bytes)>, String>> + Send>>;
+pub(crate) type Deferred = Pin<Box<dyn Future<Output = Result<Vec<(u128, Bytes)>, String>> + Send>>;
 
 enum Job {
     Save {
@@ -39,7 +39,7 @@ enum Job {
 
 /// The queue of blocks waiting to be stored.
 #[derive(Debug)]
-pub struct Saver {
+pub(crate) struct Saver {
     tx: mpsc::UnboundedSender<Job>,
     pending_bytes: Arc<AtomicUsize>,
     limit_bytes: usize,
@@ -63,7 +63,7 @@ impl Saver {
     /// Starts the saving task on `runtime`; at most `limit_bytes` wait at once. The task
     /// holds the store only while it stores a job, so dropping the last handle (after a
     /// flush) closes the store at once, on the caller's thread.
-    pub fn start(
+    pub(crate) fn start(
         runtime: &tokio::runtime::Runtime,
         backend: Weak<Backend>,
         counters: Arc<IoCounters>,
@@ -118,7 +118,7 @@ impl Saver {
 
     /// Queues blocks (already copied); returns false (and counts them skipped) when the
     /// queue holds too many bytes or the task is gone.
-    pub fn enqueue(&self, ns: Namespace, blocks: Vec<(u128, Bytes)>) -> bool {
+    pub(crate) fn enqueue(&self, ns: Namespace, blocks: Vec<(u128, Bytes)>) -> bool {
         let bytes: usize = blocks.iter().map(|(_, d)| d.len()).sum();
         let n = blocks.len() as u64;
         if !self.admit(bytes) {
@@ -142,7 +142,7 @@ impl Saver {
     /// counted skipped and `blocks` is handed back (it must still be awaited before the
     /// memory it copies into is released).
     #[cfg(feature = "cuda")]
-    pub fn enqueue_deferred(
+    pub(crate) fn enqueue_deferred(
         &self,
         ns: Namespace,
         blocks: Deferred,
@@ -181,12 +181,12 @@ impl Saver {
     }
 
     /// Bytes waiting to be stored.
-    pub fn pending_bytes(&self) -> usize {
+    pub(crate) fn pending_bytes(&self) -> usize {
         self.pending_bytes.load(Relaxed)
     }
 
     /// Resolves once every block queued before the call has been stored (or failed).
-    pub fn flush(&self) -> oneshot::Receiver<()> {
+    pub(crate) fn flush(&self) -> oneshot::Receiver<()> {
         let (done, wait) = oneshot::channel();
         let _ = self.tx.send(Job::Flush(done));
         wait

@@ -14,12 +14,21 @@ use axum::response::{IntoResponse, Response};
 use crate::{EngineError, Result};
 
 /// Who may call an HTTP API.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ApiAccess {
     /// The key callers must present; `None`: the API is open.
     pub api_key: Option<String>,
     /// Serve `/metrics` without the key (a Prometheus scraper without credentials).
     pub public_metrics: bool,
+}
+
+impl std::fmt::Debug for ApiAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiAccess")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("public_metrics", &self.public_metrics)
+            .finish()
+    }
 }
 
 /// `router` behind `access`'s key (unchanged when no key is set).

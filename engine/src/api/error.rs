@@ -6,16 +6,23 @@ use axum::response::{IntoResponse, Response};
 
 use crate::EngineError;
 
+/// An error answer in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`).
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// OpenAI's `type` (`invalid_request_error`, `server_error`, ...).
     pub kind: &'static str,
+    /// OpenAI's `code`, if any (`invalid_value`, `model_not_found`, ...).
     pub code: Option<&'static str>,
+    /// The request parameter at fault, if any.
     pub param: Option<&'static str>,
+    /// What went wrong, for the caller.
     pub message: String,
 }
 
 impl ApiError {
+    /// 400: the request is malformed.
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
@@ -26,6 +33,7 @@ impl ApiError {
         }
     }
 
+    /// 400: parameter `param` has an invalid value.
     pub fn param(param: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             param: Some(param),
@@ -34,6 +42,7 @@ impl ApiError {
         }
     }
 
+    /// 500: the server failed.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -44,6 +53,7 @@ impl ApiError {
         }
     }
 
+    /// 404: no model `model` is served here.
     pub fn model_not_found(model: &str) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
@@ -54,6 +64,7 @@ impl ApiError {
         }
     }
 
+    /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({
             "error": {

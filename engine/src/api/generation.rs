@@ -8,7 +8,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::model::{IncrementalDecoder, TextCodec};
 use crate::{GenEvent, Usage};
 
-pub enum Piece {
+pub(super) enum Piece {
     Text(String),
     Done {
         finish_reason: &'static str,
@@ -17,7 +17,7 @@ pub enum Piece {
     Error(String),
 }
 
-pub struct TextGeneration {
+pub(super) struct TextGeneration {
     rx: Option<UnboundedReceiver<GenEvent>>,
     codec: Arc<TextCodec>,
     decoder: IncrementalDecoder,
@@ -29,7 +29,7 @@ pub struct TextGeneration {
 }
 
 impl TextGeneration {
-    pub fn new(
+    pub(super) fn new(
         rx: UnboundedReceiver<GenEvent>,
         codec: Arc<TextCodec>,
         stops: Vec<String>,
@@ -51,7 +51,7 @@ impl TextGeneration {
     }
 
     /// The next piece of text, then one `Done` (or `Error`), then `None`.
-    pub async fn next(&mut self) -> Option<Piece> {
+    pub(super) async fn next(&mut self) -> Option<Piece> {
         loop {
             if let Some(done) = self.done.take() {
                 self.rx = None;

@@ -135,7 +135,7 @@ enum Kind {
     Completion,
 }
 
-pub async fn chat<B: Backend>(State(engine): State<B>, body: Bytes) -> Response {
+pub(super) async fn chat<B: Backend>(State(engine): State<B>, body: Bytes) -> Response {
     let result = async {
         let req: ChatRequest = parse(&body)?;
         check_model(&engine, &req.model)?;
@@ -148,7 +148,7 @@ pub async fn chat<B: Backend>(State(engine): State<B>, body: Bytes) -> Response 
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn completions<B: Backend>(State(engine): State<B>, body: Bytes) -> Response {
+pub(super) async fn completions<B: Backend>(State(engine): State<B>, body: Bytes) -> Response {
     let result = async {
         let req: CompletionRequest = parse(&body)?;
         check_model(&engine, &req.model)?;
@@ -381,7 +381,7 @@ fn stream(
         .unwrap_or_else(|e| ApiError::invalid(e.to_string()).into_response())
 }
 
-pub async fn models<B: Backend>(State(engine): State<B>) -> Response {
+pub(super) async fn models<B: Backend>(State(engine): State<B>) -> Response {
     json_response(json!({
         "object": "list",
         "data": [{
@@ -394,11 +394,11 @@ pub async fn models<B: Backend>(State(engine): State<B>) -> Response {
     }))
 }
 
-pub async fn health() -> &'static str {
+pub(super) async fn health() -> &'static str {
     "ok"
 }
 
-pub async fn metrics<B: Backend>(State(engine): State<B>) -> Response {
+pub(super) async fn metrics<B: Backend>(State(engine): State<B>) -> Response {
     (
         [("content-type", "text/plain; version=0.0.4")],
         engine.render_metrics(),
@@ -406,14 +406,14 @@ pub async fn metrics<B: Backend>(State(engine): State<B>) -> Response {
         .into_response()
 }
 
-pub async fn reset_prefix_cache(State(engine): State<Engine>) -> Response {
+pub(super) async fn reset_prefix_cache(State(engine): State<Engine>) -> Response {
     match engine.reset_prefix_cache().await {
         Ok(n) => json_response(json!({ "dropped_blocks": n })),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
-pub async fn not_found() -> Response {
+pub(super) async fn not_found() -> Response {
     ApiError {
         status: StatusCode::NOT_FOUND,
         kind: "invalid_request_error",

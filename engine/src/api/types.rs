@@ -8,7 +8,7 @@ use crate::model::ChatMessage;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum OneOrMany<T> {
+pub(crate) enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
 }
@@ -16,13 +16,13 @@ pub enum OneOrMany<T> {
 /// Message content: a string or a list of parts (only text parts are accepted).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum Content {
+pub(crate) enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
 #[derive(Debug, Deserialize)]
-pub struct ContentPart {
+pub(crate) struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
@@ -30,21 +30,21 @@ pub struct ContentPart {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Message {
+pub(crate) struct Message {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
 }
 
 #[derive(Debug, Deserialize, Default)]
-pub struct StreamOptions {
+pub(crate) struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// Fields common to both endpoints.
 #[derive(Debug, Deserialize)]
-pub struct Sampling {
+pub(crate) struct Sampling {
     pub max_tokens: Option<i64>,
     pub max_completion_tokens: Option<i64>,
     pub temperature: Option<f32>,
@@ -63,7 +63,7 @@ pub struct Sampling {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct ChatRequest {
+pub(crate) struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
     #[serde(flatten)]
@@ -72,14 +72,14 @@ pub struct ChatRequest {
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum Prompt {
+pub(crate) enum Prompt {
     Text(String),
     Texts(Vec<String>),
     Tokens(Vec<u32>),
 }
 
 #[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
+pub(crate) struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
     #[serde(flatten)]
@@ -87,7 +87,7 @@ pub struct CompletionRequest {
 }
 
 impl ChatRequest {
-    pub fn chat_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
+    pub(crate) fn chat_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::param("messages", "`messages` must not be empty"));
         }

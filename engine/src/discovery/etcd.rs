@@ -59,7 +59,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// A connection to etcd. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct EtcdClient {
     channel: Channel,
 }
@@ -91,6 +91,7 @@ impl EtcdClient {
         )))
     }
 
+    /// Sets `key` to `value` under lease `lease` (0: none).
     pub async fn put(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<()> {
         KvClient::new(self.channel.clone())
             .put(PutRequest {
@@ -103,6 +104,7 @@ impl EtcdClient {
         Ok(())
     }
 
+    /// Deletes `key` (no error if absent).
     pub async fn delete(&self, key: &str) -> Result<()> {
         KvClient::new(self.channel.clone())
             .delete_range(DeleteRangeRequest {
@@ -214,6 +216,7 @@ impl EtcdClient {
 
 /// A live registration; [`Registration::revoke`] removes it at once (otherwise it
 /// disappears when its lease runs out).
+#[derive(Debug)]
 pub struct Registration {
     client: EtcdClient,
     key: String,
@@ -222,6 +225,7 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// Revokes the lease, which deletes the registration now.
     pub async fn revoke(self) -> Result<()> {
         self.keepalive.abort();
         let lease = *self.lease.borrow();
@@ -241,12 +245,14 @@ impl Drop for Registration {
 }
 
 /// Watches the workers registered under a prefix.
+#[derive(Debug)]
 pub struct EtcdDiscovery {
     client: EtcdClient,
     prefix: String,
 }
 
 impl EtcdDiscovery {
+    /// Discovery of the workers registered under `prefix`.
     pub fn new(client: EtcdClient, prefix: String) -> EtcdDiscovery {
         EtcdDiscovery { client, prefix }
     }

@@ -19,6 +19,7 @@ use crate::pd::Role;
 pub struct WorkerSpec {
     /// Unique in the cluster.
     pub name: String,
+    /// What it does in the cluster.
     pub role: Role,
     /// Base URL of its HTTP API, e.g. `http://10.0.0.5:8000`.
     pub http: String,
@@ -63,9 +64,11 @@ pub enum WorkerEngine {
 }
 
 impl WorkerEngine {
+    /// Whether it is [`WorkerEngine::Tierkv`].
     pub fn is_tierkv(&self) -> bool {
         *self == WorkerEngine::Tierkv
     }
+    /// Its name in configurations: `tierkv` or `vllm`.
     pub fn as_str(&self) -> &'static str {
         match self {
             WorkerEngine::Tierkv => "tierkv",

@@ -4,11 +4,14 @@ use tokio::sync::mpsc;
 
 use super::{Change, Discovery, WorkerSpec};
 
+/// A fixed list of workers: each is announced once, none ever leaves.
+#[derive(Debug)]
 pub struct StaticDiscovery {
     workers: Vec<WorkerSpec>,
 }
 
 impl StaticDiscovery {
+    /// Discovery of exactly `workers`.
     pub fn new(workers: Vec<WorkerSpec>) -> StaticDiscovery {
         StaticDiscovery { workers }
     }

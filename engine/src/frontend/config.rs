@@ -6,6 +6,7 @@ use super::routing::Policy;
 use crate::discovery::{EtcdConfig, WorkerSpec};
 use crate::{EngineError, Result};
 
+/// The frontend's configuration (`[frontend]` of its TOML file); every default here.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrontendConfig {
@@ -60,6 +61,7 @@ impl Default for PrefillConfig {
 }
 
 impl PrefillConfig {
+    /// The decision rule these settings make.
     pub fn policy(&self) -> crate::pd::PrefillPolicy {
         crate::pd::PrefillPolicy {
             remote_prefill_min_tokens: self.remote_prefill_min_tokens,
@@ -84,6 +86,7 @@ impl Default for FrontendConfig {
 }
 
 impl FrontendConfig {
+    /// An error naming the first setting that cannot work.
     pub fn validate(&self) -> Result<()> {
         if !(self.overlap_weight.is_finite() && self.overlap_weight >= 0.0) {
             return Err(EngineError::Config(

@@ -33,6 +33,15 @@ pub struct Frontend {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frontend")
+            .field("model_id", &self.inner.model_id)
+            .field("registry", &self.inner.registry)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     codec: Arc<TextCodec>,
     model_config: ModelConfig,
@@ -100,6 +109,7 @@ impl Frontend {
         })
     }
 
+    /// The workers it routes to.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
     }

@@ -18,8 +18,12 @@ use crate::discovery::{Change, WorkerSpec};
 use crate::metrics::FrontendMetrics;
 use crate::pd::{Role, WorkerInfo, WorkerLoad};
 
+/// A worker the frontend routes to: how to reach it, what it serves, what its block
+/// services hold (from their events) and how loaded it is.
 pub struct Worker {
+    /// How discovery announced it.
     pub spec: WorkerSpec,
+    /// What it said of itself when it joined.
     pub info: WorkerInfo,
     /// Block hash -> number of its tiers holding it.
     index: Mutex<HashMap<u128, u32>>,
@@ -107,7 +111,9 @@ impl Worker {
 }
 
 /// A request counted against a worker (see [`Worker::reserve`]).
+#[derive(Debug)]
 pub struct Reservation {
+    /// The worker.
     pub worker: Arc<Worker>,
     metrics: Arc<FrontendMetrics>,
 }
@@ -120,11 +126,23 @@ impl Drop for Reservation {
 }
 
 /// A prompt pointed at a prefill worker (see [`Worker::reserve_prefill`]).
+#[derive(Debug)]
 pub struct PrefillReservation(Arc<Worker>);
 
 impl Drop for PrefillReservation {
     fn drop(&mut self) {
         self.0.prefill_pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.spec.name)
+            .field("role", &self.spec.role)
+            .field("http", &self.spec.http)
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -141,6 +159,7 @@ impl Drop for Worker {
     }
 }
 
+/// The cluster's workers as the frontend knows them, by name.
 pub struct Registry {
     workers: RwLock<BTreeMap<String, Arc<Worker>>>,
     /// The namespace every worker must share (model id + KV layout), from the first.
@@ -154,7 +173,23 @@ pub struct Registry {
     credentials: crate::pd::PeerCredentials,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let workers: Vec<String> = match self.workers.read() {
+            Ok(w) => w.keys().cloned().collect(),
+            Err(poisoned) => poisoned.get_ref().keys().cloned().collect(),
+        };
+        f.debug_struct("Registry")
+            .field("model_id", &self.model_id)
+            .field("workers", &workers)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Registry {
+    /// An empty registry of workers serving `model_id`; each joins through
+    /// discovery, is polled for load every `load_poll` and must answer within
+    /// `start_timeout` when it joins.
     pub fn new(
         model_id: String,
         http: reqwest::Client,
@@ -175,6 +210,7 @@ impl Registry {
         })
     }
 
+    /// The namespace the workers share, once the first one joined.
     pub fn namespace(&self) -> Option<Namespace> {
         self.namespace
             .read()

@@ -20,7 +20,7 @@ use crate::{EngineError, Result};
 
 /// Hashes of the blocks the pool holds, readable from other threads (the request
 /// handlers use it to skip store fetches of blocks the engine already has).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct ResidentSet(Arc<Mutex<HashSet<u128>>>);
 
 impl ResidentSet {
@@ -42,6 +42,7 @@ impl ResidentSet {
     }
 }
 
+/// How the pool's blocks are used now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolUsage {
     /// Blocks referenced by running sequences.
@@ -68,6 +69,15 @@ pub struct KvPool {
     free: Vec<u32>,
     cached: LruCache<u32, ()>,
     resident: ResidentSet,
+}
+
+impl std::fmt::Debug for KvPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvPool")
+            .field("layout", &self.layout)
+            .field("usage", &self.usage())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KvPool {
@@ -102,18 +112,22 @@ impl KvPool {
         })
     }
 
+    /// The layout of one block.
     pub fn layout(&self) -> &KvLayout {
         &self.layout
     }
 
+    /// Blocks in the pool.
     pub fn num_blocks(&self) -> usize {
         self.refs.len()
     }
 
+    /// A handle on the hashes of the blocks it holds, for other threads.
     pub fn resident(&self) -> ResidentSet {
         self.resident.clone()
     }
 
+    /// Used, cached and free blocks now.
     pub fn usage(&self) -> PoolUsage {
         PoolUsage {
             used: self.num_blocks() - self.free.len() - self.cached.len(),

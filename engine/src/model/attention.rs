@@ -10,9 +10,10 @@ use rayon::prelude::*;
 use crate::kv::KvPool;
 
 /// Largest head dimension the kernel takes (Llama and Qwen use 64 or 128).
-pub const MAX_HEAD_DIM: usize = 512;
+pub(super) const MAX_HEAD_DIM: usize = 512;
 
 /// One sequence's share of a step: its new tokens' queries and where its KV lives.
+#[derive(Debug)]
 pub struct AttnSeq<'a> {
     /// Queries of the new tokens, `[token][head][head_dim]`.
     pub q: &'a [f32],
@@ -22,10 +23,16 @@ pub struct AttnSeq<'a> {
     pub blocks: &'a [u32],
 }
 
+/// The attention's dimensions.
+#[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
+    /// Query heads.
     pub num_heads: usize,
+    /// KV heads (grouped-query attention: `num_heads` is a multiple).
     pub num_kv_heads: usize,
+    /// Elements per head.
     pub head_dim: usize,
+    /// Tokens per KV block.
     pub block_size: usize,
 }
 

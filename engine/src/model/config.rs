@@ -18,24 +18,38 @@ pub enum Architecture {
 /// How rotary position embedding pairs up the dimensions of a head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeStyle {
+    /// Dimensions `2i` and `2i+1` rotate together (Llama, as GGUF stores it).
     Interleaved,
+    /// Dimension `i` rotates with `i + head_dim/2` (Qwen3, Hugging Face's layout).
     HalfSplit,
 }
 
+/// A model's shape and special tokens, from GGUF metadata or `config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    /// The model family.
     pub architecture: Architecture,
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Transformer layers.
     pub num_layers: usize,
+    /// Query heads.
     pub num_heads: usize,
+    /// KV heads.
     pub num_kv_heads: usize,
+    /// Elements per head.
     pub head_dim: usize,
+    /// Width of the MLP.
     pub intermediate_size: usize,
+    /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// RoPE base frequency.
     pub rope_theta: f32,
+    /// Epsilon of the RMS norms.
     pub rms_norm_eps: f64,
     /// Longest sequence (prompt + generated) the model accepts.
     pub max_context: usize,
+    /// The beginning-of-sequence token, if the model has one.
     pub bos_token_id: Option<u32>,
     /// Tokens that end a generation.
     pub eos_token_ids: Vec<u32>,
@@ -44,6 +58,7 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// How this architecture applies RoPE.
     pub fn rope_style(&self) -> RopeStyle {
         match self.architecture {
             Architecture::Llama => RopeStyle::Interleaved,
@@ -51,6 +66,7 @@ impl ModelConfig {
         }
     }
 
+    /// An error unless the shape is consistent (non-zero, heads divide evenly, ...).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(EngineError::model(format!("bad model shape: {m}")));
         if self.num_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
@@ -120,7 +136,7 @@ fn default_max_positions() -> usize {
 impl HfQwen3Config {
     /// The shape of a directory whose text side alone is needed (a frontend tokenizes
     /// and counts; it never runs the model): Llama directories are read too.
-    pub fn to_text_config(&self) -> Result<ModelConfig> {
+    pub(super) fn to_text_config(&self) -> Result<ModelConfig> {
         if self.architectures.iter().any(|a| a == "LlamaForCausalLM") {
             let mut c = Self {
                 architectures: Vec::new(),
@@ -133,7 +149,7 @@ impl HfQwen3Config {
         self.to_model_config()
     }
 
-    pub fn to_model_config(&self) -> Result<ModelConfig> {
+    pub(super) fn to_model_config(&self) -> Result<ModelConfig> {
         if !self.architectures.is_empty()
             && !self.architectures.iter().any(|a| a == "Qwen3ForCausalLM")
         {

@@ -75,12 +75,12 @@ fn meta_u32(c: &Content, key: &str) -> Option<u32> {
 
 /// The GGUF's metadata, tokenizer and chat template: what a frontend needs, without
 /// reading the weights.
-pub fn load_text(path: &Path) -> Result<ModelText> {
+pub(super) fn load_text(path: &Path) -> Result<ModelText> {
     let (content, _file, config) = read_header(path)?;
     text(&content, path, config)
 }
 
-pub fn load_file(path: &Path) -> Result<LoadedModel> {
+pub(super) fn load_file(path: &Path) -> Result<LoadedModel> {
     let (content, file, config) = read_header(path)?;
     let mut r = Reader {
         content: &content,

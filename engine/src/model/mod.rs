@@ -26,16 +26,22 @@ use crate::{EngineError, Result};
 use rope::Rope;
 
 /// A loaded model with its tokenizer.
+#[derive(Debug)]
 pub struct LoadedModel {
+    /// The weights and the forward pass.
     pub model: Model,
+    /// Its tokenizer and chat template.
     pub codec: TextCodec,
     /// The name the API serves it under (the file or directory name).
     pub id: String,
 }
 
 /// A model's tokenizer, chat template and shape, without its weights.
+#[derive(Debug)]
 pub struct ModelText {
+    /// Its tokenizer and chat template.
     pub codec: TextCodec,
+    /// Its shape and special tokens.
     pub config: ModelConfig,
     /// The name the API serves it under (the file or directory name).
     pub id: String,
@@ -110,6 +116,8 @@ pub(crate) struct Layer {
     pub down: Linear,
 }
 
+/// A Llama or Qwen3 model's weights (quantized or f32) and its forward pass over the
+/// paged KV pool.
 pub struct Model {
     config: ModelConfig,
     /// Token embeddings, `[vocab][hidden]`, dequantized once.
@@ -121,14 +129,24 @@ pub struct Model {
 }
 
 /// One sequence's part of a forward step.
+#[derive(Debug)]
 pub struct SeqStep<'a> {
     /// Tokens to compute, at positions `start_pos..start_pos + tokens.len()`.
     pub tokens: &'a [u32],
+    /// Position of the first of `tokens`.
     pub start_pos: usize,
     /// Block table covering every position up to the last new token.
     pub blocks: &'a [u32],
     /// Return the logits of the last new token.
     pub want_logits: bool,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Model {
@@ -163,6 +181,7 @@ impl Model {
         })
     }
 
+    /// Its shape.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

@@ -3,7 +3,7 @@
 use super::config::RopeStyle;
 
 /// cos/sin tables for positions `0..max_positions`.
-pub struct Rope {
+pub(super) struct Rope {
     style: RopeStyle,
     half: usize,
     cos: Vec<f32>,
@@ -11,7 +11,7 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(style: RopeStyle, head_dim: usize, theta: f32, max_positions: usize) -> Rope {
+    pub(super) fn new(style: RopeStyle, head_dim: usize, theta: f32, max_positions: usize) -> Rope {
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
@@ -34,12 +34,12 @@ impl Rope {
         }
     }
 
-    pub fn max_positions(&self) -> usize {
+    pub(super) fn max_positions(&self) -> usize {
         self.cos.len() / self.half.max(1)
     }
 
     /// Rotates every head (`head_dim` floats each) of `row` for position `pos`.
-    pub fn apply(&self, row: &mut [f32], pos: usize) {
+    pub(super) fn apply(&self, row: &mut [f32], pos: usize) {
         let h = self.half;
         let cos = &self.cos[pos * h..pos * h + h];
         let sin = &self.sin[pos * h..pos * h + h];

@@ -40,12 +40,12 @@ fn token_text(v: &Option<serde_json::Value>) -> String {
 }
 
 /// config.json and the tokenizer files: what a frontend needs, without the weights.
-pub fn load_text(dir: &Path) -> Result<ModelText> {
+pub(super) fn load_text(dir: &Path) -> Result<ModelText> {
     let hf: HfQwen3Config = read_json(&dir.join("config.json"))?;
     text(dir, hf.to_text_config()?)
 }
 
-pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
+pub(super) fn load_dir(dir: &Path) -> Result<LoadedModel> {
     let hf: HfQwen3Config = read_json(&dir.join("config.json"))?;
     let config = hf.to_model_config()?;
     let mut files: Vec<_> = std::fs::read_dir(dir)

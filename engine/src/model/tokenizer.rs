@@ -10,10 +10,13 @@ use crate::{EngineError, Result};
 /// One chat message, as the OpenAI API sends it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, ...
     pub role: String,
+    /// The message's text.
     pub content: String,
 }
 
+/// A model's tokenizer, chat template and special tokens: text to token ids and back.
 pub struct TextCodec {
     tokenizer: Tokenizer,
     chat: Option<minijinja::Environment<'static>>,
@@ -27,7 +30,21 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Tokenizer(e.to_string())
 }
 
+impl std::fmt::Debug for TextCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextCodec")
+            .field("vocab_size", &self.vocab_size())
+            .field("chat_template", &self.chat.is_some())
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TextCodec {
+    /// A codec over `tokenizer`; `chat_template` is a Jinja template as in Hugging
+    /// Face's `tokenizer_config.json` (none: chat requests are refused). Fails if the
+    /// template does not compile.
     pub fn new(
         tokenizer: Tokenizer,
         chat_template: Option<String>,
@@ -97,6 +114,7 @@ impl TextCodec {
         self.tokenizer.decode(ids, true).map_err(tok_err)
     }
 
+    /// Tokens in the vocabulary, special ones included.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
     }
@@ -130,7 +148,7 @@ impl TextCodec {
 
 /// Turns a stream of token ids into text pieces, holding back bytes of a character
 /// that is not complete yet.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct IncrementalDecoder {
     ids: Vec<u32>,
     prefix_offset: usize,
@@ -138,6 +156,7 @@ pub struct IncrementalDecoder {
 }
 
 impl IncrementalDecoder {
+    /// Adds `id`; returns the text it completes (possibly empty).
     pub fn push(&mut self, codec: &TextCodec, id: u32) -> Result<String> {
         self.ids.push(id);
         let prefix = codec.decode(&self.ids[self.prefix_offset..self.read_offset])?;

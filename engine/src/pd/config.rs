@@ -20,6 +20,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// Its name in flags and configurations.
     pub fn as_str(&self) -> &'static str {
         match self {
             Role::Aggregated => "aggregated",
@@ -67,8 +68,11 @@ pub struct DisaggConfig {
 
 /// Defaults shared by `[disagg]` (tierkv decode workers) and `[frontend.prefill]`
 /// (the frontend choosing for vLLM decode workers).
+/// Default `remote_prefill_min_tokens`: shorter uncached prompts prefill locally.
 pub const DEFAULT_REMOTE_PREFILL_MIN_TOKENS: usize = 512;
+/// Default `max_prefill_queue`: prefill workers with more queued prompts are busy.
 pub const DEFAULT_MAX_PREFILL_QUEUE: usize = 4;
+/// Default `prefill_timeout_ms`: a remote prefill slower than this is done locally.
 pub const DEFAULT_PREFILL_TIMEOUT_MS: u64 = 30_000;
 
 impl Default for DisaggConfig {
@@ -91,6 +95,7 @@ impl DisaggConfig {
         }
     }
 
+    /// An error naming the first setting that cannot work.
     pub fn validate(&self) -> Result<()> {
         if self.prefill_timeout_ms == 0 {
             return Err(EngineError::Config(

@@ -18,13 +18,16 @@ pub struct PrefillPolicy {
 /// Where a prompt is computed.
 #[derive(Debug, PartialEq)]
 pub enum PrefillDecision<'a> {
+    /// On this prefill worker.
     Remote(&'a PrefillCandidate),
+    /// On the decode worker itself, for this reason.
     Local(LocalReason),
 }
 
 /// Why a prompt is computed on its decode worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalReason {
+    /// The cluster has no prefill worker.
     NoPrefillWorker,
     /// Too few uncached tokens to be worth shipping.
     Short,

@@ -35,6 +35,7 @@ use crate::{Engine, FinishReason, GenEvent, GenerateRequest, Result, SamplingPar
 /// An engine in a role of a disaggregated cluster: what the internal API serves.
 #[derive(Clone)]
 pub struct PdWorker {
+    /// The engine it runs.
     pub engine: Engine,
     role: Role,
     /// Name and block service address advertised to the cluster.
@@ -44,6 +45,16 @@ pub struct PdWorker {
     remote: Option<Arc<RemotePrefill>>,
     /// Remote prefills this worker is serving (prefill role).
     prefilling: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for PdWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PdWorker")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("blocks", &self.blocks)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PdWorker {
@@ -70,6 +81,7 @@ impl PdWorker {
         })
     }
 
+    /// What it does in the cluster.
     pub fn role(&self) -> Role {
         self.role
     }
@@ -114,6 +126,7 @@ impl PdWorker {
 /// A prefill worker the decode worker may use, as the frontend sees it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PrefillCandidate {
+    /// The worker's name.
     pub name: String,
     /// Base URL of its HTTP API, e.g. `http://127.0.0.1:8001`.
     pub http: String,
@@ -128,16 +141,24 @@ pub struct PrefillCandidate {
 /// A generation request between frontend and workers (token ids).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WireRequest {
+    /// The prompt's token ids.
     pub prompt: Vec<u32>,
+    /// Most tokens to generate.
     pub max_tokens: usize,
+    /// Sampling temperature (0: greedy).
     pub temperature: f32,
+    /// Nucleus sampling mass.
     pub top_p: f32,
+    /// Seed of the sampler. Default: random.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Tokens that end the generation, besides the model's end tokens. Default none.
     #[serde(default)]
     pub stop_token_ids: Vec<u32>,
+    /// Keep generating past the model's end tokens. Default false.
     #[serde(default)]
     pub ignore_eos: bool,
+    /// The tenant's salt of the KV namespace (vLLM's `cache_salt`). Default none.
     #[serde(default)]
     pub cache_salt: Option<String>,
     /// Prefill workers, best first (decode role only).
@@ -146,6 +167,7 @@ pub struct WireRequest {
 }
 
 impl WireRequest {
+    /// The wire form of `r`, with these prefill candidates.
     pub fn from_request(r: &GenerateRequest, candidates: Vec<PrefillCandidate>) -> WireRequest {
         WireRequest {
             prompt: r.prompt.clone(),
@@ -183,7 +205,9 @@ impl WireRequest {
 /// their block services' bearer token and, with mutual TLS, its certificate.
 #[derive(Clone, Default)]
 pub struct PeerCredentials {
+    /// The workers' HTTP API key. Default none.
     pub api_key: Option<String>,
+    /// The bearer token of the workers' block services. Default none.
     pub block_token: Option<String>,
     /// TLS to the peers' block services (`https://`): the cluster CA and this
     /// member's certificate. Default none (plain HTTP/2).
@@ -221,10 +245,28 @@ impl PeerCredentials {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum WireEvent {
-    Admitted { usage: Usage },
-    Token { id: u32 },
-    Finished { reason: String, usage: Usage },
-    Error { message: String },
+    /// The request was scheduled; `usage` says how much of the prompt was cached.
+    Admitted {
+        /// Token counts so far.
+        usage: Usage,
+    },
+    /// A generated token.
+    Token {
+        /// Its id.
+        id: u32,
+    },
+    /// The generation ended.
+    Finished {
+        /// `stop` or `length`.
+        reason: String,
+        /// Final token counts.
+        usage: Usage,
+    },
+    /// The generation failed.
+    Error {
+        /// Why.
+        message: String,
+    },
 }
 
 impl WireEvent {
@@ -242,6 +284,7 @@ impl WireEvent {
         })
     }
 
+    /// The engine event this line stands for.
     pub fn into_event(self) -> GenEvent {
         match self {
             WireEvent::Admitted { usage } => GenEvent::Admitted(usage),
@@ -266,6 +309,7 @@ pub struct PrefillReply {
     pub first_token: u32,
     /// Leading full blocks of the prompt now in the worker's store.
     pub blocks: usize,
+    /// Token counts of the prefill.
     pub usage: Usage,
 }
 
@@ -273,10 +317,15 @@ pub struct PrefillReply {
 /// exactly as the worker does, and to reach its block service.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WorkerInfo {
+    /// Its name in the cluster.
     pub name: String,
+    /// What it does.
     pub role: Role,
+    /// The model it serves.
     pub model_id: String,
+    /// The layout of its KV blocks.
     pub layout: tierkv_kvstore::KvLayout,
+    /// The longest context a request may use.
     pub max_context: usize,
     /// Address of its block service, if it serves one.
     pub blocks: Option<String>,
@@ -285,7 +334,9 @@ pub struct WorkerInfo {
 /// What `/internal/load` says: the worker's queue.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct WorkerLoad {
+    /// Requests being computed.
     pub running: usize,
+    /// Requests queued.
     pub waiting: usize,
     /// Remote prefills this worker is serving right now.
     pub prefilling: usize,

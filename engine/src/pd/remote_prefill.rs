@@ -18,7 +18,7 @@ use crate::scheduler::{PrefillElsewhere, Prefilled};
 use crate::{EngineError, GenerateRequest, KvSource, Result};
 
 /// A decode worker's path to its prefill workers, shared by its requests.
-pub struct RemotePrefill {
+pub(super) struct RemotePrefill {
     config: DisaggConfig,
     http: reqwest::Client,
     /// One block service client per prefill worker, shared by requests.
@@ -29,7 +29,7 @@ pub struct RemotePrefill {
 }
 
 impl RemotePrefill {
-    pub fn new(
+    pub(super) fn new(
         config: DisaggConfig,
         metrics: Arc<EngineMetrics>,
         peers: PeerCredentials,
@@ -58,7 +58,7 @@ impl RemotePrefill {
     /// Conditional disaggregation for `req`, whose first `have` blocks are cached
     /// here. `None`: compute locally (short prompt, every prefill worker busy, or the
     /// remote path failed).
-    pub async fn prefill(
+    pub(super) async fn prefill(
         &self,
         candidates: &[PrefillCandidate],
         req: &mut GenerateRequest,
@@ -198,7 +198,7 @@ impl RemotePrefill {
 
 /// One request's prefill workers (best first, from the frontend), as the scheduler's
 /// [`PrefillElsewhere`].
-pub struct ToPrefillWorkers {
+pub(super) struct ToPrefillWorkers {
     pub(crate) remote: Arc<RemotePrefill>,
     pub(crate) candidates: Vec<PrefillCandidate>,
 }

@@ -59,6 +59,7 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// An error naming the first setting that cannot work.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(EngineError::Config(m.to_string()));
         if self.block_size == 0 || self.block_size > 4096 {
@@ -98,6 +99,7 @@ impl EngineConfig {
         }
     }
 
+    /// The context limit for `model`: `max_context` if set, capped by the model's.
     pub fn max_context(&self, model: &ModelConfig) -> usize {
         self.max_context
             .map_or(model.max_context, |c| c.min(model.max_context))

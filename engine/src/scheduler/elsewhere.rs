@@ -10,6 +10,7 @@ use tierkv_kvstore::{BlockHash, Namespace};
 use super::{GenerateRequest, KvSource};
 
 /// What a prefill elsewhere produced.
+#[derive(Debug)]
 pub struct Prefilled {
     /// The first generated token (sampled with the request's parameters).
     pub first_token: u32,

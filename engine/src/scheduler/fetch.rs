@@ -14,14 +14,14 @@ use crate::metrics::EngineMetrics;
 /// Blocks fetched for a request: payloads of consecutive prefix blocks and where each
 /// came from.
 #[derive(Default)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub blocks: Vec<(Bytes, KvSource)>,
 }
 
 /// Fetches the blocks of `hashes[from..]` that the store holds, in order, stopping at
 /// the first one it cannot return (missing, evicted meanwhile, corrupt or failed:
 /// those tokens are computed instead).
-pub async fn fetch_prefix(
+pub(super) async fn fetch_prefix(
     store: &TieredStore,
     ns: &Namespace,
     hashes: &[BlockHash],
@@ -60,7 +60,7 @@ pub async fn fetch_prefix(
 }
 
 /// A block to publish.
-pub struct Publication {
+pub(super) struct Publication {
     pub ns: Namespace,
     pub hash: BlockHash,
     pub data: Bytes,
@@ -70,7 +70,7 @@ pub struct Publication {
 
 /// Starts the task that puts published blocks into the store, and returns its queue.
 /// Must be called inside a tokio runtime.
-pub fn spawn_publisher(
+pub(super) fn spawn_publisher(
     store: TieredStore,
     queue: usize,
     metrics: Arc<EngineMetrics>,

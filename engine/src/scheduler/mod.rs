@@ -45,6 +45,7 @@ pub enum KvSource {
 }
 
 impl KvSource {
+    /// Its name in usage reports and metrics.
     pub fn label(&self) -> String {
         match self {
             KvSource::Computed => "computed".into(),
@@ -57,8 +58,11 @@ impl KvSource {
 /// A generation request in token ids.
 #[derive(Clone, Debug, Default)]
 pub struct GenerateRequest {
+    /// The prompt's token ids.
     pub prompt: Vec<u32>,
+    /// Most tokens to generate.
     pub max_tokens: usize,
+    /// How tokens are drawn.
     pub sampling: SamplingParams,
     /// Extra tokens that end the generation (besides the model's end-of-sequence).
     pub stop_token_ids: Vec<u32>,
@@ -93,6 +97,7 @@ impl GenerateRequest {
     }
 }
 
+/// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
     /// An end-of-sequence or stop token.
@@ -102,6 +107,7 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// OpenAI's `finish_reason`: `stop` or `length`.
     pub fn as_str(&self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
@@ -113,7 +119,9 @@ impl FinishReason {
 /// Token accounting of a finished request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
+    /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Tokens generated.
     pub completion_tokens: usize,
     /// Prompt tokens whose KV was reused (engine pool or store) rather than computed.
     pub cached_tokens: usize,
@@ -121,16 +129,23 @@ pub struct Usage {
     pub cached_by_source: Vec<(String, usize)>,
 }
 
+/// What a running request reports, in order: `Admitted`, `Token`s, then `Finished` or
+/// `Error`.
 #[derive(Debug)]
 pub enum GenEvent {
     /// The request was admitted; the usage so far says how much of the prompt's KV
     /// was reused.
     Admitted(Usage),
+    /// A generated token's id.
     Token(u32),
+    /// The generation ended.
     Finished {
+        /// Why.
         reason: FinishReason,
+        /// Final token counts.
         usage: Usage,
     },
+    /// The request failed (the message says why).
     Error(String),
     /// A block of the prompt is in the store (only with `await_publish`).
     Published(BlockHash),
@@ -146,6 +161,16 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model_id", &self.inner.model_id)
+            .field("namespace", &self.inner.namespace.name())
+            .field("store", &self.inner.store)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Inner {
@@ -219,24 +244,31 @@ impl Engine {
         })
     }
 
+    /// The model's tokenizer and chat template.
     pub fn codec(&self) -> &Arc<TextCodec> {
         &self.inner.codec
     }
+    /// The model's shape.
     pub fn model_config(&self) -> &ModelConfig {
         &self.inner.model_config
     }
+    /// The name the API serves the model under.
     pub fn model_id(&self) -> &str {
         &self.inner.model_id
     }
+    /// The KV namespace of unsalted requests.
     pub fn namespace(&self) -> &Namespace {
         &self.inner.namespace
     }
+    /// The store its KV blocks go to.
     pub fn store(&self) -> &TieredStore {
         &self.inner.store
     }
+    /// Its configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
     }
+    /// Its metrics.
     pub fn metrics(&self) -> &Arc<EngineMetrics> {
         &self.inner.metrics
     }

@@ -26,7 +26,9 @@ pub const TRACE_BLOCK_TOKENS: u64 = 512;
 pub struct TraceRecord {
     /// Arrival time in milliseconds from the start of the trace.
     pub timestamp: u64,
+    /// Prompt tokens.
     pub input_length: u64,
+    /// Generated tokens.
     pub output_length: u64,
     /// Mooncake format: one id per 512-token block.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -43,11 +45,11 @@ pub struct TraceRecord {
 mod hex_hashes {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &[u128], s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(v: &[u128], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(v.iter().map(|h| format!("{h:032x}")))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u128>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u128>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
             .map(|h| {
@@ -124,6 +126,9 @@ pub fn parse_trace(text: &str, origin: &str) -> Result<Vec<TraceRecord>> {
     Ok(out)
 }
 
+/// A request log being written: one [`TraceRecord`] per admitted request, a JSON
+/// line each (the format `tierkv-bench tune` reads).
+#[derive(Debug)]
 pub struct RequestLog {
     file: Mutex<std::io::BufWriter<std::fs::File>>,
     start: Instant,

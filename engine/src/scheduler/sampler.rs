@@ -23,12 +23,16 @@ impl Default for SamplingParams {
     }
 }
 
+/// Draws tokens from logits: greedy at temperature 0, else temperature and top-p
+/// sampling from a seeded generator (the same seed draws the same tokens).
+#[derive(Debug)]
 pub struct Sampler {
     params: SamplingParams,
     state: u64,
 }
 
 impl Sampler {
+    /// A sampler with these parameters (seeded from the clock without a seed).
     pub fn new(params: SamplingParams) -> Sampler {
         let seed = params.seed.unwrap_or_else(|| {
             let t = std::time::SystemTime::now()
@@ -62,6 +66,7 @@ impl Sampler {
         (z >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// The next token's id.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature <= 0.0 {
             return argmax(logits);

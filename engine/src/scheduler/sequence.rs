@@ -10,7 +10,7 @@ use super::sampler::Sampler;
 use super::{GenEvent, GenerateRequest, Usage};
 
 /// A request as it reaches the worker, with its prefix already fetched.
-pub struct NewSequence {
+pub(crate) struct NewSequence {
     pub req: GenerateRequest,
     pub ns: Namespace,
     /// Hashes of the prompt's full blocks.
@@ -24,7 +24,7 @@ pub struct NewSequence {
     pub arrived: Instant,
 }
 
-pub struct Sequence {
+pub(super) struct Sequence {
     pub new: Option<Box<NewSequence>>,
     /// Prompt then generated tokens.
     pub tokens: Vec<u32>,
@@ -48,7 +48,7 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(new: Box<NewSequence>) -> Sequence {
+    pub(super) fn new(new: Box<NewSequence>) -> Sequence {
         let req = &new.req;
         let mut tokens = req.prompt.clone();
         let mut sampler = Sampler::new(req.sampling);
@@ -80,16 +80,16 @@ impl Sequence {
         }
     }
 
-    pub fn generated(&self) -> usize {
+    pub(super) fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
 
     /// Tokens still to compute before the next token can be sampled.
-    pub fn pending(&self) -> usize {
+    pub(super) fn pending(&self) -> usize {
         self.tokens.len() - self.num_computed
     }
 
-    pub fn add_cached(&mut self, source: &str, tokens: usize) {
+    pub(super) fn add_cached(&mut self, source: &str, tokens: usize) {
         if tokens == 0 {
             return;
         }

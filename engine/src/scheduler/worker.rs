@@ -17,7 +17,7 @@ use crate::kv::KvPool;
 use crate::metrics::EngineMetrics;
 use crate::model::{Model, SeqStep};
 
-pub struct Worker {
+pub(super) struct Worker {
     model: Model,
     pool: KvPool,
     config: EngineConfig,
@@ -38,7 +38,7 @@ enum Outcome {
 }
 
 impl Worker {
-    pub fn new(
+    pub(super) fn new(
         model: Model,
         pool: KvPool,
         config: EngineConfig,
@@ -62,7 +62,7 @@ impl Worker {
         }
     }
 
-    pub fn run(mut self, rx: Receiver<Command>) {
+    pub(super) fn run(mut self, rx: Receiver<Command>) {
         let mut connected = true;
         loop {
             if self.waiting.is_empty() && self.running.is_empty() {

@@ -1,9 +1,6 @@
 //! Shared helpers of the engine tests: the default model, engines over a chosen store,
 //! greedy generation.
-#![allow(dead_code)]
-
-pub mod cluster;
-pub mod serve_process;
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,12 +13,17 @@ use tierkv_engine::model::LoadedModel;
 use tierkv_engine::{Engine, EngineConfig, GenEvent, GenerateRequest, Usage};
 use tierkv_kvstore::{ByteSize, StoreConfig, TieredStore, hash_blocks};
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+/// The repository's root (these helpers are shared by the engine's and the CLI's tests).
+pub(crate) fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|dir| dir.join("Cargo.lock").exists())
+        .unwrap_or(here)
+        .to_path_buf()
 }
 
 /// The default model (SmolLM2-135M-Instruct Q4_1), fetched once by `scripts/fetch-model`.
-pub fn model_path() -> PathBuf {
+pub(crate) fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let out = Command::new(repo_root().join("scripts/fetch-model"))
@@ -37,24 +39,24 @@ pub fn model_path() -> PathBuf {
     .clone()
 }
 
-pub fn load_model() -> LoadedModel {
+pub(crate) fn load_model() -> LoadedModel {
     tierkv_engine::model::load(&model_path()).expect("load the default model")
 }
 
 /// A store over `dir` with the given `[[tier]]` tables, slots sized for `block_size`.
-pub fn store_config(dir: &Path, tiers: &str, block_bytes: usize) -> StoreConfig {
+pub(crate) fn store_config(dir: &Path, tiers: &str, block_bytes: usize) -> StoreConfig {
     let text = format!("data_dir = {:?}\n{tiers}", dir.display().to_string());
     let mut c = StoreConfig::from_toml(&text).expect("store config");
     c.slot_bytes = ByteSize((block_bytes as u64).div_ceil(4096) * 4096);
     c
 }
 
-pub const HOST: &str = "[[tier]]\nkind = \"host\"\ncapacity = \"64MiB\"\nprefault = false\n";
-pub const DISK: &str = "[[tier]]\nkind = \"disk\"\ncapacity = \"128MiB\"\n";
-pub const OBJECT: &str =
+pub(crate) const HOST: &str = "[[tier]]\nkind = \"host\"\ncapacity = \"64MiB\"\nprefault = false\n";
+pub(crate) const DISK: &str = "[[tier]]\nkind = \"disk\"\ncapacity = \"128MiB\"\n";
+pub(crate) const OBJECT: &str =
     "[[tier]]\nkind = \"object\"\ncapacity = \"1GiB\"\nlocal_dir = \"object\"\n";
 
-pub fn engine_config(block_size: u32) -> EngineConfig {
+pub(crate) fn engine_config(block_size: u32) -> EngineConfig {
     EngineConfig {
         block_size,
         kv_pool: ByteSize(256 << 20),
@@ -63,12 +65,12 @@ pub fn engine_config(block_size: u32) -> EngineConfig {
 }
 
 /// Loads the model and starts an engine over a store made of `tiers` under `dir`.
-pub async fn engine(dir: &Path, tiers: &str, config: EngineConfig) -> Engine {
+pub(crate) async fn engine(dir: &Path, tiers: &str, config: EngineConfig) -> Engine {
     let loaded = load_model();
     engine_from(loaded, dir, tiers, config).await
 }
 
-pub async fn engine_from(
+pub(crate) async fn engine_from(
     loaded: LoadedModel,
     dir: &Path,
     tiers: &str,
@@ -84,12 +86,12 @@ pub async fn engine_from(
     Engine::start(loaded, store, config, Arc::new(EngineMetrics::new())).expect("start engine")
 }
 
-pub fn greedy_request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+pub(crate) fn greedy_request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
     GenerateRequest::greedy(prompt, max_tokens)
 }
 
 /// Runs a request to the end: its tokens and usage.
-pub async fn run(engine: &Engine, req: GenerateRequest) -> (Vec<u32>, Usage) {
+pub(crate) async fn run(engine: &Engine, req: GenerateRequest) -> (Vec<u32>, Usage) {
     let mut rx = engine.generate(req).await.expect("request accepted");
     let mut tokens = Vec::new();
     while let Some(ev) = rx.recv().await {
@@ -104,12 +106,12 @@ pub async fn run(engine: &Engine, req: GenerateRequest) -> (Vec<u32>, Usage) {
     panic!("the engine dropped the request")
 }
 
-pub async fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> (Vec<u32>, Usage) {
+pub(crate) async fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> (Vec<u32>, Usage) {
     run(engine, greedy_request(prompt.to_vec(), n)).await
 }
 
 /// Waits until the store holds the first `blocks` blocks of `prompt`.
-pub async fn wait_stored(engine: &Engine, prompt: &[u32], blocks: usize) {
+pub(crate) async fn wait_stored(engine: &Engine, prompt: &[u32], blocks: usize) {
     let hashes = hash_blocks(engine.namespace(), prompt);
     let deadline = Instant::now() + Duration::from_secs(30);
     while engine
@@ -127,7 +129,7 @@ pub async fn wait_stored(engine: &Engine, prompt: &[u32], blocks: usize) {
 }
 
 /// Some prompts in token ids, of varied lengths.
-pub fn prompts(engine: &Engine) -> Vec<Vec<u32>> {
+pub(crate) fn prompts(engine: &Engine) -> Vec<Vec<u32>> {
     let texts = [
         "The history of the printing press begins in the fifteenth century, when",
         "Write a short poem about tiered storage for key-value caches in large language model serving. Mention memory, disks and object stores, and explain why reuse matters.",
@@ -141,7 +143,7 @@ pub fn prompts(engine: &Engine) -> Vec<Vec<u32>> {
 
 /// A prompt of exactly `n` tokens (repeats a text from an offset that depends on `n`,
 /// so prompts of different lengths share no block).
-pub fn prompt_of(engine: &Engine, n: usize) -> Vec<u32> {
+pub(crate) fn prompt_of(engine: &Engine, n: usize) -> Vec<u32> {
     let base = engine
         .codec()
         .encode("Storage tiers keep the attention cache of earlier requests so that a later request with the same prefix loads it instead of computing it again. ")

@@ -237,6 +237,7 @@ impl StoreConfig {
         c
     }
 
+    /// The configuration as TOML (secrets included: print [`StoreConfig::redacted`]).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -341,6 +342,7 @@ impl StoreConfig {
         }
     }
 
+    /// The [`HostTierConfig`] of a `host` section.
     pub fn host_config(&self, s: &HostSection) -> HostTierConfig {
         HostTierConfig {
             name: s.name.clone(),
@@ -352,6 +354,7 @@ impl StoreConfig {
         }
     }
 
+    /// The [`DiskTierConfig`] of a `disk` section (its path under `data_dir`).
     pub fn disk_config(&self, s: &DiskSection) -> DiskTierConfig {
         DiskTierConfig {
             name: s.name.clone(),
@@ -365,6 +368,7 @@ impl StoreConfig {
         }
     }
 
+    /// The [`crate::RemoteTierConfig`] of a `remote` section.
     pub fn remote_config(&self, s: &RemoteSection) -> crate::RemoteTierConfig {
         let mut client = crate::service::BlockClientConfig::new(s.addr.clone());
         client.token = s.token.clone();
@@ -382,6 +386,7 @@ impl StoreConfig {
         }
     }
 
+    /// The [`ObjectTierConfig`] of an `object` section (a `local_dir` under `data_dir`).
     pub fn object_config(&self, s: &ObjectSection) -> ObjectTierConfig {
         let backend = match (&s.s3, &s.local_dir) {
             (Some(s3), _) => ObjectBackend::S3 {
@@ -411,7 +416,7 @@ impl StoreConfig {
 }
 
 /// What [`StoreConfig::redacted`] puts in place of a secret.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 #[cfg(test)]
 mod tests {
@@ -442,6 +447,43 @@ mod tests {
         assert!(shown.contains(REDACTED) && shown.contains("bucket = \"b\""));
         // The original is untouched.
         assert!(c.to_toml().contains("very-secret-key"));
+    }
+
+    #[test]
+    fn debug_of_a_config_never_shows_its_secrets() {
+        let text = r#"
+            [[tier]]
+            kind = "host"
+            capacity = "64MiB"
+            [[tier]]
+            kind = "object"
+            capacity = "1GiB"
+            [tier.s3]
+            bucket = "b"
+            secret_access_key = "very-secret-key"
+            [[tier]]
+            kind = "remote"
+            addr = "127.0.0.1:7070"
+            token = "remote-bearer-secret"
+            [[service.token]]
+            token = "bearer-secret-1"
+            namespaces = ["*"]
+        "#;
+        let c = StoreConfig::from_toml(text).unwrap();
+        let mut shown = format!("{c:?}");
+        for tier in &c.tiers {
+            match tier {
+                TierConfig::Object(s) => {
+                    shown += &format!("{:?}", c.object_config(s));
+                }
+                TierConfig::Remote(s) => shown += &format!("{:?}", c.remote_config(s)),
+                _ => {}
+            }
+        }
+        for secret in ["very-secret-key", "remote-bearer-secret", "bearer-secret-1"] {
+            assert!(!shown.contains(secret), "{secret} in Debug:\n{shown}");
+        }
+        assert!(shown.contains("<redacted>") && shown.contains("127.0.0.1:7070"));
     }
 
     #[test]

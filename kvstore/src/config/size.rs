@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    /// Parses a size written as above; on error, says why.
     pub fn parse(s: &str) -> std::result::Result<ByteSize, String> {
         let s = s.trim();
         let split = s

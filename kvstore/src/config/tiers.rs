@@ -20,9 +20,10 @@ pub enum EvictPolicy {
 }
 
 /// S3 or an S3-compatible service (OSS, MinIO, Ceph RGW).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
+    /// The bucket. Required.
     pub bucket: String,
     /// Default `"us-east-1"`.
     #[serde(default = "default_region")]
@@ -45,6 +46,25 @@ pub struct S3Config {
     pub virtual_hosted_style: bool,
 }
 
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish()
+    }
+}
+
+/// What `Debug` shows of a secret: that there is one, never its value.
+pub(crate) fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
 fn default_region() -> String {
     "us-east-1".into()
 }
@@ -57,17 +77,25 @@ pub(super) fn yes() -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum TierConfig {
+    /// `kind = "host"`.
     Host(HostSection),
+    /// `kind = "disk"`.
     Disk(DiskSection),
+    /// `kind = "object"`.
     Object(ObjectSection),
+    /// `kind = "remote"`.
     Remote(RemoteSection),
 }
 
 /// Policy knobs every tier section has.
 pub trait TierSection {
+    /// The tier's name, unique in the store.
     fn name(&self) -> &str;
+    /// How many bytes of blocks it holds (for `remote`: none of its own).
     fn capacity(&self) -> ByteSize;
+    /// Whether every put into the tier above is also written here at once.
     fn write_through(&self) -> bool;
+    /// What happens to a block evicted from this tier.
     fn on_evict(&self) -> EvictPolicy;
 }
 
@@ -188,6 +216,7 @@ pub struct ObjectSection {
     /// A directory (relative to `data_dir`). Exactly one of `local_dir` and `s3`.
     #[serde(default)]
     pub local_dir: Option<PathBuf>,
+    /// An S3 bucket. Exactly one of `local_dir` and `s3`.
     #[serde(default)]
     pub s3: Option<S3Config>,
     /// Key prefix. Default `"tierkv"`.
@@ -225,7 +254,7 @@ tier_section!(ObjectSection);
 
 /// `kind = "remote"`: a peer's block service (`tierkv serve` or an engine), asked on a
 /// local miss. Not indexed locally; never the top tier.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteSection {
     /// Default `"remote"`.
@@ -255,6 +284,7 @@ pub struct RemoteSection {
     /// Default none.
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
     /// Also publish every put to the peer (needs `read_only = false`). Default false.
@@ -263,6 +293,25 @@ pub struct RemoteSection {
     /// Default `demote`.
     #[serde(default)]
     pub on_evict: EvictPolicy,
+}
+
+impl std::fmt::Debug for RemoteSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSection")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("token", &redacted(&self.token))
+            .field("read_only", &self.read_only)
+            .field("namespaces", &self.namespaces)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retries", &self.retries)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("write_through", &self.write_through)
+            .field("on_evict", &self.on_evict)
+            .finish()
+    }
 }
 
 impl RemoteSection {
@@ -293,6 +342,7 @@ impl TierSection for RemoteSection {
 }
 
 impl TierConfig {
+    /// The section's common knobs.
     pub fn section(&self) -> &dyn TierSection {
         match self {
             TierConfig::Host(s) => s,
@@ -302,6 +352,7 @@ impl TierConfig {
         }
     }
 
+    /// The `kind` it was written with: `host`, `disk`, `object` or `remote`.
     pub fn kind_name(&self) -> &'static str {
         match self {
             TierConfig::Host(_) => "host",

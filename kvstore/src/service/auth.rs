@@ -8,13 +8,13 @@ use super::config::TokenConfig;
 
 /// What one caller may touch.
 #[derive(Clone, Debug)]
-pub enum Access {
+pub(crate) enum Access {
     All,
     Namespaces(HashSet<String>),
 }
 
 impl Access {
-    pub fn allows(&self, namespace: &str) -> bool {
+    pub(crate) fn allows(&self, namespace: &str) -> bool {
         match self {
             Access::All => true,
             Access::Namespaces(set) => set.contains(namespace),
@@ -22,7 +22,7 @@ impl Access {
     }
 
     /// `PERMISSION_DENIED` unless the namespace is allowed.
-    pub fn check(&self, namespace: &str) -> Result<(), Status> {
+    pub(crate) fn check(&self, namespace: &str) -> Result<(), Status> {
         if self.allows(namespace) {
             Ok(())
         } else {
@@ -34,12 +34,12 @@ impl Access {
 }
 
 /// The configured tokens.
-pub struct Auth {
+pub(crate) struct Auth {
     tokens: Vec<(Vec<u8>, Access)>,
 }
 
 impl Auth {
-    pub fn new(tokens: &[TokenConfig]) -> Auth {
+    pub(crate) fn new(tokens: &[TokenConfig]) -> Auth {
         Auth {
             tokens: tokens
                 .iter()
@@ -57,7 +57,7 @@ impl Auth {
 
     /// The caller's access from its `authorization: Bearer <token>` header;
     /// `UNAUTHENTICATED` when tokens are configured and it has none or a wrong one.
-    pub fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Access, Status> {
+    pub(crate) fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Access, Status> {
         let presented = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -67,7 +67,7 @@ impl Auth {
 
     /// The access of a presented token (the data channel's hello carries it);
     /// `UNAUTHENTICATED` when tokens are configured and it is missing or unknown.
-    pub fn token(&self, presented: Option<&str>) -> Result<Access, Status> {
+    pub(crate) fn token(&self, presented: Option<&str>) -> Result<Access, Status> {
         if self.tokens.is_empty() {
             return Ok(Access::All);
         }

@@ -75,6 +75,7 @@ pub struct BlockClientConfig {
     /// asks for one (mutual TLS, the server's `tls.client_ca`). Both or neither.
     /// Default none.
     pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
     /// Path of publish and fetch payloads. Default [`Transport::Auto`].
     pub transport: Transport,
@@ -96,6 +97,7 @@ impl std::fmt::Debug for BlockClientConfig {
 }
 
 impl BlockClientConfig {
+    /// The configuration of a client of `addr`, every other field at its default.
     pub fn new(addr: impl Into<String>) -> BlockClientConfig {
         BlockClientConfig {
             addr: addr.into(),
@@ -118,8 +120,11 @@ impl BlockClientConfig {
 /// certificate and key it presents.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientTls {
+    /// The CA the server's certificate must chain to.
     pub ca: PathBuf,
+    /// The certificate this client presents (mutual TLS).
     pub cert: Option<PathBuf>,
+    /// The private key of `cert`.
     pub key: Option<PathBuf>,
 }
 
@@ -146,7 +151,9 @@ impl ClientTls {
 /// What a publish did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PublishSummary {
+    /// Blocks the server stored.
     pub stored: u64,
+    /// Blocks it already held.
     pub already_present: u64,
     /// Hashes the server refused (checksum mismatch).
     pub rejected: Vec<u128>,
@@ -338,6 +345,7 @@ impl BlockClient {
         Ok(client)
     }
 
+    /// The server's address, as configured.
     pub fn addr(&self) -> &str {
         &self.config.addr
     }

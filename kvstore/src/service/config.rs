@@ -7,11 +7,22 @@ use serde::{Deserialize, Serialize};
 use crate::ByteSize;
 
 /// A bearer token and the namespaces it may read and write (`"*"`: all).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
+    /// The secret a client presents as `authorization: Bearer <token>`.
     pub token: String,
+    /// The namespaces it may use; `"*"` for every one.
     pub namespaces: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("token", &"<redacted>")
+            .field("namespaces", &self.namespaces)
+            .finish()
+    }
 }
 
 /// PEM files of the server's certificate chain and private key, and the CA its
@@ -19,7 +30,9 @@ pub struct TokenConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// The server's certificate chain.
     pub cert: PathBuf,
+    /// Its private key.
     pub key: PathBuf,
     /// With it, a client that presents no certificate signed by this CA is refused
     /// during the handshake, before any token is read; an engine also presents its own

@@ -17,9 +17,8 @@ pub(crate) mod rpc;
 mod server;
 mod state;
 
-pub use auth::{Access, Auth};
 pub use client::{BlockClient, BlockClientConfig, ClientTls, PublishSummary, Transport};
 pub use config::{ServiceConfig, TlsConfig, TokenConfig};
 pub use reports::{ServiceEvent, ServiceEvents, ServiceStats, ServiceTierStats};
 pub use server::serve;
-pub use state::BlockServer;
+pub(crate) use state::BlockServer;

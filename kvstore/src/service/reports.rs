@@ -13,20 +13,29 @@ use crate::{KvStoreError, Result, StoreEventKind};
 /// One tier of a block service's store, as its `Stats` call reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServiceTierStats {
+    /// The tier's name.
     pub name: String,
     /// `host`, `disk`, `object`, `remote`, ...
     pub kind: String,
+    /// Its capacity in bytes.
     pub capacity_bytes: u64,
     /// The capacity the blocks take (a whole slot each).
     pub used_bytes: u64,
     /// Sum of the blocks' payload lengths.
     pub payload_bytes: u64,
+    /// Blocks held.
     pub blocks: u64,
+    /// Reads served by this tier.
     pub hits: u64,
+    /// Reads that reached it and found nothing.
     pub misses: u64,
+    /// Bytes read out of it.
     pub bytes_read: u64,
+    /// Bytes written into it.
     pub bytes_written: u64,
+    /// Blocks evicted to make room.
     pub evictions: u64,
+    /// Blocks found damaged on read and dropped.
     pub corrupt_blocks: u64,
 }
 
@@ -35,6 +44,7 @@ pub struct ServiceTierStats {
 pub struct ServiceStats {
     /// Distinct blocks held in any tier.
     pub blocks: u64,
+    /// Each tier, fastest first.
     pub tiers: Vec<ServiceTierStats>,
     /// The data channel's port, if it has one.
     pub data_port: Option<u16>,
@@ -93,8 +103,11 @@ impl TryFrom<StatsReply> for ServiceStats {
 /// Blocks of one namespace entering or leaving a peer's store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServiceEvent {
+    /// Entered or left.
     pub kind: StoreEventKind,
+    /// The namespace's name.
     pub namespace: String,
+    /// The blocks' hashes.
     pub hashes: Vec<u128>,
     /// The tier the blocks entered or left.
     pub tier: String,

@@ -28,7 +28,7 @@ pub(crate) struct Limits {
 }
 
 /// The gRPC `BlockService` implementation.
-pub struct BlockServer {
+pub(crate) struct BlockServer {
     pub(crate) store: TieredStore,
     pub(crate) auth: Auth,
     pub(crate) limits: Limits,
@@ -65,7 +65,7 @@ fn random_id() -> u128 {
 }
 
 impl BlockServer {
-    pub fn new(
+    pub(crate) fn new(
         store: TieredStore,
         config: &ServiceConfig,
         metrics: Arc<Metrics>,
@@ -101,13 +101,8 @@ impl BlockServer {
         })
     }
 
-    /// Ends every open watch stream (what a shutdown does first).
-    pub fn close_streams(&self) {
-        self.closing.send_replace(true);
-    }
-
     /// Largest chunk a client may send (the fetch chunk size plus headroom).
-    pub fn max_message_bytes(&self) -> usize {
+    pub(crate) fn max_message_bytes(&self) -> usize {
         self.limits.chunk + (64 << 10)
     }
 

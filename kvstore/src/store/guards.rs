@@ -13,6 +13,14 @@ pub struct PinGuard {
     pub(super) keys: Vec<BlockKey>,
 }
 
+impl std::fmt::Debug for PinGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinGuard")
+            .field("blocks", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for PinGuard {
     fn drop(&mut self) {
         let mut ix = lock(&self.inner.index);

@@ -58,6 +58,17 @@ pub struct TieredStore {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for TieredStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tiers: Vec<&str> = self.inner.tiers.iter().map(|t| t.tier.name()).collect();
+        f.debug_struct("TieredStore")
+            .field("tiers", &tiers)
+            .field("slot_bytes", &self.slot_bytes())
+            .field("blocks", &lock(&self.inner.index).location.len())
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) fn lock(m: &Mutex<StoreIndex>) -> MutexGuard<'_, StoreIndex> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -545,6 +556,8 @@ impl TieredStore {
         }
     }
 
+    /// Whether any tier the store indexes holds the block (no I/O; a peer's block
+    /// service is not asked).
     pub fn contains(&self, ns: &Namespace, hash: BlockHash) -> bool {
         lock(&self.inner.index).mask(&Self::key(ns, hash)) != 0
     }
@@ -646,6 +659,7 @@ impl TieredStore {
         (per_tier, distinct)
     }
 
+    /// Every tier's counters and occupancy, and the store's, now.
     pub fn stats(&self) -> StoreStats {
         let (blocks, pinned) = {
             let ix = lock(&self.inner.index);

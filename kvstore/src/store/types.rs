@@ -29,7 +29,9 @@ impl Default for TierPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreEventKind {
+    /// The block was written into the tier.
     Stored,
+    /// The block left the tier (evicted, demoted or removed).
     Removed,
 }
 
@@ -38,9 +40,11 @@ pub enum StoreEventKind {
 pub struct StoreEvent {
     /// Increases by one per event.
     pub seq: u64,
+    /// Entered or left.
     pub kind: StoreEventKind,
     /// Index of the tier in the store (0 = top).
     pub tier: usize,
+    /// The block.
     pub key: BlockKey,
 }
 
@@ -60,16 +64,21 @@ pub(crate) struct PolicyCounters {
 /// Per-tier statistics: the tier's own and the store's policy counters.
 #[derive(Clone, Debug, Serialize)]
 pub struct TierStoreStats {
+    /// The tier's own counters.
     pub tier: TierStats,
     /// Gets served by this tier.
     pub hits: u64,
     /// Gets that reached this tier and found nothing.
     pub misses: u64,
+    /// Bytes of the gets this tier served.
     pub bytes_read: u64,
+    /// Bytes the store wrote into this tier (puts, demotions, promotions).
     pub bytes_written: u64,
+    /// Blocks the store evicted from this tier to make room.
     pub evictions: u64,
     /// Blocks moved from this tier to the next on eviction.
     pub demotions: u64,
+    /// Demotions that failed (the block was dropped instead).
     pub demotion_failures: u64,
     /// Blocks copied from this tier into the top tier after a hit.
     pub promotions: u64,
@@ -80,9 +89,11 @@ pub struct TierStoreStats {
 /// A point-in-time view of the whole store.
 #[derive(Clone, Debug, Serialize)]
 pub struct StoreStats {
+    /// Each tier, top first.
     pub tiers: Vec<TierStoreStats>,
     /// Distinct blocks held in any tier.
     pub blocks: u64,
+    /// Blocks pinned now (by readers and writers in flight).
     pub pinned: u64,
 }
 

@@ -1,5 +1,6 @@
 //! What the block service tests share: a server over a real host + disk store on
 //! loopback, clients of it, and raw publish chunks.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 #![allow(dead_code)] // each test binary uses its own part of it
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tierkv_proto::v1::{BlockId, PublishChunk};
 use tierkv_tiers::{HostTier, HostTierConfig, Tier};
 use tonic::Code;
 
-pub struct Server {
+pub(crate) struct Server {
     pub addr: String,
     pub store: TieredStore,
     pub metrics: Arc<Metrics>,
@@ -30,11 +31,11 @@ impl Drop for Server {
 }
 
 /// A server over a host (4 MiB) + disk (16 MiB) store with 1 MiB slots.
-pub async fn start(service: ServiceConfig) -> Server {
+pub(crate) async fn start(service: ServiceConfig) -> Server {
     start_with(service, "4MiB").await
 }
 
-pub async fn start_with(service: ServiceConfig, host_capacity: &str) -> Server {
+pub(crate) async fn start_with(service: ServiceConfig, host_capacity: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut config = StoreConfig::from_toml(&format!(
         r#"
@@ -59,7 +60,7 @@ pub async fn start_with(service: ServiceConfig, host_capacity: &str) -> Server {
 }
 
 /// Serves `store` on a free loopback port until the returned server is dropped.
-pub async fn serve_store(store: TieredStore, service: ServiceConfig) -> Server {
+pub(crate) async fn serve_store(store: TieredStore, service: ServiceConfig) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -81,11 +82,11 @@ pub async fn serve_store(store: TieredStore, service: ServiceConfig) -> Server {
     }
 }
 
-pub fn client(addr: &str, token: Option<&str>) -> BlockClient {
+pub(crate) fn client(addr: &str, token: Option<&str>) -> BlockClient {
     client_over(addr, token, Transport::Auto)
 }
 
-pub fn client_over(addr: &str, token: Option<&str>, transport: Transport) -> BlockClient {
+pub(crate) fn client_over(addr: &str, token: Option<&str>, transport: Transport) -> BlockClient {
     let mut c = BlockClientConfig::new(addr);
     c.transport = transport;
     c.token = token.map(str::to_string);
@@ -94,20 +95,20 @@ pub fn client_over(addr: &str, token: Option<&str>, transport: Transport) -> Blo
     BlockClient::new(c).unwrap()
 }
 
-pub async fn raw(addr: &str) -> BlockServiceClient<tonic::transport::Channel> {
+pub(crate) async fn raw(addr: &str) -> BlockServiceClient<tonic::transport::Channel> {
     BlockServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
 }
 
-pub fn rpc_code(e: &KvStoreError) -> Code {
+pub(crate) fn rpc_code(e: &KvStoreError) -> Code {
     match e {
         KvStoreError::Rpc { code, .. } => *code,
         other => panic!("expected an RPC error, got {other}"),
     }
 }
 
-pub fn chunk(ns: &str, hash: &[u8], offset: u64, data: Bytes, total: u64) -> PublishChunk {
+pub(crate) fn chunk(ns: &str, hash: &[u8], offset: u64, data: Bytes, total: u64) -> PublishChunk {
     PublishChunk {
         id: Some(BlockId {
             namespace: ns.into(),
@@ -121,7 +122,7 @@ pub fn chunk(ns: &str, hash: &[u8], offset: u64, data: Bytes, total: u64) -> Pub
 }
 
 /// A data-channel connection to `addr` after the hello with `token`; the hello's reply tag.
-pub async fn data_conn(addr: &str, token: &str) -> (tokio::net::TcpStream, u8) {
+pub(crate) async fn data_conn(addr: &str, token: &str) -> (tokio::net::TcpStream, u8) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut hello = b"TKVD".to_vec();
@@ -135,7 +136,7 @@ pub async fn data_conn(addr: &str, token: &str) -> (tokio::net::TcpStream, u8) {
 
 /// A store of one host tier (1 MiB, 1 MiB slots) over a read-only peer's block service,
 /// named `name`, that serves `namespace`.
-pub async fn host_over_read_only_peer(
+pub(crate) async fn host_over_read_only_peer(
     name: &str,
     client: BlockClientConfig,
     namespace: &str,

@@ -18,7 +18,9 @@ use crate::{Result, TierError};
 /// One piece of every block: block `b`'s piece is at `base + b * block_stride`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PieceGroup {
+    /// Device address of block 0's piece.
     pub base: u64,
+    /// Bytes from one block's piece to the next's.
     pub block_stride: u64,
 }
 
@@ -105,6 +107,7 @@ impl EngineKv {
         })
     }
 
+    /// The piece groups, in the store's order of a block's pieces.
     pub fn groups(&self) -> &[PieceGroup] {
         &self.groups
     }

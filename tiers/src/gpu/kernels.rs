@@ -84,15 +84,15 @@ extern "C" __global__ void zero_copy_pieces(const u64* pairs, u64 piece_bytes,
 "#;
 
 /// Bytes of a piece one thread block copies.
-pub const CHUNK_BYTES: u64 = 64 << 10;
+pub(super) const CHUNK_BYTES: u64 = 64 << 10;
 /// Bytes of a piece one thread block of `zero_copy_pieces` copies: smaller than
 /// [`CHUNK_BYTES`], so a small transfer still spreads over many SMs (one thread block's
 /// four-deep loads cover exactly this much).
-pub const ZERO_COPY_CHUNK_BYTES: u64 = 16 << 10;
+pub(super) const ZERO_COPY_CHUNK_BYTES: u64 = 16 << 10;
 /// Threads per thread block.
-pub const THREADS: u32 = 256;
+pub(super) const THREADS: u32 = 256;
 
-pub struct Kernels {
+pub(super) struct Kernels {
     pub gather: CudaFunction,
     pub scatter: CudaFunction,
     /// Copies pieces between addresses given in pairs (layer-wise saves).
@@ -102,7 +102,7 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    pub fn compile(ctx: &Arc<CudaContext>) -> Result<Kernels> {
+    pub(super) fn compile(ctx: &Arc<CudaContext>) -> Result<Kernels> {
         let ptx = cudarc::nvrtc::compile_ptx(SOURCE)
             .map_err(|e| TierError::Gpu(format!("NVRTC compiling the transfer kernels: {e}")))?;
         let module = ctx

@@ -49,6 +49,24 @@ pub struct OffloadInFlight {
     job: LayeredOffload,
 }
 
+impl std::fmt::Debug for LayeredOffload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayeredOffload")
+            .field("blocks", &self.blocks)
+            .field("layers", &self.layers)
+            .field("gathered", &self.gathered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OffloadInFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffloadInFlight")
+            .field("job", &self.job)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TransferEngine {
     /// Starts a layer-wise offload of `blocks` of `kv`; layer `l` is pieces
     /// `l * pieces_per_layer .. (l + 1) * pieces_per_layer` of every block. Where the
@@ -111,9 +129,9 @@ impl TransferEngine {
         }
         let table_ptr = table.as_ptr();
         lane.table.ensure(2 * n * 8)?;
-        // SAFETY: both tables hold `2n` u64s; the lane is idle and its host table is
-        // not written again until this job has completed (it holds the lane).
         check(
+            // SAFETY: both tables hold `2n` u64s; the lane is idle and its host table is
+            // not written again until this job has completed (it holds the lane).
             unsafe {
                 sys::cuMemcpyHtoDAsync_v2(
                     lane.table.ptr,
@@ -164,8 +182,8 @@ impl LayeredOffload {
             .map_err(gpu_err("binding the context"))?;
         let lane = self.lane()?;
         let stream = lane.stream.cu_stream();
-        // SAFETY: a live lane stream and a live recorded event of this context.
         check(
+            // SAFETY: a live lane stream and a live recorded event of this context.
             unsafe { sys::cuStreamWaitEvent(stream, after.0, 0) },
             "ordering after the engine's stream",
         )?;

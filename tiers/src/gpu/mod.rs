@@ -62,8 +62,11 @@ pub(crate) fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Tie
 pub trait DeviceBlocks: Send + Sync {
     /// The context the memory belongs to.
     fn context(&self) -> &Arc<CudaContext>;
+    /// Blocks in the memory.
     fn num_blocks(&self) -> usize;
+    /// Pieces of one block (its layers, or one for a contiguous block).
     fn pieces_per_block(&self) -> usize;
+    /// Bytes of one piece.
     fn piece_bytes(&self) -> usize;
     /// Device address of piece `piece` of block `block`; an error outside the blocks.
     fn piece_addr(&self, block: u32, piece: usize) -> Result<CUdeviceptr>;

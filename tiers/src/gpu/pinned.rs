@@ -17,10 +17,14 @@ pub enum PinMethod {
     HostAlloc,
     /// Anonymous mmap, every page touched by `threads` threads in parallel, then
     /// `cuMemHostRegister`.
-    MmapTouchRegister { threads: usize },
+    MmapTouchRegister {
+        /// Threads touching the pages.
+        threads: usize,
+    },
 }
 
 impl PinMethod {
+    /// How it pins, in words (for benchmark reports).
     pub fn label(&self) -> String {
         match self {
             PinMethod::HostAlloc => "cuMemHostAlloc".into(),
@@ -93,7 +97,18 @@ unsafe impl Send for PinnedBuffer {}
 // SAFETY: shared references only read.
 unsafe impl Sync for PinnedBuffer {}
 
+impl std::fmt::Debug for PinnedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedBuffer")
+            .field("len", &self.len)
+            .field("method", &self.method)
+            .field("took", &self.took)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PinnedBuffer {
+    /// `len` bytes of pinned host memory in `ctx`, pinned by `method`.
     pub fn new(ctx: &Arc<CudaContext>, len: usize, method: PinMethod) -> Result<PinnedBuffer> {
         if len == 0 {
             return Err(TierError::Gpu("a pinned buffer of 0 bytes".into()));
@@ -105,8 +120,8 @@ impl PinnedBuffer {
         let ptr = match method {
             PinMethod::HostAlloc => {
                 let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
-                // SAFETY: an out-pointer to a local; the flags are valid constants.
                 check(
+                    // SAFETY: an out-pointer to a local; the flags are valid constants.
                     unsafe {
                         sys::cuMemHostAlloc(
                             &mut p,
@@ -164,23 +179,29 @@ impl PinnedBuffer {
         })
     }
 
+    /// Its length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Never true (an empty buffer is refused); for clippy's `len` convention.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The start of the memory.
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
+    /// The start of the memory, to write through.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
     }
+    /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `len` bytes owned by this buffer, initialised (touched or zeroed by
         // the driver... or written by copies) for as long as `self` lives.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
+    /// The bytes, to fill.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and `&mut self` makes the view exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }

@@ -20,6 +20,7 @@ pub enum GpuLayout {
 }
 
 impl GpuLayout {
+    /// Its name in configurations and reports.
     pub fn as_str(&self) -> &'static str {
         match self {
             GpuLayout::LayerSeparate => "layer-separate",
@@ -33,6 +34,7 @@ impl GpuLayout {
 /// pieces follow each other in layer order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlockGeometry {
+    /// Layers (pieces) per block.
     pub num_layers: usize,
     /// `2 x block_size x kv_heads x head_dim x dtype size`.
     pub layer_bytes: usize,
@@ -53,6 +55,7 @@ impl BlockGeometry {
         }
     }
 
+    /// Bytes of a whole block.
     pub fn block_bytes(&self) -> usize {
         self.num_layers * self.layer_bytes
     }
@@ -84,7 +87,18 @@ unsafe impl Send for HbmPool {}
 // SAFETY: as above; the pool itself is never mutated after construction.
 unsafe impl Sync for HbmPool {}
 
+impl std::fmt::Debug for HbmPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HbmPool")
+            .field("layout", &self.layout)
+            .field("geometry", &self.geometry)
+            .field("num_blocks", &self.num_blocks)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HbmPool {
+    /// Allocates `num_blocks` blocks of `geometry` on `ctx`'s device, in `layout`.
     pub fn new(
         ctx: &Arc<CudaContext>,
         layout: GpuLayout,
@@ -121,15 +135,19 @@ impl HbmPool {
         Ok(pool)
     }
 
+    /// How the blocks are laid out.
     pub fn layout(&self) -> GpuLayout {
         self.layout
     }
+    /// The size of a block.
     pub fn geometry(&self) -> BlockGeometry {
         self.geometry
     }
+    /// Blocks in the pool.
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
     }
+    /// The CUDA context the memory belongs to.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }

@@ -42,9 +42,9 @@ impl EngineStream {
         ctx.bind_to_thread()
             .map_err(gpu_err("binding the context"))?;
         let event = EngineEvent::new()?;
-        // SAFETY: `event` was just created in this context and `self.0` is a live stream
-        // of it (from_raw's contract); on error `event` is destroyed by its Drop.
         check(
+            // SAFETY: `event` was just created in this context and `self.0` is a live stream
+            // of it (from_raw's contract); on error `event` is destroyed by its Drop.
             unsafe { sys::cuEventRecord(event.0, self.0) },
             "recording an event on the engine's stream",
         )?;

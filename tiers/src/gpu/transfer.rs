@@ -56,8 +56,11 @@ impl Default for TransferConfig {
 /// What one transfer moved and how long it took, from submission to completion.
 #[derive(Clone, Copy, Debug)]
 pub struct TransferStats {
+    /// Blocks moved.
     pub blocks: usize,
+    /// Bytes moved.
     pub bytes: usize,
+    /// From submission to completion.
     pub elapsed: Duration,
     /// Whether one kernel moved the bytes straight between HBM and mapped host memory
     /// (small transfers, see [`TransferConfig::zero_copy_bytes`]) rather than staging.
@@ -65,6 +68,7 @@ pub struct TransferStats {
 }
 
 impl TransferStats {
+    /// Throughput in GB/s (10^9 bytes per second).
     pub fn gb_per_s(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64() / 1e9
     }
@@ -194,6 +198,9 @@ impl Drop for FinishOnDrop<'_> {
     }
 }
 
+/// Moves KV blocks between HBM and pinned host memory on streams of its own: gathers
+/// scattered blocks into staging with a kernel and copies them in one DMA (and the
+/// reverse), or, for small transfers, one kernel over mapped host memory.
 pub struct TransferEngine {
     ctx: Arc<CudaContext>,
     pub(super) kernels: Kernels,
@@ -204,6 +211,14 @@ pub struct TransferEngine {
     /// copy to host can run while the next step's layers are gathered on the other.
     pub(super) layered: [Arc<Mutex<Lane>>; 2],
     pub(super) next_layered: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for TransferEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferEngine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 // SAFETY: the lanes' device pointers are integers and their pinned tables are owned
@@ -345,8 +360,8 @@ impl TransferEngine {
         let cu_stream = stream.cu_stream();
         let guard = FinishOnDrop(Some(&stream));
         if let Some(event) = after {
-            // SAFETY: a live lane stream and a live recorded event of this context.
             check(
+                // SAFETY: a live lane stream and a live recorded event of this context.
                 unsafe { sys::cuStreamWaitEvent(cu_stream, event.0, 0) },
                 "ordering after the engine's stream",
             )?;
@@ -402,11 +417,11 @@ impl TransferEngine {
                 }
                 let host_table = host_table.as_ptr();
                 lane.table.ensure(n * 8)?;
-                // SAFETY: both tables hold `n * 8` bytes; no queued work touches them
-                // (the lane is idle when a transfer takes it, see HostTable::ensure),
-                // and the host table is not written again before this transfer
-                // completes (or `guard` synchronises the stream).
                 check(
+                    // SAFETY: both tables hold `n * 8` bytes; no queued work touches them
+                    // (the lane is idle when a transfer takes it, see HostTable::ensure),
+                    // and the host table is not written again before this transfer
+                    // completes (or `guard` synchronises the stream).
                     unsafe {
                         sys::cuMemcpyHtoDAsync_v2(
                             lane.table.ptr,

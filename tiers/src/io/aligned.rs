@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::DIRECT_IO_ALIGN;
 use crate::tier::lock;
 
-/// A heap buffer aligned to [`DIRECT_IO_ALIGN`], zero-initialised at allocation; or a
+/// A heap buffer aligned to 4 KiB (`DIRECT_IO_ALIGN`), zero-initialised at allocation; or a
 /// window of the caller's memory ([`AlignedBuf::borrowed`]), which it does not free.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
@@ -43,7 +43,7 @@ impl AlignedBuf {
     }
 
     /// A buffer over `cap` bytes at `ptr`, which must be aligned to
-    /// [`DIRECT_IO_ALIGN`]; dropping it frees nothing.
+    /// 4 KiB (`DIRECT_IO_ALIGN`); dropping it frees nothing.
     ///
     /// # Safety
     /// The memory must stay valid, and be used by nothing but this value, for as long
@@ -66,22 +66,35 @@ impl AlignedBuf {
         }
     }
 
+    /// Its length in bytes (a multiple of 4 KiB (`DIRECT_IO_ALIGN`)).
     pub fn capacity(&self) -> usize {
         self.cap
     }
 
+    /// The start of its memory, for I/O submitted by address.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
+    /// Its bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr` is a live allocation of `cap` initialised bytes.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.cap) }
     }
 
+    /// Its bytes, to fill.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and `&mut self` guarantees exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("capacity", &self.cap)
+            .field("owned", &self.owned)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,7 +108,7 @@ impl Drop for AlignedBuf {
 }
 
 /// A pool of equally sized aligned buffers.
-pub struct BufPool {
+pub(crate) struct BufPool {
     buf_len: usize,
     max_idle: usize,
     idle: Mutex<Vec<AlignedBuf>>,
@@ -103,7 +116,7 @@ pub struct BufPool {
 
 impl BufPool {
     /// A pool of buffers of `buf_len` bytes keeping at most `max_idle` idle ones.
-    pub fn new(buf_len: usize, max_idle: usize) -> Arc<BufPool> {
+    pub(crate) fn new(buf_len: usize, max_idle: usize) -> Arc<BufPool> {
         Arc::new(BufPool {
             buf_len: super::align_up(buf_len.max(1)),
             max_idle,
@@ -111,13 +124,9 @@ impl BufPool {
         })
     }
 
-    pub fn buf_len(&self) -> usize {
-        self.buf_len
-    }
-
     /// Allocates idle buffers up front (up to `n`, within `max_idle`), so that the
     /// first I/Os neither allocate nor page-fault.
-    pub fn prefill(&self, n: usize) {
+    pub(crate) fn prefill(&self, n: usize) {
         let n = n.min(self.max_idle);
         let have = lock(&self.idle).len();
         let fresh: Vec<_> = (have..n).map(|_| AlignedBuf::new(self.buf_len)).collect();
@@ -125,7 +134,7 @@ impl BufPool {
     }
 
     /// An idle buffer, or a new one.
-    pub fn take(self: &Arc<Self>) -> PooledBuf {
+    pub(crate) fn take(self: &Arc<Self>) -> PooledBuf {
         let buf = lock(&self.idle)
             .pop()
             .unwrap_or_else(|| AlignedBuf::new(self.buf_len));
@@ -146,7 +155,7 @@ impl BufPool {
 
 /// A buffer on loan from a [`BufPool`]; goes back on drop. `AsRef` yields the
 /// sub-range set with [`PooledBuf::set_range`], so it can back a zero-copy `Bytes`.
-pub struct PooledBuf {
+pub(crate) struct PooledBuf {
     buf: Option<AlignedBuf>,
     pool: Arc<BufPool>,
     range: std::ops::Range<usize>,
@@ -154,7 +163,7 @@ pub struct PooledBuf {
 
 impl PooledBuf {
     /// Moves the buffer out (to hand it to an I/O thread); the loan is then over.
-    pub fn into_inner(mut self) -> AlignedBuf {
+    pub(crate) fn into_inner(mut self) -> AlignedBuf {
         match self.buf.take() {
             Some(buf) => buf,
             // `buf` is only `None` after `into_inner`, which consumes `self`.
@@ -163,7 +172,7 @@ impl PooledBuf {
     }
 
     /// Wraps a buffer (back from an I/O thread) as a loan from `pool`.
-    pub fn from_parts(buf: AlignedBuf, pool: &Arc<BufPool>) -> PooledBuf {
+    pub(crate) fn from_parts(buf: AlignedBuf, pool: &Arc<BufPool>) -> PooledBuf {
         PooledBuf {
             buf: Some(buf),
             pool: Arc::clone(pool),
@@ -171,16 +180,16 @@ impl PooledBuf {
         }
     }
 
-    pub fn full(&self) -> &[u8] {
+    pub(crate) fn full(&self) -> &[u8] {
         self.buf.as_ref().map_or(&[], |b| b.as_slice())
     }
 
-    pub fn full_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn full_mut(&mut self) -> &mut [u8] {
         self.buf.as_mut().map_or(&mut [], |b| b.as_mut_slice())
     }
 
     /// Selects what `as_ref` returns; clamped to the buffer.
-    pub fn set_range(&mut self, range: std::ops::Range<usize>) {
+    pub(crate) fn set_range(&mut self, range: std::ops::Range<usize>) {
         let cap = self.full().len();
         self.range = range.start.min(cap)..range.end.min(cap);
     }

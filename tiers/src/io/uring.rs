@@ -26,7 +26,7 @@ use crate::tier::lock;
 
 /// Direction of one I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoKind {
+pub(crate) enum IoKind {
     Read,
     Write,
 }
@@ -37,7 +37,7 @@ const MAX_SUBMIT_FAILURES: u32 = 8;
 const MAX_PUSH_ATTEMPTS: u32 = 8;
 
 /// The result of one I/O, with the buffer handed back.
-pub struct IoDone {
+pub(crate) struct IoDone {
     pub buf: AlignedBuf,
     pub result: std::io::Result<()>,
 }
@@ -53,7 +53,7 @@ struct IoRequest {
 }
 
 /// A set of io_uring worker threads.
-pub struct UringPool {
+pub(crate) struct UringPool {
     senders: Vec<Sender<IoRequest>>,
     next: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -61,7 +61,7 @@ pub struct UringPool {
 
 impl UringPool {
     /// Starts `threads` workers, each with a ring of `queue_depth` entries.
-    pub fn new(name: &str, threads: usize, queue_depth: u32) -> std::io::Result<UringPool> {
+    pub(crate) fn new(name: &str, threads: usize, queue_depth: u32) -> std::io::Result<UringPool> {
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
@@ -83,7 +83,7 @@ impl UringPool {
 
     /// Reads or writes `len` bytes of `buf` at `offset` of `file`. `Err` only when the
     /// workers are gone (the buffer is lost with them).
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         kind: IoKind,
         file: Arc<File>,
@@ -111,7 +111,7 @@ impl UringPool {
 
 /// The worker threads have exited.
 #[derive(Debug)]
-pub struct PoolClosed;
+pub(crate) struct PoolClosed;
 
 impl Drop for UringPool {
     fn drop(&mut self) {

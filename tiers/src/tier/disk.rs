@@ -111,6 +111,18 @@ pub struct DiskTier {
     pub(super) inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for DiskTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskTier")
+            .field("name", &self.name())
+            .field("dir", &self.inner.dir)
+            .field("slot_bytes", &self.slot_bytes())
+            .field("capacity_blocks", &self.capacity_blocks())
+            .field("blocks", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl DiskTier {
     /// Opens the tier at `config.path`, creating it if empty; reloads the index of a
     /// tier written before. Fails with a clear error if the directory cannot be used or
@@ -211,12 +223,14 @@ impl DiskTier {
         }
     }
 
-    /// Path of the slot file (tests use it to damage blocks on purpose).
+    /// Path of the slot file (the conformance suite damages blocks there on purpose).
+    #[cfg(any(test, feature = "testing"))]
     pub fn data_file(&self) -> PathBuf {
         self.inner.dir.join(DATA_FILE)
     }
 
     /// Byte offset of `key`'s slot in the slot file, if the block is present.
+    #[cfg(any(test, feature = "testing"))]
     pub fn slot_offset(&self, key: BlockKey) -> Option<u64> {
         let mut table = lock(&self.inner.table);
         let (slot, _) = table.acquire(key)?;

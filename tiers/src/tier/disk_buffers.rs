@@ -86,8 +86,9 @@ impl DiskTier {
                 format!("a slot buffer of {len} bytes at {ptr:p}: needs {stride}, 4 KiB-aligned"),
             ));
         }
-        // SAFETY: aligned and long enough (checked); validity is the caller's contract.
         Ok(SlotBuffer {
+            // SAFETY: aligned and long enough (checked above); that the memory stays
+            // valid and unaliased while the buffer lives is the caller's contract.
             buf: unsafe { AlignedBuf::borrowed(p, stride) },
         })
     }

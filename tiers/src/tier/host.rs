@@ -232,7 +232,21 @@ pub struct HostTier {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for HostTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostTier")
+            .field("name", &self.name())
+            .field("slot_bytes", &self.slot_bytes())
+            .field("capacity_blocks", &self.capacity_blocks())
+            .field("blocks", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl HostTier {
+    /// Allocates the tier's slab (`capacity_blocks` slots of `slot_bytes`, page-aligned,
+    /// faulted in now when `prefault`). Fails on a zero slot size or capacity, or when
+    /// the memory cannot be had.
     pub fn new(config: HostTierConfig) -> Result<HostTier> {
         let name = config.name.clone();
         if config.slot_bytes == 0 {

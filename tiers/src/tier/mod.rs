@@ -18,9 +18,13 @@ mod slots;
 /// Which medium a tier lives on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum TierKind {
+    /// Host memory ([`crate::HostTier`]).
     Host,
+    /// A file on local storage through io_uring ([`crate::DiskTier`]).
     Disk,
+    /// Object storage ([`crate::ObjectTier`]).
     Object,
     /// A peer's block service used as a tier (see `tierkv-kvstore`).
     Remote,
@@ -57,6 +61,7 @@ pub enum PutOutcome {
 pub trait Tier: Send + Sync + 'static {
     /// The configured name, unique within a store (`host`, `disk`, `s3`, ...).
     fn name(&self) -> &str;
+    /// The medium.
     fn kind(&self) -> TierKind;
     /// The largest payload one block may have.
     fn slot_bytes(&self) -> usize;
@@ -75,6 +80,7 @@ pub trait Tier: Send + Sync + 'static {
     fn payload_bytes(&self) -> u64;
     /// Number of blocks held (including those being written).
     fn len(&self) -> u64;
+    /// `len() == 0`.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -97,6 +103,7 @@ pub trait Tier: Send + Sync + 'static {
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome>;
     /// The block's payload, or `None` if absent or found corrupt.
     async fn get(&self, key: BlockKey) -> Result<Option<Bytes>>;
+    /// Whether the tier holds `key` (without reading or verifying its payload).
     async fn contains(&self, key: BlockKey) -> Result<bool>;
     /// Removes a block; `false` if it was not there.
     async fn remove(&self, key: BlockKey) -> Result<bool>;
@@ -117,6 +124,7 @@ pub trait Tier: Send + Sync + 'static {
         Ok(n)
     }
 
+    /// The tier's counters and occupancy now.
     fn stats(&self) -> TierStats;
 }
 

@@ -26,12 +26,13 @@ use crate::header::{self, HEADER_LEN};
 use crate::{BlockKey, BlockKeyMap, Result, TierCounters, TierError, TierStats};
 
 /// Where the objects live.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum ObjectBackend {
     /// A directory on a local filesystem (created if missing).
     LocalDir(PathBuf),
     /// An S3 bucket, or an S3-compatible service when `endpoint` is set.
     S3 {
+        /// The bucket's name.
         bucket: String,
         /// AWS region; S3-compatible services usually accept any. Default `us-east-1`.
         region: String,
@@ -40,6 +41,7 @@ pub enum ObjectBackend {
         /// Static credentials. `None` means anonymous requests; the `tierkv` binaries
         /// fill these from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
         access_key_id: Option<String>,
+        /// The secret of `access_key_id` (never printed: `Debug` shows `<redacted>`).
         secret_access_key: Option<String>,
         /// Allow plain-HTTP endpoints. Default false.
         allow_http: bool,
@@ -48,11 +50,41 @@ pub enum ObjectBackend {
     },
 }
 
+impl std::fmt::Debug for ObjectBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectBackend::LocalDir(dir) => f.debug_tuple("LocalDir").field(dir).finish(),
+            ObjectBackend::S3 {
+                bucket,
+                region,
+                endpoint,
+                access_key_id,
+                secret_access_key,
+                allow_http,
+                virtual_hosted_style,
+            } => f
+                .debug_struct("S3")
+                .field("bucket", bucket)
+                .field("region", region)
+                .field("endpoint", endpoint)
+                .field("access_key_id", access_key_id)
+                .field(
+                    "secret_access_key",
+                    &secret_access_key.as_ref().map(|_| "<redacted>"),
+                )
+                .field("allow_http", allow_http)
+                .field("virtual_hosted_style", virtual_hosted_style)
+                .finish(),
+        }
+    }
+}
+
 /// Configuration of an [`ObjectTier`].
 #[derive(Clone, Debug)]
 pub struct ObjectTierConfig {
     /// Tier name. Default `"object"`.
     pub name: String,
+    /// Where the objects live. No default: the configuration names it.
     pub backend: ObjectBackend,
     /// Key prefix inside the bucket or directory. Default `"tierkv"`.
     pub prefix: String,
@@ -159,8 +191,19 @@ impl ObjectTierConfig {
     }
 }
 
+/// One indexed block: its payload length and the generation of the put that stored
+/// it, so that a read which finds the object gone or damaged forgets only that put's
+/// block, never a newer one of the same key.
+#[derive(Clone, Copy)]
+struct Entry {
+    len: u64,
+    generation: u64,
+}
+
 struct Index {
-    blocks: BlockKeyMap<u64>,
+    blocks: BlockKeyMap<Entry>,
+    /// Generation of the next indexed block.
+    next_generation: u64,
     /// Puts admitted but not finished: they count against capacity.
     /// Keys being written; a put of the same key waits on the receiver until the
     /// writer is done (its sender dropped), so it never returns before the data landed.
@@ -183,6 +226,17 @@ struct Inner {
 #[derive(Clone)]
 pub struct ObjectTier {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ObjectTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectTier")
+            .field("name", &self.name())
+            .field("slot_bytes", &self.slot_bytes())
+            .field("capacity_blocks", &self.capacity_blocks())
+            .field("blocks", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ObjectTier {
@@ -226,6 +280,7 @@ impl ObjectTier {
                 index: Mutex::new(Index {
                     blocks: BlockKeyMap::default(),
                     writing: BlockKeyMap::default(),
+                    next_generation: 0,
                     used_bytes: 0,
                 }),
                 counters: TierCounters::default(),
@@ -265,8 +320,8 @@ impl ObjectTier {
             let Some(len) = meta.size.checked_sub(HEADER_LEN as u64) else {
                 continue;
             };
-            if index.blocks.insert(key, len).is_none() {
-                index.used_bytes += len;
+            if !index.blocks.contains_key(&key) {
+                index.insert(key, len);
             }
         }
         Ok(())
@@ -312,15 +367,51 @@ impl Inner {
         }
     }
 
-    fn forget(&self, key: BlockKey) -> bool {
-        let mut index = lock(&self.index);
-        match index.blocks.remove(&key) {
-            Some(len) => {
-                index.used_bytes -= len;
-                true
-            }
-            None => false,
+    /// Removes `key`'s block (only that of put `generation`, when given): out of the
+    /// index, then its object deleted. Meanwhile the key counts as being written, so a
+    /// put of the same key waits and its object is never the one deleted.
+    async fn remove_block(&self, key: BlockKey, generation: Option<u64>) -> Result<bool> {
+        let done = loop {
+            let in_flight = {
+                let mut index = lock(&self.index);
+                match index.writing.get(&key) {
+                    Some(rx) => rx.clone(),
+                    None => match index.blocks.get(&key).copied() {
+                        Some(e) if generation.is_none_or(|g| g == e.generation) => {
+                            index.blocks.remove(&key);
+                            index.used_bytes -= e.len;
+                            let (tx, rx) = tokio::sync::watch::channel(());
+                            index.writing.insert(key, rx);
+                            break tx;
+                        }
+                        _ => return Ok(false),
+                    },
+                }
+            };
+            let mut in_flight = in_flight;
+            let _ = in_flight.changed().await;
+        };
+        let _guard = WritingGuard {
+            inner: self,
+            key,
+            _done: done,
+        };
+        let _permit = self.permit().await?;
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(self.obj_error(e)),
         }
+    }
+}
+
+impl Index {
+    fn insert(&mut self, key: BlockKey, len: u64) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        if let Some(old) = self.blocks.insert(key, Entry { len, generation }) {
+            self.used_bytes -= old.len;
+        }
+        self.used_bytes += len;
     }
 }
 
@@ -412,11 +503,7 @@ impl Tier for ObjectTier {
                 .await
                 .map_err(|e| inner.obj_error(e))?;
         }
-        {
-            let mut index = lock(&inner.index);
-            index.blocks.insert(key, len);
-            index.used_bytes += len;
-        }
+        lock(&inner.index).insert(key, len);
         drop(guard);
         TierCounters::add(&inner.counters.puts, 1);
         TierCounters::add(&inner.counters.put_bytes, len);
@@ -426,8 +513,12 @@ impl Tier for ObjectTier {
     async fn get(&self, key: BlockKey) -> Result<Option<Bytes>> {
         let inner = &self.inner;
         TierCounters::add(&inner.counters.gets, 1);
-        let expected = lock(&inner.index).blocks.get(&key).copied();
-        let Some(expected) = expected else {
+        let entry = lock(&inner.index).blocks.get(&key).copied();
+        let Some(Entry {
+            len: expected,
+            generation,
+        }) = entry
+        else {
             TierCounters::add(&inner.counters.misses, 1);
             return Ok(None);
         };
@@ -444,7 +535,7 @@ impl Tier for ObjectTier {
             Ok(stored) => stored,
             Err(object_store::Error::NotFound { .. }) => {
                 // Deleted behind our back (lifecycle rule, another node): a miss.
-                inner.forget(key);
+                inner.remove_block(key, Some(generation)).await?;
                 TierCounters::add(&inner.counters.misses, 1);
                 return Ok(None);
             }
@@ -460,7 +551,7 @@ impl Tier for ObjectTier {
                 TierCounters::add(&inner.counters.corrupt_blocks, 1);
                 TierCounters::add(&inner.counters.misses, 1);
                 tracing::warn!(tier = %inner.name, %key, %why, "corrupt object; deleting it");
-                self.remove(key).await?;
+                inner.remove_block(key, Some(generation)).await?;
                 Ok(None)
             }
         }
@@ -471,24 +562,18 @@ impl Tier for ObjectTier {
     }
 
     async fn remove(&self, key: BlockKey) -> Result<bool> {
-        let inner = &self.inner;
-        if !inner.forget(key) {
-            return Ok(false);
+        let removed = self.inner.remove_block(key, None).await?;
+        if removed {
+            TierCounters::add(&self.inner.counters.removes, 1);
         }
-        let _permit = inner.permit().await?;
-        match inner.store.delete(&inner.path(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(inner.obj_error(e)),
-        }
-        TierCounters::add(&inner.counters.removes, 1);
-        Ok(true)
+        Ok(removed)
     }
 
     async fn keys(&self) -> Result<Vec<(BlockKey, u64)>> {
         Ok(lock(&self.inner.index)
             .blocks
             .iter()
-            .map(|(k, len)| (*k, *len))
+            .map(|(k, e)| (*k, e.len))
             .collect())
     }
 

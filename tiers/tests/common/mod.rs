@@ -1,16 +1,16 @@
 //! Test helpers: payload generation and a real S3-compatible server (moto) on 127.0.0.1.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use tierkv_tiers::testing::payload;
+pub(crate) use tierkv_tiers::testing::payload;
 
 /// A moto S3 server on a free loopback port, killed on drop.
-pub struct S3Server {
+pub(crate) struct S3Server {
     child: Child,
     pub endpoint: String,
     port: u16,
@@ -19,7 +19,7 @@ pub struct S3Server {
 impl S3Server {
     /// Starts `moto_server` and waits until it answers. Panics (this is a test) with
     /// the command to install it when it is missing.
-    pub fn start() -> S3Server {
+    pub(crate) fn start() -> S3Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -60,7 +60,7 @@ impl S3Server {
     }
 
     /// Creates a bucket with a plain (unsigned) `PUT /bucket`, which moto accepts.
-    pub fn create_bucket(&self, bucket: &str) {
+    pub(crate) fn create_bucket(&self, bucket: &str) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
         write!(
             s,

@@ -28,7 +28,7 @@ use sweep::{
 };
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct TuneArgs {
+pub(crate) struct TuneArgs {
     #[arg(long)]
     pub trace: PathBuf,
     /// Where to write the recommended configuration.
@@ -116,12 +116,12 @@ struct TuneReport {
     simulated_points: usize,
 }
 
-pub async fn run(args: TuneArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: TuneArgs) -> anyhow::Result<()> {
     tune(args).await.map(|_| ())
 }
 
 /// Runs the sweep; returns the recommendation and its real replay, if any.
-pub async fn tune(mut args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>)> {
+pub(crate) async fn tune(mut args: TuneArgs) -> anyhow::Result<(Point, Option<ReplayReport>)> {
     if let Some(model) = &args.model {
         args.bytes_per_token = plan::model_bytes_per_token(model, args.tp)?;
     }

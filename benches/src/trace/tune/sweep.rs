@@ -15,7 +15,7 @@ use crate::trace::{TraceRecord, block_hashes};
 /// How a point's figures were obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub(crate) enum Source {
     /// The one-pass hit curve: exact for one tier.
     Curve,
     /// The exclusive host -> disk model of the same pass: an estimate.
@@ -26,7 +26,7 @@ pub enum Source {
 
 /// One point of the sweep.
 #[derive(Clone, Debug, Serialize)]
-pub struct Point {
+pub(crate) struct Point {
     pub block_tokens: u64,
     pub host_bytes: u64,
     pub disk_bytes: u64,

@@ -6,12 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Candidate, RoutingPolicy};
 
+/// Ranks workers by `overlap_weight * blocks to prefill + active requests`, lowest
+/// first; ties go round-robin.
+#[derive(Debug)]
 pub struct KvAware {
     overlap_weight: f64,
     tie: AtomicUsize,
 }
 
 impl KvAware {
+    /// The policy with this weight of one block to prefill, in queued requests.
     pub fn new(overlap_weight: f64) -> KvAware {
         KvAware {
             overlap_weight,
@@ -19,6 +23,7 @@ impl KvAware {
         }
     }
 
+    /// The cost of sending a prompt of `prompt_blocks` blocks to `c`.
     pub fn cost(&self, prompt_blocks: usize, c: &Candidate) -> f64 {
         let to_prefill = prompt_blocks.saturating_sub(c.overlap_blocks);
         self.overlap_weight * to_prefill as f64 + c.active as f64

@@ -11,6 +11,7 @@ pub use round_robin::RoundRobin;
 /// A decode worker as the router scores it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
+    /// The worker's name.
     pub name: String,
     /// Leading blocks of the prompt the worker holds (any tier).
     pub overlap_blocks: usize,
@@ -18,7 +19,9 @@ pub struct Candidate {
     pub active: usize,
 }
 
+/// A rule for ranking decode workers.
 pub trait RoutingPolicy: Send + Sync {
+    /// Its name in configurations and metrics.
     fn name(&self) -> &'static str;
     /// Candidates in order of preference (the first is the choice, the rest are
     /// fallbacks if it fails), for a prompt of `prompt_blocks` full blocks.
@@ -29,8 +32,10 @@ pub trait RoutingPolicy: Send + Sync {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
+    /// Each worker in turn, whatever it holds.
     RoundRobin,
-    /// The default.
+    /// The worker with the least work: queued requests plus the blocks of the prompt
+    /// it would have to prefill (see [`KvAware`]). The default.
     #[default]
     KvAware,
 }

@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Candidate, RoutingPolicy};
 
-#[derive(Default)]
+/// Each worker in turn.
+#[derive(Default, Debug)]
 pub struct RoundRobin {
     next: AtomicUsize,
 }

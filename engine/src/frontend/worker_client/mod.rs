@@ -22,7 +22,7 @@ use crate::pd::{WireRequest, WorkerInfo, WorkerLoad};
 use crate::{EngineError, GenEvent};
 
 /// Why a worker did not take a request.
-pub enum StartError {
+pub(super) enum StartError {
     /// The request itself is bad (the worker answered 4xx): no other worker will
     /// take it either.
     Rejected(EngineError),
@@ -31,7 +31,7 @@ pub enum StartError {
 }
 
 /// What a request needs besides the request: the frontend's shared parts.
-pub struct Context<'a> {
+pub(super) struct Context<'a> {
     pub http: &'a reqwest::Client,
     pub metrics: &'a Arc<FrontendMetrics>,
     pub prefill: &'a PrefillConfig,
@@ -41,7 +41,7 @@ pub struct Context<'a> {
 /// events arrive on the receiver (the reservation lasts until the stream ends). A
 /// worker that fails mid-stream yields a [`GenEvent::Error`], never silence.
 /// `cached_tokens`: the prompt tokens the worker's store holds.
-pub async fn start(
+pub(super) async fn start(
     cx: &Context<'_>,
     reservation: Reservation,
     prefill: Option<PrefillReservation>,
@@ -55,7 +55,7 @@ pub async fn start(
 }
 
 /// A joining worker's answer to "who are you".
-pub enum InfoPoll {
+pub(super) enum InfoPoll {
     /// It answered: what it serves, and the namespace its blocks are hashed in.
     Ready(Box<(WorkerInfo, Namespace)>),
     /// Not up yet: ask again.
@@ -64,7 +64,7 @@ pub enum InfoPoll {
     Refused(String),
 }
 
-pub async fn info(http: &reqwest::Client, spec: &WorkerSpec) -> InfoPoll {
+pub(super) async fn info(http: &reqwest::Client, spec: &WorkerSpec) -> InfoPoll {
     match spec.engine {
         WorkerEngine::Tierkv => tierkv::info(http, spec).await,
         WorkerEngine::Vllm => vllm::info(http, spec).await,
@@ -72,7 +72,7 @@ pub async fn info(http: &reqwest::Client, spec: &WorkerSpec) -> InfoPoll {
 }
 
 /// The worker's queue; `None` when it did not answer.
-pub async fn load(
+pub(super) async fn load(
     http: &reqwest::Client,
     spec: &WorkerSpec,
     timeout: Duration,

@@ -13,7 +13,7 @@ use crate::frontend::registry::{PrefillReservation, Reservation};
 use crate::pd::{WireEvent, WireRequest, WorkerInfo, WorkerLoad};
 use crate::{EngineError, GenEvent};
 
-pub async fn start(
+pub(super) async fn start(
     cx: &Context<'_>,
     reservation: Reservation,
     prefill: Option<PrefillReservation>,
@@ -62,7 +62,7 @@ impl LineDecoder for WireLines {
     }
 }
 
-pub async fn info(http: &reqwest::Client, spec: &WorkerSpec) -> InfoPoll {
+pub(super) async fn info(http: &reqwest::Client, spec: &WorkerSpec) -> InfoPoll {
     let got = http
         .get(format!("{}/internal/info", spec.http))
         .timeout(Duration::from_secs(5))
@@ -85,7 +85,7 @@ pub async fn info(http: &reqwest::Client, spec: &WorkerSpec) -> InfoPoll {
     }
 }
 
-pub async fn load(
+pub(super) async fn load(
     http: &reqwest::Client,
     spec: &WorkerSpec,
     timeout: Duration,

@@ -23,7 +23,7 @@ use crate::frontend::registry::{PrefillReservation, Reservation};
 use crate::pd::{PrefillCandidate, PrefillDecision, WireRequest, WorkerInfo, WorkerLoad, decide};
 use crate::{FinishReason, GenEvent, Usage};
 
-pub async fn start(
+pub(super) async fn start(
     cx: &Context<'_>,
     reservation: Reservation,
     prefill: Option<PrefillReservation>,
@@ -243,7 +243,7 @@ impl LineDecoder for SseLines {
 
 /// vLLM's `/v1/models` for the served name and context length; the KV namespace
 /// from the registration (the connector's, so that prompts hash the same).
-pub async fn info(http: &reqwest::Client, spec: &WorkerSpec) -> InfoPoll {
+pub(super) async fn info(http: &reqwest::Client, spec: &WorkerSpec) -> InfoPoll {
     let Some(name) = &spec.namespace else {
         return InfoPoll::Refused(
             "a vLLM worker's registration must name its TierkvConnector namespace".into(),
@@ -287,7 +287,7 @@ pub async fn info(http: &reqwest::Client, spec: &WorkerSpec) -> InfoPoll {
     InfoPoll::Ready(Box::new((info, ns)))
 }
 
-pub async fn load(
+pub(super) async fn load(
     http: &reqwest::Client,
     spec: &WorkerSpec,
     timeout: Duration,

@@ -15,8 +15,8 @@ mod q8_0;
 
 use rayon::prelude::*;
 
-pub use q4_1::Q4_1;
-pub use q8_0::Q8_0;
+pub(super) use q4_1::Q4_1;
+pub(super) use q8_0::Q8_0;
 
 use crate::{EngineError, Result};
 
@@ -24,10 +24,10 @@ use crate::{EngineError, Result};
 const PARALLEL_MACS: usize = 1 << 16;
 
 /// Values per quantization block.
-pub const QK: usize = 32;
+pub(super) const QK: usize = 32;
 
 /// A weight block format.
-pub trait Format: Send + Sync + 'static {
+pub(crate) trait Format: Send + Sync + 'static {
     /// A 32-value weight block, decoded from ggml's bytes.
     type Weight: Copy + Send + Sync;
     /// A 32-value activation block.
@@ -46,7 +46,7 @@ pub trait Format: Send + Sync + 'static {
 }
 
 /// An `[out_features, in_features]` quantized matrix.
-pub struct QuantMatrix<F: Format> {
+pub(crate) struct QuantMatrix<F: Format> {
     rows: usize,
     cols: usize,
     blocks: Vec<F::Weight>,
@@ -55,7 +55,7 @@ pub struct QuantMatrix<F: Format> {
 
 impl<F: Format> QuantMatrix<F> {
     /// From ggml's raw bytes (as stored in GGUF) of a `rows x cols` matrix.
-    pub fn from_ggml(raw: &[u8], rows: usize, cols: usize) -> Result<QuantMatrix<F>> {
+    pub(crate) fn from_ggml(raw: &[u8], rows: usize, cols: usize) -> Result<QuantMatrix<F>> {
         if rows == 0 || !cols.is_multiple_of(QK) || raw.len() != rows * cols / QK * F::BLOCK_BYTES {
             return Err(EngineError::model(format!(
                 "quantized tensor of {rows}x{cols} has {} bytes",
@@ -70,7 +70,7 @@ impl<F: Format> QuantMatrix<F> {
         })
     }
 
-    pub fn out_features(&self) -> usize {
+    pub(crate) fn out_features(&self) -> usize {
         self.rows
     }
 
@@ -81,7 +81,7 @@ impl<F: Format> QuantMatrix<F> {
     }
 
     /// `x` is `[m, cols]`; returns `[m, rows]`.
-    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let kb = self.cols / QK;
         let acts: Vec<F::Act> = x.chunks_exact(QK).map(F::quantize).collect();
         let mut out = vec![0.0f32; m * self.rows];

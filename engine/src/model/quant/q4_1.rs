@@ -5,17 +5,17 @@ use half::f16;
 
 use super::{Format, hsum8, quantize_8bit};
 
-pub struct Q4_1;
+pub(crate) struct Q4_1;
 
 #[derive(Clone, Copy)]
-pub struct Weight {
+pub(crate) struct Weight {
     d: f32,
     m: f32,
     qs: [u8; 16],
 }
 
 #[derive(Clone, Copy)]
-pub struct Act {
+pub(crate) struct Act {
     d: f32,
     /// `d * sum(qs)`, rounded to f16 as ggml does.
     s: f32,

@@ -5,10 +5,10 @@ use half::f16;
 
 use super::{Format, hsum8, quantize_8bit};
 
-pub struct Q8_0;
+pub(crate) struct Q8_0;
 
 #[derive(Clone, Copy)]
-pub struct Block {
+pub(crate) struct Block {
     d: f32,
     qs: [i8; 32],
 }

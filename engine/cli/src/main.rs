@@ -2,7 +2,15 @@
 //! of a disaggregated cluster (`frontend`), a local cluster (`up`), the block service
 //! (`serve`), an operator client for it (`blocks`) and configuration tools (`config`).
 
-mod cli;
+mod blocks;
+mod config;
+mod edge;
+mod engine;
+mod frontend;
+mod register;
+mod serve;
+mod up;
+mod vllm_worker;
 
 use clap::{Parser, Subcommand};
 
@@ -20,23 +28,23 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the block service: the store as a gRPC sidecar or shared cache node.
-    Serve(cli::serve::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Run the inference engine: a model whose KV cache sits on the tiered store,
     /// behind an OpenAI-compatible API.
-    Engine(Box<cli::engine::EngineArgs>),
+    Engine(Box<engine::EngineArgs>),
     /// Run the frontend: the OpenAI API routing to prefill/decode workers.
-    Frontend(Box<cli::frontend::FrontendArgs>),
+    Frontend(Box<frontend::FrontendArgs>),
     /// Start a local disaggregated cluster: prefill and decode workers plus a
     /// frontend, all stopped by Ctrl-C.
-    Up(Box<cli::up::UpArgs>),
+    Up(Box<up::UpArgs>),
     /// Keep a worker that cannot register itself (vLLM with TierkvConnector) in etcd
     /// while it is healthy.
-    Register(Box<cli::register::RegisterArgs>),
+    Register(Box<register::RegisterArgs>),
     /// Poke a running block service.
-    Blocks(cli::blocks::BlocksArgs),
+    Blocks(blocks::BlocksArgs),
     /// Store configuration.
     #[command(subcommand)]
-    Config(cli::config::ConfigCommand),
+    Config(config::ConfigCommand),
 }
 
 #[tokio::main]
@@ -59,12 +67,12 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => cli::serve::run(args).await,
-        Command::Engine(args) => cli::engine::run(*args).await,
-        Command::Frontend(args) => cli::frontend::run(*args).await,
-        Command::Up(args) => cli::up::run(*args).await,
-        Command::Register(args) => cli::register::run(*args).await,
-        Command::Blocks(args) => cli::blocks::run(args).await,
-        Command::Config(cmd) => cli::config::run(cmd).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Engine(args) => engine::run(*args).await,
+        Command::Frontend(args) => frontend::run(*args).await,
+        Command::Up(args) => up::run(*args).await,
+        Command::Register(args) => register::run(*args).await,
+        Command::Blocks(args) => blocks::run(args).await,
+        Command::Config(cmd) => config::run(cmd).await,
     }
 }

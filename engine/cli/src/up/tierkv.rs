@@ -12,7 +12,11 @@ use tokio::process::Command;
 use super::{UpArgs, Worker};
 
 /// Starts one worker and waits until it printed where it listens.
-pub async fn spawn_worker(args: &UpArgs, role: Role, name: String) -> anyhow::Result<Worker> {
+pub(super) async fn spawn_worker(
+    args: &UpArgs,
+    role: Role,
+    name: String,
+) -> anyhow::Result<Worker> {
     let exe = std::env::current_exe().context("finding the tierkv binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("engine")

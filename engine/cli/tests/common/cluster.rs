@@ -1,5 +1,6 @@
 //! Processes of a test cluster: `tierkv engine` workers, `tierkv frontend`, etcd; and
 //! a small HTTP client for them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

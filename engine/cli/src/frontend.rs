@@ -12,7 +12,7 @@ use tierkv_engine::frontend::{Frontend, FrontendConfig};
 use tierkv_engine::pd::PeerCredentials;
 
 #[derive(clap::Args, Debug)]
-pub struct FrontendArgs {
+pub(crate) struct FrontendArgs {
     /// The model the workers serve (its tokenizer and chat template are used here).
     #[arg(long)]
     pub model: PathBuf,
@@ -25,18 +25,15 @@ pub struct FrontendArgs {
     /// Routing policy (overrides `frontend.router`): round-robin or kv-aware.
     #[arg(long)]
     pub router: Option<Policy>,
-    /// Watch workers registered in etcd at these client URLs (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub etcd: Vec<String>,
-    /// Key prefix the workers register under in etcd.
-    #[arg(long, default_value = "/tierkv/workers/")]
-    pub etcd_prefix: String,
+    /// Watch the workers registered in etcd (`--etcd`).
+    #[command(flatten)]
+    pub registry: crate::edge::EtcdArgs,
     /// Name the API serves the model under; must match the workers'. Default: the
     /// file or directory name.
     #[arg(long)]
     pub served_model_name: Option<String>,
     #[command(flatten)]
-    pub access: super::HttpAccessArgs,
+    pub access: crate::edge::HttpAccessArgs,
     /// API key presented to the workers. Default: `TIERKV_WORKER_API_KEY`, else the
     /// frontend's own `--api-key`.
     #[arg(long)]
@@ -70,7 +67,7 @@ fn read_file(path: &Path) -> anyhow::Result<FrontendConfig> {
 
 /// Builds a frontend from `config` (plus etcd endpoints, if any) for the model at
 /// `model`; `workers` authenticates it to the workers' APIs and block services.
-pub async fn start(
+pub(crate) async fn start(
     model: &Path,
     served_model_name: Option<String>,
     mut config: FrontendConfig,
@@ -91,7 +88,7 @@ pub async fn start(
         let client = EtcdClient::connect(&etcd.endpoints).await?;
         discovery.push(Box::new(EtcdDiscovery::new(client, etcd.prefix.clone())));
     }
-    config.namespace_key = super::namespace_key()?;
+    config.namespace_key = crate::edge::namespace_key()?;
     let frontend = Frontend::start(text.codec, text.config, id, &config, discovery, workers)?;
     // Answer only once the listed workers joined: a request routed before would find
     // no worker.
@@ -109,7 +106,7 @@ pub async fn start(
     Ok(frontend)
 }
 
-pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: FrontendArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(p) => read_file(p)?,
         None => FrontendConfig::default(),
@@ -117,10 +114,10 @@ pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {
     if let Some(r) = args.router {
         config.router = r;
     }
-    if !args.etcd.is_empty() {
+    if !args.registry.etcd.is_empty() {
         let mut etcd = config.etcd.take().unwrap_or_default();
-        etcd.endpoints = args.etcd.clone();
-        etcd.prefix = args.etcd_prefix.clone();
+        etcd.endpoints = args.registry.etcd.clone();
+        etcd.prefix = args.registry.etcd_prefix.clone();
         config.etcd = Some(etcd);
     }
     // The block services' token (vLLM workers' TierkvConnector reads the same).
@@ -146,7 +143,7 @@ pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    super::check_exposure(
+    crate::edge::check_exposure(
         "the frontend's HTTP API",
         listener.local_addr()?,
         access.api_key.is_some(),
@@ -163,7 +160,7 @@ pub async fn run(args: FrontendArgs) -> anyhow::Result<()> {
 
 /// Serves `frontend`'s API on `listener` (behind `access`'s key) until SIGINT or
 /// SIGTERM.
-pub async fn serve(
+pub(crate) async fn serve(
     frontend: Frontend,
     listener: tokio::net::TcpListener,
     access: &ApiAccess,
@@ -171,7 +168,7 @@ pub async fn serve(
     tierkv_engine::api::serve_router(
         listener,
         tierkv_engine::api::require_api_key(tierkv_engine::frontend::router(frontend), access),
-        super::shutdown_signal(),
+        crate::edge::shutdown_signal(),
     )
     .await?;
     Ok(())

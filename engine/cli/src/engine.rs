@@ -15,7 +15,7 @@ use tierkv_kvstore::{ByteSize, StoreConfig, TieredStore};
 use tokio::sync::watch;
 
 #[derive(clap::Args, Debug)]
-pub struct EngineArgs {
+pub(crate) struct EngineArgs {
     /// A `.gguf` file (Llama family) or a Hugging Face Qwen3 directory.
     #[arg(long)]
     pub model: PathBuf,
@@ -50,13 +50,9 @@ pub struct EngineArgs {
     /// (overrides `disagg.remote_prefill_min_tokens`).
     #[arg(long)]
     pub remote_prefill_min_tokens: Option<usize>,
-    /// Register in etcd at these client URLs (comma-separated), e.g.
-    /// `http://127.0.0.1:2379`, so that frontends watching etcd find this worker.
-    #[arg(long, value_delimiter = ',')]
-    pub etcd: Vec<String>,
-    /// Key prefix of the registration in etcd.
-    #[arg(long, default_value = "/tierkv/workers/")]
-    pub etcd_prefix: String,
+    /// Register in etcd (`--etcd`), so that frontends watching it find this worker.
+    #[command(flatten)]
+    pub registry: crate::edge::EtcdArgs,
     /// Host name or IP that peers use to reach this worker. Default: the listen
     /// address's IP (127.0.0.1 when it listens on every interface).
     #[arg(long)]
@@ -67,13 +63,13 @@ pub struct EngineArgs {
     #[arg(long)]
     pub request_log: Option<PathBuf>,
     #[command(flatten)]
-    pub access: super::HttpAccessArgs,
+    pub access: crate::edge::HttpAccessArgs,
 }
 
 /// The engine's configuration file.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct EngineFile {
+pub(crate) struct EngineFile {
     #[serde(default)]
     pub engine: EngineConfig,
     #[serde(default)]
@@ -81,13 +77,13 @@ pub struct EngineFile {
     pub store: Option<StoreConfig>,
 }
 
-pub fn read_file(path: &Path) -> anyhow::Result<EngineFile> {
+pub(crate) fn read_file(path: &Path) -> anyhow::Result<EngineFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: EngineArgs) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(p) => read_file(p)?,
         None => EngineFile::default(),
@@ -106,8 +102,9 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     }
     disagg.validate()?;
     let store_default = file.store.clone().unwrap_or_default();
-    let mut store_config = super::load_config(None, args.data_dir.clone(), move || store_default)?;
-    super::block_service_tokens(&mut store_config.service);
+    let mut store_config =
+        crate::edge::load_config(None, args.data_dir.clone(), move || store_default)?;
+    crate::edge::block_service_tokens(&mut store_config.service);
     let access = args.access.access();
 
     let model_path = args.model.clone();
@@ -140,7 +137,7 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     })?;
     let metrics = Arc::new(EngineMetrics::new());
     let role = disagg.role;
-    engine_config.namespace_key = super::namespace_key()?;
+    engine_config.namespace_key = crate::edge::namespace_key()?;
     let engine = Engine::start(loaded, store.clone(), engine_config, metrics)?;
     if let Some(path) = &args.request_log {
         engine.log_requests(tierkv_engine::scheduler::RequestLog::open(path)?);
@@ -159,13 +156,13 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     let blocks_addr = blocks_listener.local_addr()?;
     let http_addr = listener.local_addr()?;
-    super::check_exposure(
+    crate::edge::check_exposure(
         "the engine's HTTP API",
         http_addr,
         access.api_key.is_some(),
         args.access.insecure,
     )?;
-    super::check_exposure(
+    crate::edge::check_exposure(
         "the engine's block service",
         blocks_addr,
         !store_config.service.tokens.is_empty(),
@@ -218,12 +215,12 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         engine.namespace().layout().block_size,
         spec.name,
     );
-    let registration = if args.etcd.is_empty() {
+    let registration = if args.registry.etcd.is_empty() {
         None
     } else {
         let etcd = EtcdConfig {
-            endpoints: args.etcd.clone(),
-            prefix: args.etcd_prefix.clone(),
+            endpoints: args.registry.etcd.clone(),
+            prefix: args.registry.etcd_prefix.clone(),
             ..EtcdConfig::default()
         };
         let client = EtcdClient::connect(&etcd.endpoints).await?;
@@ -235,7 +232,7 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
         Some(r)
     };
     tokio::spawn(async move {
-        super::shutdown_signal().await;
+        crate::edge::shutdown_signal().await;
         tracing::info!("shutting down: finishing open requests");
         let _ = stop_tx.send(true);
     });

@@ -19,7 +19,7 @@ use tierkv_engine::pd::Role;
 use tokio::process::Child;
 
 #[derive(clap::Args, Debug)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     /// The workers' engine: tierkv (`tierkv engine`) or vllm (`vllm serve` with
     /// TierkvConnector, from the venv of `scripts/vllm-env`).
     #[arg(long, default_value = "tierkv")]
@@ -79,7 +79,7 @@ pub struct UpArgs {
 }
 
 /// A worker: what the frontend knows of it, and its process.
-pub struct Worker {
+pub(crate) struct Worker {
     pub spec: WorkerSpec,
     pub child: Child,
 }
@@ -115,12 +115,12 @@ async fn stop_all(workers: &mut [Worker]) {
 }
 
 /// A loopback port nothing listens on right now.
-pub fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }
 
-pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     if args.decode + args.aggregated == 0 {
         bail!("--decode (or --aggregated) must be at least 1: those workers serve the requests");
     }
@@ -215,7 +215,7 @@ async fn serve(args: &UpArgs, workers: &[Worker], token: Option<String>) -> anyh
         config.etcd = Some(etcd);
     }
     let wait = Duration::from_secs(config.worker_start_timeout_s);
-    let frontend = super::frontend::start(
+    let frontend = crate::frontend::start(
         &args.model,
         None,
         config,
@@ -250,7 +250,7 @@ async fn serve(args: &UpArgs, workers: &[Worker], token: Option<String>) -> anyh
         },
         listener.local_addr()?
     );
-    let served = super::frontend::serve(frontend, listener, &Default::default()).await;
+    let served = crate::frontend::serve(frontend, listener, &Default::default()).await;
     for r in registrations {
         if let Err(e) = r.revoke().await {
             tracing::warn!(error = %e, "removing a registration from etcd");

@@ -3,14 +3,16 @@
 //! configurations with this build's `tierkv config show`, the Grafana dashboard's
 //! metrics against what tierkv exports, and the Dockerfiles
 //! (`deploy/tests/validate_manifests.py`; `scripts/test` installs kubernetes-validate).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("engine/ has a parent")
+        .ancestors()
+        .nth(2)
+        .expect("engine/cli/ is two levels below the repository")
         .to_path_buf()
 }
 

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use tierkv_kvstore::service::{BlockClient, BlockClientConfig};
 
 #[derive(clap::Args, Debug)]
-pub struct BlocksArgs {
+pub(crate) struct BlocksArgs {
     /// The service, `host:port` or `http(s)://host:port`.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub addr: String,
@@ -29,7 +29,7 @@ pub struct BlocksArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum BlocksCommand {
+pub(crate) enum BlocksCommand {
     /// Publish one block from a file (or standard input).
     Put {
         #[arg(long)]
@@ -67,7 +67,7 @@ fn parse_hash(s: &str) -> anyhow::Result<u128> {
     u128::from_str_radix(s, 16).with_context(|| format!("block hash `{s}` is not hex"))
 }
 
-pub async fn run(args: BlocksArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: BlocksArgs) -> anyhow::Result<()> {
     let mut config = BlockClientConfig::new(args.addr);
     config.token = args.token.or_else(|| std::env::var("TIERKV_TOKEN").ok());
     config.tls_ca = args.tls_ca;

@@ -1,4 +1,5 @@
 //! `tierkv serve` as a child process of a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -8,6 +8,7 @@
 //! reported with what it costs.
 //!
 //! Needs root (CAP_NET_ADMIN) for `ip netns`; without it the test says so and stops.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 mod common;
 

@@ -1,13 +1,6 @@
-//! Subcommands. This is the binary edge: the only place that reads the environment.
-
-pub mod blocks;
-pub mod config;
-pub mod engine;
-pub mod frontend;
-pub mod register;
-pub mod serve;
-pub mod up;
-pub mod vllm_worker;
+//! What the subcommands share: configuration loading, the flags several of them take
+//! (flattened into each), and every read of the environment (this crate is the binary
+//! edge: the libraries never read it).
 
 use std::path::PathBuf;
 
@@ -17,7 +10,7 @@ use tierkv_kvstore::StoreConfig;
 /// directory override, and fills credentials the file leaves out from the
 /// environment: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` for S3 tiers and
 /// `TIERKV_TOKEN` for remote tiers.
-pub fn load_config(
+pub(crate) fn load_config(
     config: Option<&PathBuf>,
     data_dir: Option<PathBuf>,
     default: impl FnOnce() -> StoreConfig,
@@ -34,9 +27,21 @@ pub fn load_config(
     Ok(c)
 }
 
+/// The cluster's registry: the etcd that workers register in and frontends watch.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct EtcdArgs {
+    /// etcd client URLs (comma-separated), e.g. `http://127.0.0.1:2379`. Default: none
+    /// (no registry; workers are listed statically).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Key prefix of the worker registrations in etcd.
+    #[arg(long, default_value = "/tierkv/workers/")]
+    pub etcd_prefix: String,
+}
+
 /// Who may reach an HTTP API a binary serves (`tierkv engine`, `tierkv frontend`).
 #[derive(clap::Args, Debug, Clone)]
-pub struct HttpAccessArgs {
+pub(crate) struct HttpAccessArgs {
     /// Require `Authorization: Bearer <KEY>` on every HTTP route except `/health`
     /// (vLLM's `--api-key`). Default: `TIERKV_API_KEY` from the environment, else none.
     #[arg(long)]
@@ -51,7 +56,7 @@ pub struct HttpAccessArgs {
 }
 
 impl HttpAccessArgs {
-    pub fn access(&self) -> tierkv_engine::api::ApiAccess {
+    pub(crate) fn access(&self) -> tierkv_engine::api::ApiAccess {
         tierkv_engine::api::ApiAccess {
             api_key: self
                 .api_key
@@ -65,7 +70,7 @@ impl HttpAccessArgs {
 
 /// The cluster's namespace key from `TIERKV_NAMESPACE_KEY` (never a flag: argv is
 /// visible to every user of the host), if set.
-pub fn namespace_key() -> anyhow::Result<Option<tierkv_kvstore::NamespaceKey>> {
+pub(crate) fn namespace_key() -> anyhow::Result<Option<tierkv_kvstore::NamespaceKey>> {
     match std::env::var("TIERKV_NAMESPACE_KEY") {
         Ok(k) if !k.is_empty() => Ok(Some(tierkv_kvstore::NamespaceKey::new(k.as_bytes())?)),
         _ => Ok(None),
@@ -75,7 +80,7 @@ pub fn namespace_key() -> anyhow::Result<Option<tierkv_kvstore::NamespaceKey>> {
 /// Refuses to serve `what` on `addr` beyond loopback without credentials, unless the
 /// operator said `--insecure`: anyone who can reach such a port could read, overwrite
 /// or flush every tenant's KV.
-pub fn check_exposure(
+pub(crate) fn check_exposure(
     what: &str,
     addr: std::net::SocketAddr,
     has_credentials: bool,
@@ -100,7 +105,7 @@ pub fn check_exposure(
 
 /// The block service's tokens: the configured ones, else `TIERKV_TOKEN` for every
 /// namespace (the token workers present to each other).
-pub fn block_service_tokens(service: &mut tierkv_kvstore::service::ServiceConfig) {
+pub(crate) fn block_service_tokens(service: &mut tierkv_kvstore::service::ServiceConfig) {
     if service.tokens.is_empty()
         && let Some(token) = std::env::var("TIERKV_TOKEN").ok().filter(|t| !t.is_empty())
     {
@@ -112,6 +117,6 @@ pub fn block_service_tokens(service: &mut tierkv_kvstore::service::ServiceConfig
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    serve::shutdown_signal_impl().await
+pub(crate) async fn shutdown_signal() {
+    crate::serve::shutdown_signal_impl().await
 }

@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 use super::free_port;
 
 /// Starts etcd with its data in `dir` and waits until it answers; its client URL.
-pub async fn start(dir: &Path) -> anyhow::Result<(Child, String)> {
+pub(super) async fn start(dir: &Path) -> anyhow::Result<(Child, String)> {
     let (client, peer) = (free_port()?, free_port()?);
     let url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");

@@ -11,19 +11,19 @@ use serde::Deserialize;
 
 /// The parts of the connector's rendezvous file a frontend needs.
 #[derive(Debug, Deserialize)]
-pub struct ConnectorRendezvous {
+pub(crate) struct ConnectorRendezvous {
     /// The block service address (embedded store) or the sidecar's.
     pub addr: String,
     pub namespace_name: String,
 }
 
 /// Rank 0's rendezvous file of the vLLM engine `engine_id` under `dir`.
-pub fn rendezvous_file(dir: &Path, engine_id: &str) -> PathBuf {
+pub(crate) fn rendezvous_file(dir: &Path, engine_id: &str) -> PathBuf {
     dir.join(format!("{engine_id}.tp0.json"))
 }
 
 /// The file's contents, or `None` while it does not exist.
-pub fn read_rendezvous(file: &Path) -> anyhow::Result<Option<ConnectorRendezvous>> {
+pub(crate) fn read_rendezvous(file: &Path) -> anyhow::Result<Option<ConnectorRendezvous>> {
     match std::fs::read(file) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -34,7 +34,7 @@ pub fn read_rendezvous(file: &Path) -> anyhow::Result<Option<ConnectorRendezvous
 }
 
 /// Whether vLLM's `/health` answers 200 at `http` (a base URL).
-pub async fn healthy(client: &reqwest::Client, http: &str) -> bool {
+pub(crate) async fn healthy(client: &reqwest::Client, http: &str) -> bool {
     client
         .get(format!("{http}/health"))
         .timeout(Duration::from_secs(5))
@@ -44,7 +44,7 @@ pub async fn healthy(client: &reqwest::Client, http: &str) -> bool {
 }
 
 /// `addr` with an unspecified host (`0.0.0.0:9000`) replaced by the host of `http`.
-pub fn routable(addr: &str, http: &str) -> String {
+pub(crate) fn routable(addr: &str, http: &str) -> String {
     let host = http
         .split("://")
         .nth(1)

@@ -12,16 +12,13 @@ use anyhow::{Context, bail};
 use tierkv_engine::discovery::{EtcdClient, EtcdConfig, WorkerEngine, WorkerSpec};
 use tierkv_engine::pd::Role;
 
-use super::vllm_worker::{healthy, read_rendezvous, rendezvous_file, routable};
+use crate::vllm_worker::{healthy, read_rendezvous, rendezvous_file, routable};
 
 #[derive(clap::Args, Debug)]
-pub struct RegisterArgs {
-    /// etcd client URLs (comma-separated), e.g. `http://127.0.0.1:2379`.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub etcd: Vec<String>,
-    /// Key prefix the frontend watches.
-    #[arg(long, default_value = "/tierkv/workers/")]
-    pub etcd_prefix: String,
+pub(crate) struct RegisterArgs {
+    /// The etcd to register in (`--etcd` is required here).
+    #[command(flatten)]
+    pub registry: crate::edge::EtcdArgs,
     /// Lease time-to-live in seconds: how long a registration outlives this process
     /// if it dies without removing it.
     #[arg(long, default_value_t = 10)]
@@ -98,19 +95,23 @@ async fn wait_ready(args: &RegisterArgs, http: &reqwest::Client) -> anyhow::Resu
     }
 }
 
-pub async fn run(args: RegisterArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: RegisterArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.registry.etcd.is_empty(),
+        "tierkv register needs --etcd (the etcd to register the worker in)"
+    );
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .build()
         .context("HTTP client")?;
     let config = EtcdConfig {
-        endpoints: args.etcd.clone(),
-        prefix: args.etcd_prefix.clone(),
+        endpoints: args.registry.etcd.clone(),
+        prefix: args.registry.etcd_prefix.clone(),
         lease_ttl_s: args.lease_ttl_s,
     };
     let client = EtcdClient::connect(&config.endpoints).await?;
     let poll = Duration::from_millis(args.health_poll_ms.max(10));
-    let shutdown = super::shutdown_signal();
+    let shutdown = crate::edge::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let spec = tokio::select! {

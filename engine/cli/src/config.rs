@@ -7,7 +7,7 @@ use clap::Subcommand;
 use tierkv_kvstore::{StoreConfig, TieredStore};
 
 #[derive(Subcommand, Debug)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Print the effective configuration (the built-in default without --config).
     Show {
         #[arg(long)]
@@ -23,19 +23,19 @@ pub enum ConfigCommand {
     },
 }
 
-pub async fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
     match cmd {
         ConfigCommand::Show { config } => {
             print!(
                 "{}",
                 // Secrets read from the file or the environment are never printed.
-                super::load_config(config.as_ref(), None, StoreConfig::default)?
+                crate::edge::load_config(config.as_ref(), None, StoreConfig::default)?
                     .redacted()
                     .to_toml()
             );
         }
         ConfigCommand::Check { config, data_dir } => {
-            let c = super::load_config(config.as_ref(), data_dir, StoreConfig::default)?;
+            let c = crate::edge::load_config(config.as_ref(), data_dir, StoreConfig::default)?;
             let store = TieredStore::open(&c)
                 .await
                 .with_context(|| format!("opening the store under {}", c.data_dir.display()))?;

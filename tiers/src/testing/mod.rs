@@ -1,5 +1,9 @@
-//! Deterministic payloads for tests and benchmarks: distinct per seed, incompressible,
-//! reproducible without a random-number dependency.
+//! What tests and benchmarks of tiers share: deterministic payloads (distinct per seed,
+//! incompressible, reproducible without a random-number dependency) and, with the
+//! `testing` feature, the `conformance` suite every [`crate::Tier`] runs.
+
+#[cfg(feature = "testing")]
+pub mod conformance;
 
 use bytes::Bytes;
 

@@ -3,6 +3,7 @@
 //! acknowledged must come back, byte for byte, after every restart; a block that was in
 //! flight at the kill may be missing but is never wrong. Both durability modes
 //! (`sync_writes` false and true). Cycles per mode: `TIERKV_CRASH_CYCLES` (default 20).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
 mod common;
 

@@ -15,13 +15,13 @@ use tierkv_engine::pd::Role;
 use tokio::process::Command;
 
 use super::{UpArgs, Worker, free_port};
-use crate::cli::vllm_worker::{healthy, read_rendezvous, rendezvous_file, routable};
+use crate::vllm_worker::{healthy, read_rendezvous, rendezvous_file, routable};
 
 /// How long a vLLM worker may take to load the model and answer.
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A random bearer token for the cluster's block services.
-pub fn cluster_token() -> String {
+pub(super) fn cluster_token() -> String {
     let mut bytes = [0u8; 16];
     let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
     if read.is_err() {
@@ -38,7 +38,7 @@ pub fn cluster_token() -> String {
 
 /// The name the frontend serves the model under (its directory's name), given to
 /// vLLM as `--served-model-name` and to the connector as the namespace's model id.
-pub fn served_name(model: &Path) -> String {
+pub(super) fn served_name(model: &Path) -> String {
     model
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -46,7 +46,7 @@ pub fn served_name(model: &Path) -> String {
 }
 
 /// Starts every worker at once (they load in parallel) and waits for each.
-pub async fn spawn_all(
+pub(super) async fn spawn_all(
     args: &UpArgs,
     plan: Vec<(Role, String)>,
     token: Option<&str>,

@@ -9,7 +9,7 @@ use tierkv_kvstore::{StoreConfig, TierConfig, TieredStore, service};
 use tokio::sync::watch;
 
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// gRPC address to listen on (`127.0.0.1:0` picks a free port; the address is
     /// printed).
     #[arg(long, default_value = "127.0.0.1:7070")]
@@ -63,9 +63,9 @@ fn serve_default() -> StoreConfig {
     c
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = super::load_config(args.config.as_ref(), args.data_dir, serve_default)?;
-    super::block_service_tokens(&mut config.service);
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = crate::edge::load_config(args.config.as_ref(), args.data_dir, serve_default)?;
+    crate::edge::block_service_tokens(&mut config.service);
     if !args.no_local {
         share_host_tier(&mut config);
     }
@@ -75,7 +75,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    super::check_exposure(
+    crate::edge::check_exposure(
         "the block service",
         listener.local_addr()?,
         !config.service.tokens.is_empty(),
@@ -113,7 +113,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(tiers = %tiers.join(" -> "), data_dir = %config.data_dir.display(), "block service up");
 
     tokio::spawn(async move {
-        super::shutdown_signal().await;
+        crate::edge::shutdown_signal().await;
         tracing::info!("shutting down: no new calls; finishing open ones");
         let _ = stop_tx.send(true);
     });
