@@ -157,11 +157,7 @@ async fn good_client(
             Err(_) => false,
         };
         if ok {
-            window
-                .latencies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(start.elapsed());
+            tierkv_tiers::sync::lock(&window.latencies).push(start.elapsed());
         } else {
             window.errors.fetch_add(1, Relaxed);
         }
@@ -268,7 +264,7 @@ async fn phase(
     let mut total_errors = 0;
     while start.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(args.sample_seconds)).await;
-        let lat = std::mem::take(&mut *window.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+        let lat = std::mem::take(&mut *tierkv_tiers::sync::lock(&window.latencies));
         let errors = window.errors.swap(0, Relaxed);
         total_errors += errors;
         let s = Sample {

@@ -116,4 +116,4 @@ pub use store::{
     PinGuard, StoreEvent, StoreEventKind, StoreOptions, StoreStats, TierPolicy, TierStoreStats,
     TieredStore,
 };
-pub use tierkv_tiers::{BlockKey, PutOutcome, Tier, TierKind, TierStats};
+pub use tierkv_tiers::{BlockKey, PutOutcome, Tier, TierKind, TierStats, sync};

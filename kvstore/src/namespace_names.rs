@@ -25,7 +25,7 @@ impl NamespaceNames {
     /// Records `name` (as most recently used) and returns its digest.
     pub(crate) fn remember(&self, name: &str) -> u64 {
         let id = namespace_id(name);
-        let mut names = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names = tierkv_tiers::sync::lock(&self.0);
         if names.get(&id).is_none() {
             names.put(id, name.to_string());
         }
@@ -34,16 +34,12 @@ impl NamespaceNames {
 
     /// The name of digest `id`, if it is among those kept.
     pub(crate) fn name(&self, id: u64) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
+        tierkv_tiers::sync::lock(&self.0).get(&id).cloned()
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+        tierkv_tiers::sync::lock(&self.0).len()
     }
 }
 

@@ -29,7 +29,7 @@ mod armed {
     static TABLE: Mutex<Option<HashMap<String, Failure>>> = Mutex::new(None);
 
     fn table() -> std::sync::MutexGuard<'static, Option<HashMap<String, Failure>>> {
-        TABLE.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&TABLE)
     }
 
     pub(super) fn arm(name: &str, failure: Failure) {

@@ -51,6 +51,7 @@ pub mod header;
 pub(crate) mod io;
 mod key;
 mod stats;
+pub mod sync;
 pub mod testing;
 pub mod tier;
 

@@ -40,7 +40,7 @@ impl SimTier {
     }
 
     fn blocks(&self) -> std::sync::MutexGuard<'_, HashMap<BlockKey, u64>> {
-        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+        tierkv_tiers::sync::lock(&self.blocks)
     }
 }
 

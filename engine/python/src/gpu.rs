@@ -5,7 +5,7 @@
 //! whatever tier holds the blocks, each transfer ordered after the work the engine
 //! queued on its stream.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -30,7 +30,7 @@ pub(crate) fn gpu_available() -> bool {
 /// One transfer engine per GPU in this process (its kernels are compiled once).
 fn transfer_engine(device: usize) -> Result<Arc<TransferEngine>> {
     static ENGINES: Mutex<Vec<(usize, Arc<TransferEngine>)>> = Mutex::new(Vec::new());
-    let mut engines = ENGINES.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut engines = tierkv_kvstore::sync::lock(&ENGINES);
     if let Some((_, e)) = engines.iter().find(|(d, _)| *d == device) {
         return Ok(Arc::clone(e));
     }

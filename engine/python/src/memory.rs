@@ -3,7 +3,7 @@
 //! inside one of them, so a wrong address from Python is an error, not a crash.
 
 use std::collections::BTreeMap;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use bytes::{Bytes, BytesMut};
 use pyo3::prelude::*;
@@ -26,7 +26,7 @@ pub(crate) fn register_memory(addr: usize, nbytes: usize) -> PyResult<()> {
         .checked_add(nbytes)
         .filter(|_| addr != 0 && nbytes != 0)
         .ok_or_else(|| PyTierkvError::Argument(format!("memory {addr:#x}+{nbytes}")))?;
-    let mut regions = REGIONS.write().unwrap_or_else(PoisonError::into_inner);
+    let mut regions = tierkv_kvstore::sync::write(&REGIONS);
     let before = regions.range(..end).next_back();
     if let Some((&start, &len)) = before
         && start + len > addr
@@ -47,9 +47,7 @@ pub(crate) fn register_memory(addr: usize, nbytes: usize) -> PyResult<()> {
 /// whether there was one.
 #[pyfunction]
 pub(crate) fn unregister_memory(addr: usize) -> bool {
-    REGIONS
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
+    tierkv_kvstore::sync::write(&REGIONS)
         .remove(&addr)
         .is_some()
 }
@@ -62,7 +60,7 @@ pub(crate) struct Checked {
 impl Checked {
     pub(crate) fn lock() -> Checked {
         Checked {
-            regions: REGIONS.read().unwrap_or_else(PoisonError::into_inner),
+            regions: tierkv_kvstore::sync::read(&REGIONS),
         }
     }
 

@@ -469,9 +469,7 @@ impl PyStore {
                 PyTierkvError::Unsupported("serve: only an embedded store can serve").into(),
             );
         };
-        let mut served = served
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut served = tierkv_kvstore::sync::lock(served);
         if let Some(s) = &*served {
             return Ok(s.addr.clone());
         }
@@ -536,10 +534,7 @@ impl PyStore {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.flush(py, None)?;
         if let Backend::Embedded { served, .. } = &*self.backend
-            && let Some(s) = served
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
+            && let Some(s) = tierkv_kvstore::sync::lock(served).take()
         {
             let _ = s.stop.send(true);
             let rt = runtime()?;

@@ -129,7 +129,7 @@ impl Frontend {
             .filter(|w| w.reachable())
             .filter_map(|w| w.spec.blocks.clone().map(|b| (w, b)))
             .collect();
-        let _deciding = i.deciding.lock().unwrap_or_else(|p| p.into_inner());
+        let _deciding = tierkv_tiers::sync::lock(&i.deciding);
         let mut order: Vec<(PrefillCandidate, usize)> = workers
             .iter()
             .enumerate()
@@ -175,7 +175,7 @@ impl Frontend {
         loop {
             // Score and reserve under one lock: requests arriving together spread.
             let (idx, reservation, candidate) = {
-                let _deciding = i.deciding.lock().unwrap_or_else(|p| p.into_inner());
+                let _deciding = tierkv_tiers::sync::lock(&i.deciding);
                 let candidates: Vec<Candidate> = decoders
                     .iter()
                     .zip(&overlaps)

@@ -41,7 +41,7 @@ pub struct Worker {
 impl Worker {
     /// Leading blocks of `hashes` this worker holds.
     pub fn overlap(&self, hashes: &[BlockHash]) -> usize {
-        let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let index = tierkv_tiers::sync::lock(&self.index);
         hashes
             .iter()
             .take_while(|h| index.contains_key(&h.0))
@@ -49,7 +49,7 @@ impl Worker {
     }
 
     pub fn load(&self) -> WorkerLoad {
-        *self.load.lock().unwrap_or_else(|p| p.into_inner())
+        *tierkv_tiers::sync::lock(&self.load)
     }
 
     /// Requests queued or running there, as far as the frontend knows.
@@ -89,11 +89,11 @@ impl Worker {
     }
 
     fn indexed(&self) -> usize {
-        self.index.lock().unwrap_or_else(|p| p.into_inner()).len()
+        tierkv_tiers::sync::lock(&self.index).len()
     }
 
     fn apply(&self, event: &ServiceEvent) {
-        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = tierkv_tiers::sync::lock(&self.index);
         for &key in &event.hashes {
             match event.kind {
                 StoreEventKind::Stored => *index.entry(key).or_insert(0) += 1,
@@ -148,12 +148,7 @@ impl std::fmt::Debug for Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        for t in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        for t in tierkv_tiers::sync::lock(&self.tasks).drain(..) {
             t.abort();
         }
     }
@@ -175,10 +170,10 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let workers: Vec<String> = match self.workers.read() {
-            Ok(w) => w.keys().cloned().collect(),
-            Err(poisoned) => poisoned.get_ref().keys().cloned().collect(),
-        };
+        let workers: Vec<String> = tierkv_tiers::sync::read(&self.workers)
+            .keys()
+            .cloned()
+            .collect();
         f.debug_struct("Registry")
             .field("model_id", &self.model_id)
             .field("workers", &workers)
@@ -212,22 +207,17 @@ impl Registry {
 
     /// The namespace the workers share, once the first one joined.
     pub fn namespace(&self) -> Option<Namespace> {
-        self.namespace
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        tierkv_tiers::sync::read(&self.namespace).clone()
     }
 
     /// Workers that joined.
     pub fn count(&self) -> usize {
-        self.workers.read().unwrap_or_else(|p| p.into_inner()).len()
+        tierkv_tiers::sync::read(&self.workers).len()
     }
 
     /// Workers in a role.
     pub fn workers(&self, roles: &[Role]) -> Vec<Arc<Worker>> {
-        self.workers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        tierkv_tiers::sync::read(&self.workers)
             .values()
             .filter(|w| roles.contains(&w.info.role))
             .cloned()
@@ -236,9 +226,7 @@ impl Registry {
 
     /// The smallest context length among the workers.
     pub fn max_context(&self) -> Option<usize> {
-        self.workers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        tierkv_tiers::sync::read(&self.workers)
             .values()
             .map(|w| w.info.max_context)
             .min()
@@ -261,11 +249,7 @@ impl Registry {
     }
 
     fn remove(&self, name: &str) {
-        let gone = self
-            .workers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        let gone = tierkv_tiers::sync::write(&self.workers).remove(name);
         if gone.is_some() {
             tracing::info!(worker = name, "worker left");
             self.metrics.index_blocks.with_label_values(&[name]).set(0);
@@ -274,7 +258,7 @@ impl Registry {
     }
 
     fn update_gauges(&self) {
-        let workers = self.workers.read().unwrap_or_else(|p| p.into_inner());
+        let workers = tierkv_tiers::sync::read(&self.workers);
         for role in [Role::Aggregated, Role::Prefill, Role::Decode] {
             let n = workers.values().filter(|w| w.info.role == role).count();
             self.metrics
@@ -300,7 +284,7 @@ impl Registry {
             return;
         }
         {
-            let mut current = self.namespace.write().unwrap_or_else(|p| p.into_inner());
+            let mut current = tierkv_tiers::sync::write(&self.namespace);
             match &*current {
                 Some(c) if c.name() != ns.name() => {
                     tracing::warn!(worker = %spec.name, namespace = %ns.name(), expected = %c.name(), "worker's KV namespace differs from the cluster's; ignored");
@@ -324,12 +308,9 @@ impl Registry {
         if let Some(addr) = spec.blocks.clone() {
             tasks.push(self.watch_blocks(Arc::downgrade(&worker), addr));
         }
-        *worker.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        *tierkv_tiers::sync::lock(&worker.tasks) = tasks;
         tracing::info!(worker = %spec.name, role = %worker.info.role, http = %spec.http, "worker joined");
-        self.workers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(spec.name.clone(), worker);
+        tierkv_tiers::sync::write(&self.workers).insert(spec.name.clone(), worker);
         self.update_gauges();
     }
 
@@ -360,7 +341,7 @@ impl Registry {
                 let Some(w) = worker.upgrade() else { return };
                 w.reachable.store(load.is_some(), Ordering::Relaxed);
                 if let Some(load) = load {
-                    *w.load.lock().unwrap_or_else(|p| p.into_inner()) = load;
+                    *tierkv_tiers::sync::lock(&w.load) = load;
                 }
                 tokio::time::sleep(period).await;
             }

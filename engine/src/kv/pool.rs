@@ -26,18 +26,12 @@ pub struct ResidentSet(Arc<Mutex<HashSet<u128>>>);
 impl ResidentSet {
     /// How many of `hashes`, from the start, the pool holds.
     pub fn prefix_len(&self, hashes: &[BlockHash]) -> usize {
-        let set = match self.0.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let set = tierkv_tiers::sync::lock(&self.0);
         hashes.iter().take_while(|h| set.contains(&h.0)).count()
     }
 
     fn update(&self, f: impl FnOnce(&mut HashSet<u128>)) {
-        let mut set = match self.0.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut set = tierkv_tiers::sync::lock(&self.0);
         f(&mut set)
     }
 }

@@ -139,7 +139,7 @@ impl RemotePrefill {
     }
 
     fn peer(&self, addr: &str) -> Result<BlockClient> {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = tierkv_tiers::sync::lock(&self.peers);
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }

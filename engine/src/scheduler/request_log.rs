@@ -164,7 +164,7 @@ impl RequestLog {
             block_tokens: Some(u64::from(block_tokens)),
             block_hashes: hashes.iter().map(|h| h.0).collect(),
         };
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = tierkv_tiers::sync::lock(&self.file);
         let written = serde_json::to_writer(&mut *f, &line)
             .map_err(std::io::Error::other)
             .and_then(|()| f.write_all(b"\n"))

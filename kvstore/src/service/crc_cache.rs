@@ -19,12 +19,7 @@ impl CrcCache {
     }
 
     pub(crate) fn get_or_compute(&self, key: BlockKey, data: &[u8]) -> u32 {
-        let cached = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied();
+        let cached = tierkv_tiers::sync::lock(&self.0).get(&key).copied();
         cached.unwrap_or_else(|| {
             let crc = tierkv_tiers::checksum::crc32c(data);
             self.insert(key, crc);
@@ -33,9 +28,6 @@ impl CrcCache {
     }
 
     pub(crate) fn insert(&self, key: BlockKey, crc: u32) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(key, crc);
+        tierkv_tiers::sync::lock(&self.0).put(key, crc);
     }
 }

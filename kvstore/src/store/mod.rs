@@ -16,7 +16,7 @@ mod promote;
 mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
@@ -69,9 +69,7 @@ impl std::fmt::Debug for TieredStore {
     }
 }
 
-pub(crate) fn lock(m: &Mutex<StoreIndex>) -> MutexGuard<'_, StoreIndex> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub(crate) use tierkv_tiers::sync::lock;
 
 impl TieredStore {
     /// The store over opened tiers, top first (what [`TieredStore::builder`] ends with).

@@ -99,9 +99,7 @@ pub fn device_context(ordinal: usize) -> Result<Arc<CudaContext>> {
             "GPU {ordinal}: no CUDA driver or no GPU on this machine (feature `cuda`)"
         )));
     }
-    let mut ctxs = CTXS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut ctxs = crate::sync::lock(&CTXS);
     if let Some((_, c)) = ctxs.iter().find(|(o, _)| *o == ordinal) {
         return Ok(Arc::clone(c));
     }

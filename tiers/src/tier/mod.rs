@@ -128,8 +128,4 @@ pub trait Tier: Send + Sync + 'static {
     fn stats(&self) -> TierStats;
 }
 
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical
-/// section in this crate leaves its state consistent before anything can panic.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub(crate) use crate::sync::lock;

@@ -119,11 +119,11 @@ impl DataChannel {
     }
 
     fn take(&self) -> Option<Conn> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        tierkv_tiers::sync::lock(&self.idle).pop()
     }
 
     fn put_back(&self, c: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = tierkv_tiers::sync::lock(&self.idle);
         if idle.len() < MAX_IDLE {
             idle.push(c);
         }

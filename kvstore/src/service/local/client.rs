@@ -164,7 +164,7 @@ impl LocalChannel {
 
     /// A RELEASE message for the leases dropped so far (empty when none).
     fn take_releases(&self) -> Vec<u8> {
-        let ids = std::mem::take(&mut *self.released.lock().unwrap_or_else(|p| p.into_inner()));
+        let ids = std::mem::take(&mut *tierkv_tiers::sync::lock(&self.released));
         if ids.is_empty() {
             return Vec::new();
         }
@@ -178,10 +178,7 @@ impl LocalChannel {
     }
 
     fn lease_dropped(self: &Arc<Self>, id: u64) {
-        self.released
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(id);
+        tierkv_tiers::sync::lock(&self.released).push(id);
         // Release promptly even if this client sends nothing else for a while.
         if !self.flush_scheduled.swap(true, Ordering::AcqRel)
             && let Ok(rt) = tokio::runtime::Handle::try_current()
