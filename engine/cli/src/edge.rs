@@ -118,5 +118,19 @@ pub(crate) fn block_service_tokens(service: &mut tierkv_kvstore::service::Servic
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub(crate) async fn shutdown_signal() {
-    crate::serve::shutdown_signal_impl().await
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 use super::DIRECT_IO_ALIGN;
-use crate::tier::lock;
+use crate::sync::lock;
 
 /// A heap buffer aligned to 4 KiB (`DIRECT_IO_ALIGN`), zero-initialised at allocation; or a
 /// window of the caller's memory ([`AlignedBuf::borrowed`]), which it does not free.

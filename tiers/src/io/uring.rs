@@ -22,7 +22,7 @@ use io_uring::{IoUring, opcode, types};
 use tokio::sync::oneshot;
 
 use super::AlignedBuf;
-use crate::tier::lock;
+use crate::sync::lock;
 
 /// Direction of one I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
