@@ -120,16 +120,7 @@ impl Tier for RemoteTier {
         if self.read_only {
             return Err(TierError::ReadOnly(self.name.clone()));
         }
-        if data.is_empty() {
-            return Err(TierError::Empty(self.name.clone()));
-        }
-        if data.len() > self.slot_bytes {
-            return Err(TierError::TooLarge {
-                tier: self.name.clone(),
-                len: data.len(),
-                slot_bytes: self.slot_bytes,
-            });
-        }
+        tierkv_tiers::check_payload(&self.name, self.slot_bytes, &data)?;
         let Some(ns) = self.namespace(&key) else {
             return Err(TierError::Unavailable {
                 tier: self.name.clone(),

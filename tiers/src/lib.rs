@@ -61,6 +61,6 @@ pub use key::{BlockKey, BlockKeyMap, BuildBlockKeyHasher};
 pub use stats::{TierCounters, TierStats};
 pub use tier::disk::{DiskTier, DiskTierConfig};
 pub use tier::disk_buffers::SlotBuffer;
-pub use tier::host::{HostTier, HostTierConfig, StagedSlot};
+pub use tier::host::{HostTier, HostTierConfig, StagedSlot, check_payload};
 pub use tier::object::{ObjectBackend, ObjectTier, ObjectTierConfig};
 pub use tier::{PutOutcome, Tier, TierKind};

@@ -69,16 +69,7 @@ impl Tier for SimTier {
     }
 
     async fn put(&self, key: BlockKey, data: Bytes) -> tierkv_tiers::Result<PutOutcome> {
-        if data.is_empty() {
-            return Err(TierError::Empty(self.name.clone()));
-        }
-        if data.len() > self.slot_bytes {
-            return Err(TierError::TooLarge {
-                tier: self.name.clone(),
-                len: data.len(),
-                slot_bytes: self.slot_bytes,
-            });
-        }
+        tierkv_tiers::check_payload(&self.name, self.slot_bytes, &data)?;
         let mut blocks = self.blocks();
         if blocks.contains_key(&key) {
             return Ok(PutOutcome::AlreadyPresent);

@@ -566,8 +566,9 @@ impl Tier for HostTier {
     }
 }
 
-/// Rejects empty payloads and payloads larger than the slot.
-pub(crate) fn check_payload(tier: &str, slot_bytes: usize, data: &[u8]) -> Result<()> {
+/// Rejects empty payloads ([`TierError::Empty`]) and payloads larger than the slot
+/// ([`TierError::TooLarge`]): what every [`crate::Tier`]'s `put` checks first.
+pub fn check_payload(tier: &str, slot_bytes: usize, data: &[u8]) -> Result<()> {
     if data.is_empty() {
         return Err(TierError::Empty(tier.to_string()));
     }
