@@ -2,7 +2,6 @@
 //! process and must never panic, whatever they are, and says whether the decoder
 //! accepted it. Not an API.
 
-use crate::api::types::{ChatRequest, CompletionRequest};
 use crate::pd::{PrefillReply, WireEvent, WireRequest, WorkerInfo, WorkerLoad};
 
 /// An OpenAI request body (`/v1/chat/completions` or `/v1/completions`, by the first
@@ -11,11 +10,7 @@ pub fn openai_request_body(data: &[u8]) -> bool {
     let Some((&kind, body)) = data.split_first() else {
         return false;
     };
-    if kind.is_multiple_of(2) {
-        serde_json::from_slice::<ChatRequest>(body).is_ok_and(|req| req.chat_messages().is_ok())
-    } else {
-        serde_json::from_slice::<CompletionRequest>(body).is_ok()
-    }
+    tierkv_serving::api::types::request_body_is_valid(body, kind.is_multiple_of(2))
 }
 
 /// What a cluster worker's internal API reads (`/internal/generate`,
@@ -45,7 +40,9 @@ pub fn internal_api_body(data: &[u8]) -> bool {
 /// when the GGUF container decodes (a model may still be refused for what it holds).
 pub fn gguf_metadata(data: &[u8]) -> bool {
     let mut reader = std::io::Cursor::new(data);
-    match crate::model::parse_gguf_header(&mut reader, "fuzz.gguf") {
+    let read = tierkv_serving::text::GgufMetadata::read(&mut reader, "fuzz.gguf")
+        .and_then(|meta| tierkv_serving::text::model_config_from_gguf(&meta));
+    match read {
         Ok(_) => true,
         Err(e) => !e.to_string().contains("is not a GGUF file"),
     }
@@ -85,7 +82,7 @@ pub fn engine_config_toml(data: &[u8]) -> bool {
         disagg: crate::pd::DisaggConfig,
         store: Option<tierkv_kvstore::StoreConfig>,
         #[serde(default)]
-        frontend: crate::frontend::FrontendConfig,
+        frontend: tierkv_serving::frontend::FrontendConfig,
     }
     let Ok(text) = std::str::from_utf8(data) else {
         return false;

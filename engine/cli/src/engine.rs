@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Deserialize;
-use tierkv_engine::discovery::{EtcdClient, EtcdConfig, WorkerSpec};
 use tierkv_engine::metrics::EngineMetrics;
 use tierkv_engine::pd::{DisaggConfig, PdWorker, Role, internal_api};
 use tierkv_engine::{Engine, EngineConfig};
 use tierkv_kvstore::{ByteSize, StoreConfig, TieredStore};
+use tierkv_serving::discovery::{EtcdClient, EtcdConfig, WorkerSpec};
 use tokio::sync::watch;
 
 #[derive(clap::Args, Debug)]

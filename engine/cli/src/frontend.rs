@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
-use tierkv_engine::api::ApiAccess;
-use tierkv_engine::discovery::{Discovery, EtcdClient, EtcdDiscovery, StaticDiscovery};
-use tierkv_engine::frontend::routing::Policy;
-use tierkv_engine::frontend::{Frontend, FrontendConfig};
 use tierkv_engine::pd::PeerCredentials;
+use tierkv_serving::api::ApiAccess;
+use tierkv_serving::discovery::{Discovery, EtcdClient, EtcdDiscovery, StaticDiscovery};
+use tierkv_serving::frontend::routing::Policy;
+use tierkv_serving::frontend::{Frontend, FrontendConfig};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct FrontendArgs {
@@ -75,7 +75,7 @@ pub(crate) async fn start(
 ) -> anyhow::Result<Frontend> {
     let path = model.to_path_buf();
     // Tokenizer, template and shape only: the frontend never runs the model.
-    let text = tokio::task::spawn_blocking(move || tierkv_engine::model::load_text(&path))
+    let text = tokio::task::spawn_blocking(move || tierkv_serving::text::load_text(&path))
         .await?
         .with_context(|| format!("loading {}", model.display()))?;
     let id = served_model_name.unwrap_or(text.id);
@@ -152,7 +152,7 @@ pub(crate) async fn run(args: FrontendArgs) -> anyhow::Result<()> {
     let frontend = start(&args.model, args.served_model_name.clone(), config, workers).await?;
     println!(
         "tierkv frontend: model {} on http://{}/v1",
-        tierkv_engine::api::Backend::model_id(&frontend),
+        tierkv_serving::api::Backend::model_id(&frontend),
         listener.local_addr()?
     );
     serve(frontend, listener, &access).await
@@ -165,9 +165,9 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     access: &ApiAccess,
 ) -> anyhow::Result<()> {
-    tierkv_engine::api::serve_router(
+    tierkv_serving::api::serve_router(
         listener,
-        tierkv_engine::api::require_api_key(tierkv_engine::frontend::router(frontend), access),
+        tierkv_serving::api::require_api_key(tierkv_serving::frontend::router(frontend), access),
         crate::edge::shutdown_signal(),
     )
     .await?;

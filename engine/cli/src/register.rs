@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tierkv_engine::discovery::{EtcdClient, EtcdConfig, WorkerEngine, WorkerSpec};
 use tierkv_engine::pd::Role;
+use tierkv_serving::discovery::{EtcdClient, EtcdConfig, WorkerEngine, WorkerSpec};
 
 use crate::vllm_worker::{healthy, read_rendezvous, rendezvous_file, routable};
 

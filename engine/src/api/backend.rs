@@ -1,40 +1,12 @@
-//! What the OpenAI API serves from: an [`Engine`] in this process, or a frontend that
-//! routes each request to a worker.
+//! The engine as a [`Backend`] of the OpenAI routes.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedReceiver;
+use tierkv_serving::api::{Backend, Routed};
+use tierkv_serving::request::GenerateRequest;
+use tierkv_serving::text::{ModelConfig, TextCodec};
 
-use crate::model::{ModelConfig, TextCodec};
-use crate::{Engine, GenEvent, GenerateRequest, Result};
-
-/// A request on its way: its events, and the worker serving it when it was routed.
-#[derive(Debug)]
-pub struct Routed {
-    /// The request's events.
-    pub events: UnboundedReceiver<GenEvent>,
-    /// The worker serving it (routed requests only).
-    pub worker: Option<String>,
-}
-
-/// What the OpenAI routes serve from ([`crate::api::openai_routes`]).
-pub trait Backend: Clone + Send + Sync + 'static {
-    /// The model's tokenizer and chat template.
-    fn codec(&self) -> &Arc<TextCodec>;
-    /// The name the model is served under.
-    fn model_id(&self) -> &str;
-    /// The model's shape.
-    fn model_config(&self) -> &ModelConfig;
-    /// The longest context a request may use (prompt plus generated tokens).
-    fn max_context(&self) -> usize;
-    /// `max_tokens` for a request that does not say.
-    fn default_max_tokens(&self, prompt_len: usize) -> usize;
-    /// Starts `req`; its events follow on the returned channel.
-    fn generate(&self, req: GenerateRequest) -> impl Future<Output = Result<Routed>> + Send;
-    /// Prometheus text for `/metrics`.
-    fn render_metrics(&self) -> String;
-}
+use crate::Engine;
 
 impl Backend for Engine {
     fn codec(&self) -> &Arc<TextCodec> {
@@ -52,7 +24,7 @@ impl Backend for Engine {
     fn default_max_tokens(&self, prompt_len: usize) -> usize {
         Engine::default_max_tokens(self, prompt_len)
     }
-    async fn generate(&self, req: GenerateRequest) -> Result<Routed> {
+    async fn generate(&self, req: GenerateRequest) -> tierkv_serving::Result<Routed> {
         Ok(Routed {
             events: Engine::generate(self, req).await?,
             worker: None,

@@ -1,56 +1,40 @@
-//! The OpenAI-compatible HTTP API: `POST /v1/chat/completions`, `POST /v1/completions`
-//! (both with SSE streaming), `GET /v1/models`, `GET /health`, `GET /metrics`, and
-//! vLLM's `POST /reset_prefix_cache`.
+//! The engine's HTTP API: the OpenAI routes of `tierkv_serving::api` served from the
+//! engine's own model, plus vLLM's `POST /reset_prefix_cache`.
 
-mod auth;
 mod backend;
-mod error;
-mod generation;
-mod handlers;
-pub(crate) mod types;
 
 use std::future::Future;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
 
-pub use auth::{ApiAccess, bearer_headers, require_api_key};
-pub use backend::{Backend, Routed};
-pub use error::{ApiError, json_errors};
-pub use handlers::WORKER_HEADER;
-pub(crate) use handlers::{json_response, parse};
+pub use tierkv_serving::api::*;
 
-use crate::Engine;
-
-/// The OpenAI routes over any backend.
-pub fn openai_routes<B: Backend>() -> Router<B> {
-    Router::new()
-        .route("/v1/chat/completions", post(handlers::chat::<B>))
-        .route("/v1/completions", post(handlers::completions::<B>))
-        .route("/v1/models", get(handlers::models::<B>))
-        .route("/health", get(handlers::health))
-        .route("/metrics", get(handlers::metrics::<B>))
-        .fallback(handlers::not_found)
-}
+use crate::{Engine, EngineError};
 
 /// An engine's routes: the OpenAI API and `/reset_prefix_cache` (a cluster worker
 /// merges `pd::internal_api::router` beside them).
 pub fn router(engine: Engine) -> Router {
     openai_routes::<Engine>()
-        .route("/reset_prefix_cache", post(handlers::reset_prefix_cache))
+        .route("/reset_prefix_cache", post(reset_prefix_cache))
         .with_state(engine)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; errors axum writes itself
-/// (413 and the like) go out as JSON, as every other error does.
-pub async fn serve_router(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, json_errors(router))
-        .with_graceful_shutdown(shutdown)
-        .await
+async fn reset_prefix_cache(State(engine): State<Engine>) -> Response {
+    match engine.reset_prefix_cache().await {
+        Ok(n) => json_response(json!({ "dropped_blocks": n })),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// An engine error as the API answers it (see `From<EngineError> for ServingError`).
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        ApiError::from(tierkv_serving::ServingError::from(e))
+    }
 }
 
 /// Serves an engine's API on `listener` until `shutdown` resolves.

@@ -3,14 +3,10 @@
 //! paged attention over the KV pool.
 
 mod attention;
-mod config;
 mod gguf;
 mod quant;
-
-pub(crate) use gguf::parse_header as parse_gguf_header;
 mod rope;
 mod safetensors;
-mod tokenizer;
 
 use std::path::Path;
 
@@ -18,8 +14,10 @@ use candle_core::quantized::QMatMul;
 use candle_core::{Device, Module, Tensor};
 
 pub use attention::{AttnSeq, AttnShape, paged_attention};
-pub use config::{Architecture, ModelConfig, RopeStyle};
-pub use tokenizer::{ChatMessage, IncrementalDecoder, TextCodec};
+pub use tierkv_serving::text::{
+    Architecture, ChatMessage, IncrementalDecoder, ModelConfig, ModelText, RopeStyle, TextCodec,
+    load_text,
+};
 
 use crate::kv::KvPool;
 use crate::{EngineError, Result};
@@ -34,32 +32,6 @@ pub struct LoadedModel {
     pub codec: TextCodec,
     /// The name the API serves it under (the file or directory name).
     pub id: String,
-}
-
-/// A model's tokenizer, chat template and shape, without its weights.
-#[derive(Debug)]
-pub struct ModelText {
-    /// Its tokenizer and chat template.
-    pub codec: TextCodec,
-    /// Its shape and special tokens.
-    pub config: ModelConfig,
-    /// The name the API serves it under (the file or directory name).
-    pub id: String,
-}
-
-/// Reads only what a frontend needs from a `.gguf` file or a Hugging Face Qwen3
-/// directory: tokenizer, chat template, shape (no weights).
-pub fn load_text(path: &Path) -> Result<ModelText> {
-    if path.is_dir() {
-        safetensors::load_text(path)
-    } else if path.is_file() {
-        gguf::load_text(path)
-    } else {
-        Err(EngineError::model(format!(
-            "{} is neither a .gguf file nor a model directory",
-            path.display()
-        )))
-    }
 }
 
 /// Loads a `.gguf` file (Llama family) or a Hugging Face Qwen3 directory.

@@ -1,6 +1,6 @@
 //! Rotary position embedding, applied in place to rows of heads.
 
-use super::config::RopeStyle;
+use super::RopeStyle;
 
 /// cos/sin tables for positions `0..max_positions`.
 pub(super) struct Rope {

@@ -6,44 +6,10 @@ use std::path::Path;
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
-use tokenizers::Tokenizer;
+use tierkv_serving::text::{HfQwen3Config, hf_text, read_json};
 
-use super::config::HfQwen3Config;
-use super::tokenizer::TextCodec;
-use super::{Layer, Linear, LoadedModel, Model, ModelConfig, ModelText};
+use super::{Layer, Linear, LoadedModel, Model, ModelText};
 use crate::{EngineError, Result};
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| EngineError::model(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| EngineError::model(format!("{}: {e}", path.display())))
-}
-
-/// The parts of `tokenizer_config.json` the engine uses.
-#[derive(serde::Deserialize, Default)]
-struct TokenizerConfig {
-    chat_template: Option<String>,
-    bos_token: Option<serde_json::Value>,
-    eos_token: Option<serde_json::Value>,
-}
-
-fn token_text(v: &Option<serde_json::Value>) -> String {
-    match v {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Object(o)) => o
-            .get("content")
-            .and_then(|c| c.as_str())
-            .unwrap_or_default()
-            .to_string(),
-        _ => String::new(),
-    }
-}
-
-/// config.json and the tokenizer files: what a frontend needs, without the weights.
-pub(super) fn load_text(dir: &Path) -> Result<ModelText> {
-    let hf: HfQwen3Config = read_json(&dir.join("config.json"))?;
-    text(dir, hf.to_text_config()?)
-}
 
 pub(super) fn load_dir(dir: &Path) -> Result<LoadedModel> {
     let hf: HfQwen3Config = read_json(&dir.join("config.json"))?;
@@ -103,7 +69,7 @@ pub(super) fn load_dir(dir: &Path) -> Result<LoadedModel> {
         take("lm_head.weight")?
     };
     let embed = embed_t.flatten_all()?.to_vec1::<f32>()?;
-    let ModelText { codec, config, id } = text(dir, config)?;
+    let ModelText { codec, config, id } = hf_text(dir, config)?;
     let model = Model::new(
         config,
         embed,
@@ -112,27 +78,4 @@ pub(super) fn load_dir(dir: &Path) -> Result<LoadedModel> {
         Linear::Candle(QMatMul::Tensor(lm_head)),
     )?;
     Ok(LoadedModel { model, codec, id })
-}
-
-fn text(dir: &Path, config: ModelConfig) -> Result<ModelText> {
-    let tok_path = dir.join("tokenizer.json");
-    let tokenizer = Tokenizer::from_file(&tok_path)
-        .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
-    let tc_path = dir.join("tokenizer_config.json");
-    let tc: TokenizerConfig = if tc_path.exists() {
-        read_json(&tc_path)?
-    } else {
-        TokenizerConfig::default()
-    };
-    let codec = TextCodec::new(
-        tokenizer,
-        tc.chat_template,
-        token_text(&tc.bos_token),
-        token_text(&tc.eos_token),
-    )?;
-    let id = dir
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    Ok(ModelText { codec, config, id })
 }

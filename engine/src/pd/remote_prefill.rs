@@ -11,8 +11,10 @@ use futures::future::BoxFuture;
 use tierkv_kvstore::service::BlockClient;
 use tierkv_kvstore::{BlockHash, Namespace, TierKind};
 
-use super::decision::{PrefillDecision, decide};
-use super::{DisaggConfig, PeerCredentials, PrefillCandidate, PrefillReply, WireRequest};
+use super::{
+    DisaggConfig, PeerCredentials, PrefillCandidate, PrefillDecision, PrefillReply, WireRequest,
+    decide,
+};
 use crate::metrics::EngineMetrics;
 use crate::scheduler::{PrefillElsewhere, Prefilled};
 use crate::{EngineError, GenerateRequest, KvSource, Result};

@@ -10,7 +10,6 @@
 //! up is published to the store by a background task: the worker never waits on it.
 
 mod config;
-mod elsewhere;
 mod fetch;
 mod request_log;
 pub mod sampler;
@@ -24,132 +23,16 @@ use tierkv_kvstore::{BlockHash, Namespace, TieredStore, hash_blocks};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::EngineConfig;
-pub use elsewhere::{PrefillElsewhere, Prefilled};
 pub use request_log::{RequestLog, TRACE_BLOCK_TOKENS, TraceRecord, parse_trace};
-pub use sampler::SamplingParams;
+pub use tierkv_serving::request::{
+    FinishReason, GenEvent, GenerateRequest, KvSource, PrefillElsewhere, Prefilled, SamplingParams,
+    Usage,
+};
 
 use crate::kv::{KvPool, PoolUsage, ResidentSet};
 use crate::metrics::EngineMetrics;
 use crate::model::{LoadedModel, ModelConfig, TextCodec};
 use crate::{EngineError, Result};
-
-/// Where the KV of a prompt token came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum KvSource {
-    /// Computed by the model in this request.
-    Computed,
-    /// Blocks still in the engine's own KV pool.
-    Engine,
-    /// A store tier of this kind ("host", "disk", "object", "remote").
-    Tier(tierkv_kvstore::TierKind),
-}
-
-impl KvSource {
-    /// Its name in usage reports and metrics.
-    pub fn label(&self) -> String {
-        match self {
-            KvSource::Computed => "computed".into(),
-            KvSource::Engine => "engine".into(),
-            KvSource::Tier(k) => k.to_string(),
-        }
-    }
-}
-
-/// A generation request in token ids.
-#[derive(Clone, Debug, Default)]
-pub struct GenerateRequest {
-    /// The prompt's token ids.
-    pub prompt: Vec<u32>,
-    /// Most tokens to generate.
-    pub max_tokens: usize,
-    /// How tokens are drawn.
-    pub sampling: SamplingParams,
-    /// Extra tokens that end the generation (besides the model's end-of-sequence).
-    pub stop_token_ids: Vec<u32>,
-    /// Keep generating past end-of-sequence tokens.
-    pub ignore_eos: bool,
-    /// Per-tenant salt: blocks are only shared between requests with the same salt.
-    pub cache_salt: Option<String>,
-    /// Another worker that may compute the prompt (a decode worker's prefill workers).
-    pub prefill_elsewhere: Option<Arc<dyn PrefillElsewhere>>,
-    /// Publish every full prompt block (also reused ones) without skipping, and report
-    /// each stored block as [`GenEvent::Published`]: what a prefill worker does before
-    /// it answers.
-    pub await_publish: bool,
-}
-
-impl GenerateRequest {
-    /// Greedy decoding of exactly `max_tokens` tokens (end-of-sequence ignored), no
-    /// salt: what benchmarks and equality tests want.
-    pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-        GenerateRequest {
-            prompt,
-            max_tokens,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                top_p: 1.0,
-                seed: None,
-            },
-            stop_token_ids: Vec::new(),
-            ignore_eos: true,
-            ..GenerateRequest::default()
-        }
-    }
-}
-
-/// Why a generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence or stop token.
-    Stop,
-    /// `max_tokens` or the context length reached.
-    Length,
-}
-
-impl FinishReason {
-    /// OpenAI's `finish_reason`: `stop` or `length`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
-
-/// Token accounting of a finished request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Usage {
-    /// Tokens in the prompt.
-    pub prompt_tokens: usize,
-    /// Tokens generated.
-    pub completion_tokens: usize,
-    /// Prompt tokens whose KV was reused (engine pool or store) rather than computed.
-    pub cached_tokens: usize,
-    /// Reused prompt tokens by source label ("engine", "host", "disk", ...).
-    pub cached_by_source: Vec<(String, usize)>,
-}
-
-/// What a running request reports, in order: `Admitted`, `Token`s, then `Finished` or
-/// `Error`.
-#[derive(Debug)]
-pub enum GenEvent {
-    /// The request was admitted; the usage so far says how much of the prompt's KV
-    /// was reused.
-    Admitted(Usage),
-    /// A generated token's id.
-    Token(u32),
-    /// The generation ended.
-    Finished {
-        /// Why.
-        reason: FinishReason,
-        /// Final token counts.
-        usage: Usage,
-    },
-    /// The request failed (the message says why).
-    Error(String),
-    /// A block of the prompt is in the store (only with `await_publish`).
-    Published(BlockHash),
-}
 
 pub(crate) enum Command {
     Add(Box<sequence::NewSequence>),

@@ -2,26 +2,7 @@
 //! and nucleus (top-p) sampling from a seeded generator, so that a request with a
 //! `seed` gives the same tokens every time.
 
-/// How a request samples. Defaults follow OpenAI: temperature 1, top_p 1.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SamplingParams {
-    /// 0 means greedy (argmax). Default 1.0.
-    pub temperature: f32,
-    /// Keep the smallest set of tokens whose probability reaches `top_p`. Default 1.0.
-    pub top_p: f32,
-    /// Seed of the request's random generator. Default: a fresh random seed.
-    pub seed: Option<u64>,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-            seed: None,
-        }
-    }
-}
+pub use tierkv_serving::request::SamplingParams;
 
 /// Draws tokens from logits: greedy at temperature 0, else temperature and top-p
 /// sampling from a seeded generator (the same seed draws the same tokens).

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tierkv_engine::discovery::{EtcdClient, EtcdConfig, Registration, WorkerEngine, WorkerSpec};
-use tierkv_engine::frontend::FrontendConfig;
-use tierkv_engine::frontend::routing::Policy;
 use tierkv_engine::pd::Role;
+use tierkv_serving::discovery::{EtcdClient, EtcdConfig, Registration, WorkerEngine, WorkerSpec};
+use tierkv_serving::frontend::FrontendConfig;
+use tierkv_serving::frontend::routing::Policy;
 use tokio::process::Child;
 
 #[derive(clap::Args, Debug)]

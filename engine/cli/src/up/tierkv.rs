@@ -4,8 +4,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tierkv_engine::discovery::WorkerSpec;
 use tierkv_engine::pd::Role;
+use tierkv_serving::discovery::WorkerSpec;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 

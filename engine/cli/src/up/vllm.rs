@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tierkv_engine::discovery::{WorkerEngine, WorkerSpec};
 use tierkv_engine::pd::Role;
+use tierkv_serving::discovery::{WorkerEngine, WorkerSpec};
 use tokio::process::Command;
 
 use super::{UpArgs, Worker, free_port};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::model::{IncrementalDecoder, TextCodec};
-use crate::{GenEvent, Usage};
+use crate::request::{GenEvent, Usage};
+use crate::text::{IncrementalDecoder, TextCodec};
 
 pub(super) enum Piece {
     Text(String),

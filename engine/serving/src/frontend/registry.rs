@@ -41,7 +41,7 @@ pub struct Worker {
 impl Worker {
     /// Leading blocks of `hashes` this worker holds.
     pub fn overlap(&self, hashes: &[BlockHash]) -> usize {
-        let index = tierkv_tiers::sync::lock(&self.index);
+        let index = tierkv_kvstore::sync::lock(&self.index);
         hashes
             .iter()
             .take_while(|h| index.contains_key(&h.0))
@@ -49,7 +49,7 @@ impl Worker {
     }
 
     pub fn load(&self) -> WorkerLoad {
-        *tierkv_tiers::sync::lock(&self.load)
+        *tierkv_kvstore::sync::lock(&self.load)
     }
 
     /// Requests queued or running there, as far as the frontend knows.
@@ -89,11 +89,11 @@ impl Worker {
     }
 
     fn indexed(&self) -> usize {
-        tierkv_tiers::sync::lock(&self.index).len()
+        tierkv_kvstore::sync::lock(&self.index).len()
     }
 
     fn apply(&self, event: &ServiceEvent) {
-        let mut index = tierkv_tiers::sync::lock(&self.index);
+        let mut index = tierkv_kvstore::sync::lock(&self.index);
         for &key in &event.hashes {
             match event.kind {
                 StoreEventKind::Stored => *index.entry(key).or_insert(0) += 1,
@@ -148,7 +148,7 @@ impl std::fmt::Debug for Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        for t in tierkv_tiers::sync::lock(&self.tasks).drain(..) {
+        for t in tierkv_kvstore::sync::lock(&self.tasks).drain(..) {
             t.abort();
         }
     }
@@ -170,7 +170,7 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let workers: Vec<String> = tierkv_tiers::sync::read(&self.workers)
+        let workers: Vec<String> = tierkv_kvstore::sync::read(&self.workers)
             .keys()
             .cloned()
             .collect();
@@ -207,17 +207,17 @@ impl Registry {
 
     /// The namespace the workers share, once the first one joined.
     pub fn namespace(&self) -> Option<Namespace> {
-        tierkv_tiers::sync::read(&self.namespace).clone()
+        tierkv_kvstore::sync::read(&self.namespace).clone()
     }
 
     /// Workers that joined.
     pub fn count(&self) -> usize {
-        tierkv_tiers::sync::read(&self.workers).len()
+        tierkv_kvstore::sync::read(&self.workers).len()
     }
 
     /// Workers in a role.
     pub fn workers(&self, roles: &[Role]) -> Vec<Arc<Worker>> {
-        tierkv_tiers::sync::read(&self.workers)
+        tierkv_kvstore::sync::read(&self.workers)
             .values()
             .filter(|w| roles.contains(&w.info.role))
             .cloned()
@@ -226,7 +226,7 @@ impl Registry {
 
     /// The smallest context length among the workers.
     pub fn max_context(&self) -> Option<usize> {
-        tierkv_tiers::sync::read(&self.workers)
+        tierkv_kvstore::sync::read(&self.workers)
             .values()
             .map(|w| w.info.max_context)
             .min()
@@ -249,7 +249,7 @@ impl Registry {
     }
 
     fn remove(&self, name: &str) {
-        let gone = tierkv_tiers::sync::write(&self.workers).remove(name);
+        let gone = tierkv_kvstore::sync::write(&self.workers).remove(name);
         if gone.is_some() {
             tracing::info!(worker = name, "worker left");
             self.metrics.index_blocks.with_label_values(&[name]).set(0);
@@ -258,7 +258,7 @@ impl Registry {
     }
 
     fn update_gauges(&self) {
-        let workers = tierkv_tiers::sync::read(&self.workers);
+        let workers = tierkv_kvstore::sync::read(&self.workers);
         for role in [Role::Aggregated, Role::Prefill, Role::Decode] {
             let n = workers.values().filter(|w| w.info.role == role).count();
             self.metrics
@@ -284,7 +284,7 @@ impl Registry {
             return;
         }
         {
-            let mut current = tierkv_tiers::sync::write(&self.namespace);
+            let mut current = tierkv_kvstore::sync::write(&self.namespace);
             match &*current {
                 Some(c) if c.name() != ns.name() => {
                     tracing::warn!(worker = %spec.name, namespace = %ns.name(), expected = %c.name(), "worker's KV namespace differs from the cluster's; ignored");
@@ -308,9 +308,9 @@ impl Registry {
         if let Some(addr) = spec.blocks.clone() {
             tasks.push(self.watch_blocks(Arc::downgrade(&worker), addr));
         }
-        *tierkv_tiers::sync::lock(&worker.tasks) = tasks;
+        *tierkv_kvstore::sync::lock(&worker.tasks) = tasks;
         tracing::info!(worker = %spec.name, role = %worker.info.role, http = %spec.http, "worker joined");
-        tierkv_tiers::sync::write(&self.workers).insert(spec.name.clone(), worker);
+        tierkv_kvstore::sync::write(&self.workers).insert(spec.name.clone(), worker);
         self.update_gauges();
     }
 
@@ -341,7 +341,7 @@ impl Registry {
                 let Some(w) = worker.upgrade() else { return };
                 w.reachable.store(load.is_some(), Ordering::Relaxed);
                 if let Some(load) = load {
-                    *tierkv_tiers::sync::lock(&w.load) = load;
+                    *tierkv_kvstore::sync::lock(&w.load) = load;
                 }
                 tokio::time::sleep(period).await;
             }

@@ -23,9 +23,10 @@ use self::worker_client::StartError;
 use crate::api::{Backend, Routed};
 use crate::discovery::Discovery;
 use crate::metrics::FrontendMetrics;
-use crate::model::{ModelConfig, TextCodec};
 use crate::pd::{PrefillCandidate, Role, WireRequest};
-use crate::{EngineError, GenerateRequest, Result};
+use crate::request::GenerateRequest;
+use crate::text::{ModelConfig, TextCodec};
+use crate::{Result, ServingError};
 
 /// The frontend; cheap to clone.
 #[derive(Clone)]
@@ -76,7 +77,7 @@ impl Frontend {
             .default_headers(crate::api::bearer_headers(workers.api_key.as_deref())?)
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| EngineError::Config(format!("HTTP client: {e}")))?;
+            .map_err(|e| ServingError::Config(format!("HTTP client: {e}")))?;
         let metrics = Arc::new(FrontendMetrics::new());
         let registry = Registry::new(
             model_id.clone(),
@@ -129,7 +130,7 @@ impl Frontend {
             .filter(|w| w.reachable())
             .filter_map(|w| w.spec.blocks.clone().map(|b| (w, b)))
             .collect();
-        let _deciding = tierkv_tiers::sync::lock(&i.deciding);
+        let _deciding = tierkv_kvstore::sync::lock(&i.deciding);
         let mut order: Vec<(PrefillCandidate, usize)> = workers
             .iter()
             .enumerate()
@@ -153,7 +154,7 @@ impl Frontend {
         let i = &self.inner;
         i.metrics.requests.inc();
         let ns = i.registry.namespace().ok_or_else(|| {
-            EngineError::Unavailable("no worker has joined the cluster yet".into())
+            ServingError::Unavailable("no worker has joined the cluster yet".into())
         })?;
         let ns = match (&req.cache_salt, &i.namespace_key) {
             (Some(salt), Some(key)) => ns.with_key(key.clone())?.salted(salt.clone())?,
@@ -163,7 +164,7 @@ impl Frontend {
         let hashes = hash_blocks(&ns, &req.prompt);
         let decoders = i.registry.workers(&[Role::Decode, Role::Aggregated]);
         if decoders.is_empty() {
-            return Err(EngineError::Unavailable(
+            return Err(ServingError::Unavailable(
                 "no decode worker is available".into(),
             ));
         }
@@ -175,7 +176,7 @@ impl Frontend {
         loop {
             // Score and reserve under one lock: requests arriving together spread.
             let (idx, reservation, candidate) = {
-                let _deciding = tierkv_tiers::sync::lock(&i.deciding);
+                let _deciding = tierkv_kvstore::sync::lock(&i.deciding);
                 let candidates: Vec<Candidate> = decoders
                     .iter()
                     .zip(&overlaps)
@@ -240,7 +241,7 @@ impl Frontend {
                 }
             }
         }
-        Err(EngineError::Unavailable(format!(
+        Err(ServingError::Unavailable(format!(
             "every decode worker failed: {}",
             failures.join("; ")
         )))

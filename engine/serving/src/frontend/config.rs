@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::routing::Policy;
 use crate::discovery::{EtcdConfig, WorkerSpec};
-use crate::{EngineError, Result};
+use crate::{Result, ServingError};
 
 /// The frontend's configuration (`[frontend]` of its TOML file); every default here.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -89,24 +89,24 @@ impl FrontendConfig {
     /// An error naming the first setting that cannot work.
     pub fn validate(&self) -> Result<()> {
         if !(self.overlap_weight.is_finite() && self.overlap_weight >= 0.0) {
-            return Err(EngineError::Config(
+            return Err(ServingError::Config(
                 "frontend.overlap_weight must be a non-negative number".into(),
             ));
         }
         if self.load_poll_ms == 0 {
-            return Err(EngineError::Config(
+            return Err(ServingError::Config(
                 "frontend.load_poll_ms must be positive".into(),
             ));
         }
         if self.prefill.prefill_timeout_ms == 0 {
-            return Err(EngineError::Config(
+            return Err(ServingError::Config(
                 "frontend.prefill.prefill_timeout_ms must be positive".into(),
             ));
         }
         let mut names = std::collections::HashSet::new();
         for w in &self.workers {
             if !names.insert(&w.name) {
-                return Err(EngineError::Config(format!(
+                return Err(ServingError::Config(format!(
                     "frontend.workers: the name {:?} is used twice",
                     w.name
                 )));
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn the_example_file_lists_the_defaults() {
-        let text = include_str!("../../../deploy/frontend.example.toml");
+        let text = include_str!("../../../../deploy/frontend.example.toml");
         let file: File = toml::from_str(text).expect("deploy/frontend.example.toml parses");
         assert_eq!(file.frontend, FrontendConfig::default());
         assert!(toml::from_str::<File>("[frontend]\nrouter = \"random\"\n").is_err());

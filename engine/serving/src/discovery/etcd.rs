@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Change, Discovery, WorkerSpec};
-use crate::{EngineError, Result};
+use crate::{Result, ServingError};
 
 /// Where etcd is and where tierkv keeps its workers there.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -42,8 +42,8 @@ impl Default for EtcdConfig {
     }
 }
 
-fn err(what: &str) -> impl Fn(tonic::Status) -> EngineError + '_ {
-    move |s| EngineError::Discovery(format!("etcd {what}: {}", s.message()))
+fn err(what: &str) -> impl Fn(tonic::Status) -> ServingError + '_ {
+    move |s| ServingError::Discovery(format!("etcd {what}: {}", s.message()))
 }
 
 /// The end of the key range holding every key that starts with `prefix`.
@@ -86,7 +86,7 @@ impl EtcdClient {
                 Err(x) => last = format!("{e}: {x}"),
             }
         }
-        Err(EngineError::Discovery(format!(
+        Err(ServingError::Discovery(format!(
             "cannot reach etcd ({last})"
         )))
     }
@@ -142,7 +142,7 @@ impl EtcdClient {
     pub async fn register(&self, config: &EtcdConfig, spec: &WorkerSpec) -> Result<Registration> {
         let key = format!("{}{}", config.prefix, spec.name);
         let value = serde_json::to_vec(spec)
-            .map_err(|e| EngineError::Discovery(format!("encoding the registration: {e}")))?;
+            .map_err(|e| ServingError::Discovery(format!("encoding the registration: {e}")))?;
         let ttl = config.lease_ttl_s.max(2);
         let lease = self.grant_and_put(&key, &value, ttl).await?;
         let (client, key2) = (self.clone(), key.clone());
@@ -179,7 +179,7 @@ impl EtcdClient {
             .map_err(err("lease grant"))?
             .into_inner();
         if !lease.error.is_empty() {
-            return Err(EngineError::Discovery(format!(
+            return Err(ServingError::Discovery(format!(
                 "etcd lease grant: {}",
                 lease.error
             )));
@@ -205,10 +205,10 @@ impl EtcdClient {
         while let Some(r) = replies.next().await {
             let r = r.map_err(err("keep-alive"))?;
             if r.ttl <= 0 {
-                return Err(EngineError::Discovery("etcd lease expired".into()));
+                return Err(ServingError::Discovery("etcd lease expired".into()));
             }
         }
-        Err(EngineError::Discovery(
+        Err(ServingError::Discovery(
             "etcd keep-alive stream ended".into(),
         ))
     }
@@ -311,7 +311,7 @@ impl EtcdDiscovery {
         while let Some(r) = events.next().await {
             let r = r.map_err(err("watch"))?;
             if r.canceled {
-                return Err(EngineError::Discovery(format!(
+                return Err(ServingError::Discovery(format!(
                     "etcd cancelled the watch: {}",
                     r.cancel_reason
                 )));
@@ -337,7 +337,7 @@ impl EtcdDiscovery {
                 }
             }
         }
-        Err(EngineError::Discovery("etcd watch stream ended".into()))
+        Err(ServingError::Discovery("etcd watch stream ended".into()))
     }
 }
 

@@ -8,10 +8,11 @@ use tierkv_kvstore::Namespace;
 use tokio::sync::mpsc;
 
 use super::{Context, InfoPoll, LineDecoder, StartError, forward, refusal};
+use crate::ServingError;
 use crate::discovery::WorkerSpec;
 use crate::frontend::registry::{PrefillReservation, Reservation};
 use crate::pd::{WireEvent, WireRequest, WorkerInfo, WorkerLoad};
-use crate::{EngineError, GenEvent};
+use crate::request::GenEvent;
 
 pub(super) async fn start(
     cx: &Context<'_>,
@@ -20,7 +21,7 @@ pub(super) async fn start(
     req: &WireRequest,
 ) -> Result<mpsc::UnboundedReceiver<GenEvent>, StartError> {
     let body = serde_json::to_vec(req)
-        .map_err(|e| StartError::Rejected(EngineError::InvalidRequest(e.to_string())))?;
+        .map_err(|e| StartError::Rejected(ServingError::InvalidRequest(e.to_string())))?;
     let resp = cx
         .http
         .post(format!(

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::{EngineError, Result};
+use crate::{Result, ServingError};
 
 /// Which family a model belongs to; decides the rotary embedding and the per-head norms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl ModelConfig {
 
     /// An error unless the shape is consistent (non-zero, heads divide evenly, ...).
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(EngineError::model(format!("bad model shape: {m}")));
+        let bad = |m: &str| Err(ServingError::model(format!("bad model shape: {m}")));
         if self.num_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
             return bad("zero layers, hidden size or vocabulary");
         }
@@ -94,32 +94,49 @@ impl ModelConfig {
 
 /// `config.json` of a Hugging Face Qwen3 directory (the fields the engine uses).
 #[derive(Clone, Debug, Deserialize)]
-pub(crate) struct HfQwen3Config {
+pub struct HfQwen3Config {
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Transformer layers.
     pub num_hidden_layers: usize,
+    /// Query heads.
     pub num_attention_heads: usize,
+    /// KV heads.
     pub num_key_value_heads: usize,
+    /// Elements per head. Default `hidden_size / num_attention_heads`.
     pub head_dim: Option<usize>,
+    /// Width of the MLP.
     pub intermediate_size: usize,
+    /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// RoPE base frequency. Default 1,000,000.
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f32,
+    /// Epsilon of the RMS norms. Default 1e-6.
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
+    /// Longest sequence. Default 40,960.
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
+    /// The output projection is the embedding. Default false.
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// The beginning-of-sequence token, if any.
     pub bos_token_id: Option<u32>,
+    /// The end token(s), if any.
     pub eos_token_id: Option<EosIds>,
+    /// The model classes the directory is for (`Qwen3ForCausalLM`). Default none.
     #[serde(default)]
     pub architectures: Vec<String>,
 }
 
+/// One end token or several.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
-pub(crate) enum EosIds {
+pub enum EosIds {
+    /// One token.
     One(u32),
+    /// Several tokens.
     Many(Vec<u32>),
 }
 
@@ -136,7 +153,7 @@ fn default_max_positions() -> usize {
 impl HfQwen3Config {
     /// The shape of a directory whose text side alone is needed (a frontend tokenizes
     /// and counts; it never runs the model): Llama directories are read too.
-    pub(super) fn to_text_config(&self) -> Result<ModelConfig> {
+    pub fn to_text_config(&self) -> Result<ModelConfig> {
         if self.architectures.iter().any(|a| a == "LlamaForCausalLM") {
             let mut c = Self {
                 architectures: Vec::new(),
@@ -149,11 +166,13 @@ impl HfQwen3Config {
         self.to_model_config()
     }
 
-    pub(super) fn to_model_config(&self) -> Result<ModelConfig> {
+    /// The shape of a Qwen3 directory the engine runs; an error for other
+    /// architectures or an inconsistent shape.
+    pub fn to_model_config(&self) -> Result<ModelConfig> {
         if !self.architectures.is_empty()
             && !self.architectures.iter().any(|a| a == "Qwen3ForCausalLM")
         {
-            return Err(EngineError::model(format!(
+            return Err(ServingError::model(format!(
                 "unsupported architecture {:?} (this engine reads Qwen3ForCausalLM directories)",
                 self.architectures
             )));

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::{EngineError, Result};
+use crate::{Result, ServingError};
 
 /// Who may call an HTTP API.
 #[derive(Clone, Default)]
@@ -64,7 +64,7 @@ pub fn bearer_headers(api_key: Option<&str>) -> Result<HeaderMap> {
     let mut headers = HeaderMap::new();
     if let Some(key) = api_key {
         let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
-            .map_err(|_| EngineError::Config("the API key is not a valid header value".into()))?;
+            .map_err(|_| ServingError::Config("the API key is not a valid header value".into()))?;
         value.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, value);
     }

@@ -21,7 +21,7 @@ use super::{Context, InfoPoll, LineDecoder, StartError, forward, refusal};
 use crate::discovery::WorkerSpec;
 use crate::frontend::registry::{PrefillReservation, Reservation};
 use crate::pd::{PrefillCandidate, PrefillDecision, WireRequest, WorkerInfo, WorkerLoad, decide};
-use crate::{FinishReason, GenEvent, Usage};
+use crate::request::{FinishReason, GenEvent, Usage};
 
 pub(super) async fn start(
     cx: &Context<'_>,

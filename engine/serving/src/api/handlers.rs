@@ -15,7 +15,7 @@ use super::backend::Backend;
 use super::error::ApiError;
 use super::generation::{Piece, TextGeneration};
 use super::types::{ChatRequest, CompletionRequest, Prompt, Sampling};
-use crate::{Engine, GenerateRequest, SamplingParams, Usage};
+use crate::request::{GenerateRequest, SamplingParams, Usage};
 
 /// Response header naming the worker that served a routed request.
 pub const WORKER_HEADER: &str = "x-tierkv-worker";
@@ -33,7 +33,8 @@ fn request_id(prefix: &str) -> String {
     format!("{prefix}-{:x}{:06x}", now_secs(), n)
 }
 
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+/// `body` as JSON of `T`; a 400 in OpenAI's shape when it is not.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
@@ -45,7 +46,8 @@ fn check_model<B: Backend>(engine: &B, model: &str) -> Result<(), ApiError> {
     }
 }
 
-pub(crate) fn json_response(v: Value) -> Response {
+/// `v` as an `application/json` response.
+pub fn json_response(v: Value) -> Response {
     ([("content-type", "application/json")], v.to_string()).into_response()
 }
 
@@ -221,7 +223,7 @@ async fn run<B: Backend>(engine: B, plan: Plan, kind: Kind) -> Result<Response, 
 
 async fn run_routed<B: Backend>(
     engine: &B,
-    rx: tokio::sync::mpsc::UnboundedReceiver<crate::GenEvent>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::request::GenEvent>,
     stops: Vec<String>,
     stream_it: bool,
     include_usage: bool,
@@ -276,7 +278,7 @@ async fn run_routed<B: Backend>(
                 });
             }
             None => {
-                return Err(ApiError::from(crate::EngineError::Unavailable(
+                return Err(ApiError::from(crate::ServingError::Unavailable(
                     "no result".into(),
                 )));
             }
@@ -404,13 +406,6 @@ pub(super) async fn metrics<B: Backend>(State(engine): State<B>) -> Response {
         engine.render_metrics(),
     )
         .into_response()
-}
-
-pub(super) async fn reset_prefix_cache(State(engine): State<Engine>) -> Response {
-    match engine.reset_prefix_cache().await {
-        Ok(n) => json_response(json!({ "dropped_blocks": n })),
-        Err(e) => ApiError::from(e).into_response(),
-    }
 }
 
 pub(super) async fn not_found() -> Response {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::{EngineError, Result};
+use crate::{Result, ServingError};
 
 /// One chat message, as the OpenAI API sends it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,8 +26,8 @@ pub struct TextCodec {
     max_token_bytes: usize,
 }
 
-fn tok_err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Tokenizer(e.to_string())
+fn tok_err(e: impl std::fmt::Display) -> ServingError {
+    ServingError::Tokenizer(e.to_string())
 }
 
 impl std::fmt::Debug for TextCodec {
@@ -127,7 +127,7 @@ impl TextCodec {
     /// Renders the chat template with `add_generation_prompt`, as Hugging Face does.
     pub fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
         let env = self.chat.as_ref().ok_or_else(|| {
-            EngineError::InvalidRequest(
+            ServingError::InvalidRequest(
                 "this model has no chat template; use /v1/completions".into(),
             )
         })?;
@@ -142,7 +142,7 @@ impl TextCodec {
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         })
-        .map_err(|e| EngineError::InvalidRequest(format!("chat template: {e}")))
+        .map_err(|e| ServingError::InvalidRequest(format!("chat template: {e}")))
     }
 }
 

@@ -16,16 +16,17 @@ use tokio::sync::mpsc;
 
 use super::PrefillConfig;
 use super::registry::{PrefillReservation, Reservation};
+use crate::ServingError;
 use crate::discovery::{WorkerEngine, WorkerSpec};
 use crate::metrics::FrontendMetrics;
 use crate::pd::{WireRequest, WorkerInfo, WorkerLoad};
-use crate::{EngineError, GenEvent};
+use crate::request::GenEvent;
 
 /// Why a worker did not take a request.
 pub(super) enum StartError {
     /// The request itself is bad (the worker answered 4xx): no other worker will
     /// take it either.
-    Rejected(EngineError),
+    Rejected(ServingError),
     /// The worker failed or is unreachable: another one may serve the request.
     Failed(String),
 }
@@ -99,7 +100,7 @@ async fn refusal(resp: reqwest::Response) -> StartError {
         })
         .unwrap_or(text);
     if status.is_client_error() {
-        StartError::Rejected(EngineError::InvalidRequest(message))
+        StartError::Rejected(ServingError::InvalidRequest(message))
     } else {
         StartError::Failed(format!("{status}: {message}"))
     }

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::model::ChatMessage;
+use crate::text::ChatMessage;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -132,5 +132,16 @@ impl ChatRequest {
                 Ok(ChatMessage { role, content })
             })
             .collect()
+    }
+}
+
+/// Whether `body` parses and checks as an OpenAI chat (`chat`) or completion request,
+/// as the API does before it tokenizes anything: the fuzz targets' entry point.
+#[doc(hidden)]
+pub fn request_body_is_valid(body: &[u8], chat: bool) -> bool {
+    if chat {
+        serde_json::from_slice::<ChatRequest>(body).is_ok_and(|req| req.chat_messages().is_ok())
+    } else {
+        serde_json::from_slice::<CompletionRequest>(body).is_ok()
     }
 }

@@ -41,12 +41,12 @@ pub enum Policy {
 }
 
 impl std::str::FromStr for Policy {
-    type Err = crate::EngineError;
+    type Err = crate::ServingError;
     fn from_str(s: &str) -> crate::Result<Policy> {
         match s {
             "round-robin" => Ok(Policy::RoundRobin),
             "kv-aware" => Ok(Policy::KvAware),
-            o => Err(crate::EngineError::Config(format!(
+            o => Err(crate::ServingError::Config(format!(
                 "router {o:?}: expected round-robin or kv-aware"
             ))),
         }

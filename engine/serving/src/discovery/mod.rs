@@ -78,12 +78,12 @@ impl WorkerEngine {
 }
 
 impl std::str::FromStr for WorkerEngine {
-    type Err = crate::EngineError;
+    type Err = crate::ServingError;
     fn from_str(s: &str) -> crate::Result<WorkerEngine> {
         match s {
             "tierkv" => Ok(WorkerEngine::Tierkv),
             "vllm" => Ok(WorkerEngine::Vllm),
-            other => Err(crate::EngineError::Config(format!(
+            other => Err(crate::ServingError::Config(format!(
                 "engine {other:?}: expected tierkv or vllm"
             ))),
         }

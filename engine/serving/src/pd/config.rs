@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EngineError, Result};
+use crate::{Result, ServingError};
 
 /// What a worker does in a cluster.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,13 +37,13 @@ impl fmt::Display for Role {
 }
 
 impl std::str::FromStr for Role {
-    type Err = EngineError;
+    type Err = ServingError;
     fn from_str(s: &str) -> Result<Role> {
         match s {
             "aggregated" => Ok(Role::Aggregated),
             "prefill" => Ok(Role::Prefill),
             "decode" => Ok(Role::Decode),
-            other => Err(EngineError::Config(format!(
+            other => Err(ServingError::Config(format!(
                 "role {other:?}: expected aggregated, prefill or decode"
             ))),
         }
@@ -98,7 +98,7 @@ impl DisaggConfig {
     /// An error naming the first setting that cannot work.
     pub fn validate(&self) -> Result<()> {
         if self.prefill_timeout_ms == 0 {
-            return Err(EngineError::Config(
+            return Err(ServingError::Config(
                 "disagg.prefill_timeout_ms must be positive".into(),
             ));
         }

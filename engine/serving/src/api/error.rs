@@ -4,7 +4,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::EngineError;
+use crate::ServingError;
 
 /// An error answer in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`).
 #[derive(Debug)]
@@ -77,12 +77,12 @@ impl ApiError {
     }
 }
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> ApiError {
+impl From<ServingError> for ApiError {
+    fn from(e: ServingError) -> ApiError {
         match e {
-            EngineError::InvalidRequest(m) => ApiError::invalid(m),
-            EngineError::Tokenizer(m) => ApiError::invalid(format!("tokenizer: {m}")),
-            EngineError::Unavailable(m) => ApiError {
+            ServingError::InvalidRequest(m) => ApiError::invalid(m),
+            ServingError::Tokenizer(m) => ApiError::invalid(format!("tokenizer: {m}")),
+            ServingError::Unavailable(m) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 kind: "server_error",
                 code: None,
@@ -90,17 +90,17 @@ impl From<EngineError> for ApiError {
                 message: m,
             },
             other => {
-                // The client gets the kind and an id to quote; the engine's log has the
+                // The client gets the kind and an id to quote; the server's log has the
                 // whole error (paths, endpoints and object keys stay in it).
                 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(error_id = id, error = %other, "request failed");
                 let what = match &other {
-                    EngineError::Store(e) => e.public_summary(),
-                    EngineError::Compute(_) => "the model's compute failed".into(),
+                    ServingError::Store(e) => e.public_summary(),
+                    ServingError::Internal { summary, .. } => summary.clone(),
                     _ => "internal error".into(),
                 };
-                ApiError::internal(format!("{what} (error {id} in the engine's log)"))
+                ApiError::internal(format!("{what} (error {id} in the server's log)"))
             }
         }
     }
