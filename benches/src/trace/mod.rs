@@ -8,6 +8,7 @@
 
 mod curve;
 pub(crate) mod generate;
+mod policy_sim;
 pub(crate) mod replay;
 mod sim_tier;
 pub(crate) mod tune;

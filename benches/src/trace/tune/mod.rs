@@ -7,8 +7,11 @@
 //! Host-only points come from one pass per block size ([`HitCurve`](crate::trace::curve::HitCurve), exact); host ->
 //! disk points (write-back, promotion) from the same pass's exclusive model; the
 //! cheapest points reaching the target, and every policy variant of their capacities,
-//! are then simulated exactly, and only exact points are recommended. `--exact`
-//! simulates every point instead (the slow reference).
+//! are then simulated exactly — by replaying the store's policy directly
+//! ([`policy_sim`](crate::trace::policy_sim), the same counts as a replay through the
+//! store, tens of nanoseconds per block access) — and only exact points are
+//! recommended. `--exact` simulates every point; `--through-store` simulates through
+//! a `TieredStore` over metadata-only tiers instead (the slow reference).
 
 mod plan;
 mod sweep;
@@ -21,10 +24,11 @@ use anyhow::{Context, ensure};
 use serde::Serialize;
 use tierkv_kvstore::ByteSize;
 
+use super::policy_sim::Interned;
 use super::replay::{ReplayReport, build_store, replay};
 use sweep::{
     Point, Source, capacities, config_for, curve_for, grid, price, progress_bar, replay_args,
-    simulate,
+    simulate, simulate_policy,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -67,10 +71,14 @@ pub(crate) struct TuneArgs {
     /// the real replay's bandwidth per tier over time.
     #[arg(long)]
     pub plots: Option<PathBuf>,
-    /// Simulate every point (slow; the reference the one-pass curves are checked
-    /// against) instead of the curves plus an exact shortlist.
+    /// Simulate every point exactly instead of the curves plus an exact shortlist.
     #[arg(long)]
     pub exact: bool,
+    /// Simulate through a `TieredStore` over metadata-only tiers (the reference the
+    /// direct policy replay is checked against; ~100x slower) instead of replaying the
+    /// store's policy directly.
+    #[arg(long)]
+    pub through_store: bool,
     /// Modelled (host -> disk) points reaching the target that are simulated exactly,
     /// cheapest first, each with its policy variants; 0 recommends from the exact
     /// one-tier curves alone.
@@ -170,24 +178,16 @@ pub(crate) async fn tune(mut args: TuneArgs) -> anyhow::Result<(Point, Option<Re
         curves.push(curve);
     }
     let curves_s = started.elapsed().as_secs_f64();
-    let mut simulated_points = 0;
-    if args.exact {
-        let all: Vec<Point> = args
-            .block_tokens
+    // The points to simulate: every point (--exact), or the shortlist — the cheapest
+    // modelled points reaching the target (and the best one), each with every policy
+    // variant of its capacities.
+    let to_simulate: Vec<Point> = if args.exact {
+        points.clear();
+        args.block_tokens
             .iter()
             .flat_map(|&bt| grid(&args, &trace, bt))
-            .collect();
-        points.clear();
-        let progress = progress_bar(all.len());
-        for mut p in all {
-            simulate(&mut p, &args, &trace).await?;
-            points.push(p);
-            progress.inc(1);
-        }
-        simulated_points = points.len();
+            .collect()
     } else {
-        // The shortlist: the cheapest modelled points reaching the target (and the
-        // best one), each with every policy variant of its capacities, simulated.
         let best = points
             .iter()
             .map(|p| p.ttft_saved_s)
@@ -208,26 +208,37 @@ pub(crate) async fn tune(mut args: TuneArgs) -> anyhow::Result<(Point, Option<Re
         {
             short.push(top.clone());
         }
-        let variants: Vec<Point> = short
+        short
             .iter()
             .flat_map(|s| {
                 grid(&args, &trace, s.block_tokens)
                     .into_iter()
                     .filter(|p| p.same_capacities(s))
             })
-            .collect();
-        let progress = progress_bar(variants.len());
-        for mut p in variants {
+            .collect()
+    };
+    let simulated_points = to_simulate.len();
+    let progress = progress_bar(simulated_points);
+    // Blocks as dense ids, once per block size simulated.
+    let mut interned: Vec<Interned> = Vec::new();
+    for mut p in to_simulate {
+        if args.through_store {
             simulate(&mut p, &args, &trace).await?;
-            points.retain(|q| {
-                !(q.same_capacities(&p)
-                    && q.write_through == p.write_through
-                    && q.promote == p.promote)
-            });
-            points.push(p);
-            progress.inc(1);
-            simulated_points += 1;
+        } else {
+            if !interned.iter().any(|b| b.block_tokens == p.block_tokens) {
+                interned.push(Interned::new(&trace, p.block_tokens));
+            }
+            let blocks = interned
+                .iter()
+                .find(|b| b.block_tokens == p.block_tokens)
+                .context("interned blocks of the point's block size")?;
+            simulate_policy(&mut p, &args, blocks);
         }
+        points.retain(|q| {
+            !(q.same_capacities(&p) && q.write_through == p.write_through && q.promote == p.promote)
+        });
+        points.push(p);
+        progress.inc(1);
     }
     let sweep_s = started.elapsed().as_secs_f64();
     // Only exact points that fit a node are recommended, against the best of them.

@@ -9,6 +9,7 @@ use tierkv_kvstore::{ByteSize, DiskSection, EvictPolicy, HostSection, StoreConfi
 
 use super::TuneArgs;
 use crate::trace::curve::HitCurve;
+use crate::trace::policy_sim::{self, Interned, Policy};
 use crate::trace::replay::{ReplayArgs, build_store, replay};
 use crate::trace::{TraceRecord, block_hashes};
 
@@ -183,7 +184,37 @@ pub(super) fn price(p: &mut Point, args: &TuneArgs, accesses: u64, host_hits: u6
     p.cost = p.host_bytes as f64 * args.host_cost + p.disk_bytes as f64;
 }
 
-/// Measures a point by a simulated replay (exact).
+/// The policy and capacities (in blocks, as the store rounds them) of a point.
+pub(super) fn policy_for(p: &Point, args: &TuneArgs) -> Policy {
+    let block_bytes = p.block_tokens * args.bytes_per_token;
+    let config = config_for(p, block_bytes, args.dir.clone());
+    let mut host_blocks = 0;
+    let mut disk_blocks = None;
+    for tc in &config.tiers {
+        match tc {
+            TierConfig::Host(h) => host_blocks = config.host_config(h).capacity_blocks(),
+            TierConfig::Disk(d) => disk_blocks = Some(config.disk_config(d).capacity_blocks()),
+            _ => {}
+        }
+    }
+    Policy {
+        host_blocks,
+        disk_blocks,
+        write_through: p.write_through,
+        promote: p.promote,
+    }
+}
+
+/// Measures a point by replaying the store's policy directly ([`policy_sim`], exact:
+/// the same counts as [`simulate`]).
+pub(super) fn simulate_policy(p: &mut Point, args: &TuneArgs, blocks: &Interned) {
+    let hits = policy_sim::simulate(blocks, policy_for(p, args));
+    p.source = Source::Simulated;
+    price(p, args, blocks.accesses(), hits.host, hits.disk);
+}
+
+/// Measures a point by a simulated replay through the store (exact; the reference
+/// [`simulate_policy`] is checked against, and what `--exact` runs).
 pub(super) async fn simulate(
     p: &mut Point,
     args: &TuneArgs,

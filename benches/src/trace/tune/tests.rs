@@ -3,6 +3,7 @@ use super::sweep::*;
 use super::*;
 use crate::trace::TraceRecord;
 use crate::trace::generate::{GenArgs, generate};
+use crate::trace::policy_sim::Interned;
 use tierkv_kvstore::StoreConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,6 +101,7 @@ fn args_for(trace_path: PathBuf, dir: &std::path::Path) -> TuneArgs {
         dir: dir.join("sim"),
         plots: None,
         exact: false,
+        through_store: false,
         shortlist: 3,
         model: None,
         tp: 1,
@@ -151,11 +153,42 @@ async fn the_fast_sweep_recommends_what_the_exact_sweep_does() {
         .0;
     let exact = tune(TuneArgs {
         exact: true,
+        ..args_for(trace_path.clone(), dir.path())
+    })
+    .await
+    .unwrap()
+    .0;
+    let through_store = tune(TuneArgs {
+        exact: true,
+        through_store: true,
         ..args_for(trace_path, dir.path())
     })
     .await
     .unwrap()
     .0;
+    // The direct policy replay and the store pick the same point with the same hits.
+    assert_eq!(
+        (exact.block_tokens, exact.host_bytes, exact.disk_bytes),
+        (
+            through_store.block_tokens,
+            through_store.host_bytes,
+            through_store.disk_bytes
+        )
+    );
+    assert_eq!(
+        (
+            exact.host_hits,
+            exact.disk_hits,
+            exact.write_through,
+            exact.promote
+        ),
+        (
+            through_store.host_hits,
+            through_store.disk_hits,
+            through_store.write_through,
+            through_store.promote
+        )
+    );
     assert!(fast.exact());
     // The fast sweep's pick is exact and reaches the target; it costs at most what
     // the exhaustive sweep's pick does, or saves within the target of it.
@@ -182,6 +215,7 @@ async fn bad_flags_are_refused() {
         dir: PathBuf::from("unused"),
         plots: None,
         exact: false,
+        through_store: false,
         shortlist: 3,
         model: None,
         tp: 1,
@@ -267,4 +301,80 @@ fn kv_bytes_per_token_come_from_a_model_name_or_its_config() {
 
 fn plan_bytes(model: &str, tp: u64) -> u64 {
     super::plan::model_bytes_per_token(model, tp).unwrap()
+}
+
+/// Requests that are the given chains of 512-token hash ids.
+fn id_trace(requests: &[Vec<u64>]) -> Vec<TraceRecord> {
+    requests
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| TraceRecord {
+            timestamp: i as u64,
+            input_length: ids.len() as u64 * 512,
+            output_length: 1,
+            hash_ids: ids.clone(),
+            ..TraceRecord::default()
+        })
+        .collect()
+}
+
+/// The direct policy replay against the replay through the store, at every point of
+/// the grid (every capacity pair, write-back and write-through, promotion on and off):
+/// the same host and disk hits, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_replay_counts_exactly_what_the_store_replay_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = args_for(PathBuf::from("unused"), dir.path());
+    let mut traces: Vec<(String, Vec<TraceRecord>)> = [4, 5, 6]
+        .into_iter()
+        .map(|seed| (format!("chat seed {seed}"), chat_trace(seed, 100)))
+        .collect();
+    traces.push(("one block".into(), id_trace(&[vec![1], vec![1], vec![1]])));
+    traces.push((
+        "all distinct".into(),
+        id_trace(
+            &(0..40)
+                .map(|i| vec![3 * i, 3 * i + 1, 3 * i + 2])
+                .collect::<Vec<_>>(),
+        ),
+    ));
+    traces.push(("all equal".into(), id_trace(&vec![vec![7, 8, 9, 10]; 30])));
+    // Long prefixes shared in a cycle larger than the host: demotions, promotions,
+    // write-through copies and disk evictions all happen.
+    traces.push((
+        "cycling prefixes".into(),
+        id_trace(
+            &(0..120)
+                .map(|i| (0..(4 + i % 9)).map(|j| (i % 11) * 100 + j).collect())
+                .collect::<Vec<_>>(),
+        ),
+    ));
+    let mut compared = 0;
+    for (name, trace) in &traces {
+        for &bt in &args.block_tokens {
+            let blocks = Interned::new(trace, bt);
+            let mut grid = grid(&args, trace, bt);
+            // Capacity edge cases: one host block, and a disk of one block.
+            let mut tiny = grid[0].clone();
+            tiny.host_bytes = stride(&args, bt).0;
+            tiny.disk_bytes = 0;
+            grid.push(tiny.clone());
+            tiny.disk_bytes = stride(&args, bt).1;
+            tiny.write_through = true;
+            grid.push(tiny);
+            for p in grid {
+                let (mut fast, mut store) = (p.clone(), p.clone());
+                simulate_policy(&mut fast, &args, &blocks);
+                simulate(&mut store, &args, trace).await.unwrap();
+                assert_eq!(
+                    (fast.host_hits, fast.disk_hits),
+                    (store.host_hits, store.disk_hits),
+                    "{name}, {bt}-token blocks, {:?}",
+                    policy_for(&p, &args)
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 500, "{compared} points compared");
 }
