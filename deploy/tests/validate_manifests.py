@@ -247,7 +247,7 @@ def _toml(d: dict, prefix: str = "") -> str:
 
 def exported_metrics() -> set[str]:
     names = set()
-    for f in [ROOT / "kvstore/src/metrics.rs", ROOT / "engine/src/metrics.rs", ROOT / "engine/python/python/tierkv/vllm/stats.py"]:
+    for f in [ROOT / "kvstore/src/metrics.rs", ROOT / "engine/src/metrics.rs", ROOT / "engine/serving/src/metrics.rs", ROOT / "engine/python/python/tierkv/vllm/stats.py"]:
         names |= set(re.findall(r'"(tierkv_[a-z_]+)"', f.read_text()))
     return names
 
