@@ -164,20 +164,7 @@ impl HitCurve {
 mod tests {
     use super::*;
 
-    /// A trace whose requests are the given chains of 512-token hash ids.
-    fn trace(requests: &[&[u64]]) -> Vec<TraceRecord> {
-        requests
-            .iter()
-            .enumerate()
-            .map(|(i, ids)| TraceRecord {
-                timestamp: i as u64,
-                input_length: ids.len() as u64 * 512,
-                output_length: 1,
-                hash_ids: ids.to_vec(),
-                ..TraceRecord::default()
-            })
-            .collect()
-    }
+    use crate::trace::id_trace as trace;
 
     /// A plain LRU with prefix hits, the replay's rule, for comparison.
     fn lru_hits(trace: &[TraceRecord], block_tokens: u64, cap: usize) -> u64 {

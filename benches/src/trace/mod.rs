@@ -79,6 +79,22 @@ pub(crate) fn block_hashes(rec: &TraceRecord, block_tokens: u64) -> Vec<u128> {
     out
 }
 
+/// A trace whose requests are the given chains of 512-token hash ids (for tests).
+#[cfg(test)]
+pub(crate) fn id_trace(requests: &[&[u64]]) -> Vec<TraceRecord> {
+    requests
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| TraceRecord {
+            timestamp: i as u64,
+            input_length: ids.len() as u64 * 512,
+            output_length: 1,
+            hash_ids: ids.to_vec(),
+            ..TraceRecord::default()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

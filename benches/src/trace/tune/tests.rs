@@ -1,9 +1,9 @@
 //! `tune` against the exhaustive simulation, and its flags.
 use super::sweep::*;
 use super::*;
-use crate::trace::TraceRecord;
 use crate::trace::generate::{GenArgs, generate};
 use crate::trace::policy_sim::Interned;
+use crate::trace::{TraceRecord, id_trace};
 use tierkv_kvstore::StoreConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,21 +303,6 @@ fn plan_bytes(model: &str, tp: u64) -> u64 {
     super::plan::model_bytes_per_token(model, tp).unwrap()
 }
 
-/// Requests that are the given chains of 512-token hash ids.
-fn id_trace(requests: &[Vec<u64>]) -> Vec<TraceRecord> {
-    requests
-        .iter()
-        .enumerate()
-        .map(|(i, ids)| TraceRecord {
-            timestamp: i as u64,
-            input_length: ids.len() as u64 * 512,
-            output_length: 1,
-            hash_ids: ids.clone(),
-            ..TraceRecord::default()
-        })
-        .collect()
-}
-
 /// The direct policy replay against the replay through the store, at every point of
 /// the grid (every capacity pair, write-back and write-through, promotion on and off):
 /// the same host and disk hits, exactly.
@@ -329,23 +314,29 @@ async fn the_policy_replay_counts_exactly_what_the_store_replay_does() {
         .into_iter()
         .map(|seed| (format!("chat seed {seed}"), chat_trace(seed, 100)))
         .collect();
-    traces.push(("one block".into(), id_trace(&[vec![1], vec![1], vec![1]])));
+    traces.push(("one block".into(), id_trace(&[&[1], &[1], &[1]])));
     traces.push((
         "all distinct".into(),
         id_trace(
-            &(0..40)
+            &(0..40u64)
                 .map(|i| vec![3 * i, 3 * i + 1, 3 * i + 2])
+                .collect::<Vec<_>>()
+                .iter()
+                .map(Vec::as_slice)
                 .collect::<Vec<_>>(),
         ),
     ));
-    traces.push(("all equal".into(), id_trace(&vec![vec![7, 8, 9, 10]; 30])));
+    traces.push(("all equal".into(), id_trace(&[&[7u64, 8, 9, 10][..]; 30])));
     // Long prefixes shared in a cycle larger than the host: demotions, promotions,
     // write-through copies and disk evictions all happen.
     traces.push((
         "cycling prefixes".into(),
         id_trace(
-            &(0..120)
+            &(0..120u64)
                 .map(|i| (0..(4 + i % 9)).map(|j| (i % 11) * 100 + j).collect())
+                .collect::<Vec<Vec<u64>>>()
+                .iter()
+                .map(Vec::as_slice)
                 .collect::<Vec<_>>(),
         ),
     ));
