@@ -21,13 +21,18 @@ pub enum KvStoreError {
     #[error("invalid store configuration: {0}")]
     Config(String),
     /// A configuration file that cannot be read or parsed.
-    #[error("config file {path}: {reason}")]
+    #[error("config file {path}: {source}")]
     ConfigFile {
         /// The file.
         path: PathBuf,
-        /// What is wrong (the I/O or TOML error, with its line).
-        reason: String,
+        /// What is wrong: the I/O error, the TOML error (with its line) or the
+        /// validation error.
+        #[source]
+        source: tierkv_tiers::BoxError,
     },
+    /// TOML that does not parse as a store configuration.
+    #[error("invalid store configuration: {0}")]
+    Toml(#[from] toml::de::Error),
     /// A layout with a zero dimension or a size that overflows.
     #[error("invalid KV layout: {0}")]
     Layout(String),
@@ -42,12 +47,15 @@ pub enum KvStoreError {
         message: String,
     },
     /// A block service could not be reached or set up.
-    #[error("block service at {addr}: {reason}")]
+    #[error("block service at {addr}: {context}: {source}")]
     Connect {
         /// The address (or socket path).
         addr: String,
-        /// What failed, with the underlying error.
-        reason: String,
+        /// What was being done (`connecting`, `binding the data channel`, ...).
+        context: String,
+        /// The underlying error (transport, I/O, TLS).
+        #[source]
+        source: tierkv_tiers::BoxError,
     },
     /// Something that is not a valid message of the block service protocol.
     #[error("block service protocol: {0}")]
@@ -89,7 +97,7 @@ impl KvStoreError {
             KvStoreError::WrongBlockSize { .. }
             | KvStoreError::NoRoom { .. }
             | KvStoreError::Layout(_) => self.to_string(),
-            KvStoreError::Config(_) | KvStoreError::ConfigFile { .. } => {
+            KvStoreError::Config(_) | KvStoreError::ConfigFile { .. } | KvStoreError::Toml(_) => {
                 "the store's configuration is invalid".into()
             }
             KvStoreError::Rpc { op, code, .. } => {

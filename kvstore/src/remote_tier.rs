@@ -77,7 +77,8 @@ impl RemoteTier {
         TierCounters::add(&self.counters.io_errors, 1);
         TierError::Unavailable {
             tier: self.name.clone(),
-            reason: e.to_string(),
+            reason: "the peer's block service failed".into(),
+            source: Some(Box::new(e)),
         }
     }
 }
@@ -128,6 +129,7 @@ impl Tier for RemoteTier {
                     "namespace {:016x} is not registered with this tier",
                     key.namespace
                 ),
+                source: None,
             });
         };
         let len = data.len() as u64;
@@ -140,6 +142,7 @@ impl Tier for RemoteTier {
             return Err(TierError::Unavailable {
                 tier: self.name.clone(),
                 reason: "the peer rejected the block".into(),
+                source: None,
             });
         }
         TierCounters::add(&self.counters.puts, 1);

@@ -36,3 +36,6 @@ pub const OBJECT_MAX_CONCURRENCY: usize = 32;
 pub const OBJECT_MAX_RETRIES: usize = 3;
 /// Object tier: timeout of one request (HTTP backends).
 pub const OBJECT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// GPU tier (feature `cuda`): 1 GiB of HBM.
+pub const GPU_CAPACITY: u64 = 1 << 30;

@@ -69,12 +69,15 @@ pub enum TierError {
         source: object_store::Error,
     },
     /// A tier behind a network (a peer's block service) could not be reached or failed.
-    #[error("tier `{tier}` is unavailable: {reason}")]
+    #[error("tier `{tier}` is unavailable: {reason}{}", caused_by(.source))]
     Unavailable {
         /// The tier's name.
         tier: String,
-        /// Why, in words (the peer's status; never its credentials).
+        /// What failed, in words (never the peer's credentials).
         reason: String,
+        /// The underlying error (the peer's client error), when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
     /// A put into a read-only tier.
     #[error("tier `{0}` is read-only")]
@@ -85,6 +88,18 @@ pub enum TierError {
     /// The tier's I/O threads are gone.
     #[error("tier `{0}` is shut down")]
     Closed(String),
+}
+
+/// An underlying error of another crate, kept as a [`TierError`]'s source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `": {source}"`, or nothing without a source: the message then says what failed and
+/// why, and [`std::error::Error::source`] still gives the cause itself.
+fn caused_by(source: &Option<BoxError>) -> String {
+    source
+        .as_ref()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
 }
 
 impl TierError {

@@ -55,12 +55,14 @@ pub mod sync;
 pub mod testing;
 pub mod tier;
 
-pub use error::{Result, TierError};
+pub use error::{BoxError, Result, TierError};
 pub use io::aligned::AlignedBuf;
 pub use key::{BlockKey, BlockKeyMap, BuildBlockKeyHasher};
 pub use stats::{TierCounters, TierStats};
 pub use tier::disk::{DiskTier, DiskTierConfig};
 pub use tier::disk_buffers::SlotBuffer;
+#[cfg(feature = "cuda")]
+pub use tier::gpu::{GpuTier, GpuTierConfig};
 pub use tier::host::{HostTier, HostTierConfig, StagedSlot, check_payload};
 pub use tier::object::{ObjectBackend, ObjectTier, ObjectTierConfig};
 pub use tier::{PutOutcome, Tier, TierKind};

@@ -483,3 +483,54 @@ async fn a_layer_wise_offload_lands_every_layer_of_every_block() {
             .is_err()
     );
 }
+
+// The GPU tier (HBM slots owned by tierkv) runs the same conformance suite as every
+// other tier: round trips, idempotent puts, capacity, bad payloads, concurrency, and
+// futures dropped mid-way leaving no orphan slot.
+tierkv_tiers::tier_conformance_tests!(
+    gpu_tier_conformance,
+    tierkv_tiers::testing::conformance::Capabilities::local(),
+    async {
+        let tier = tierkv_tiers::GpuTier::new(tierkv_tiers::GpuTierConfig {
+            capacity_bytes: 24 * (64 << 10),
+            slot_bytes: 64 << 10,
+            ..Default::default()
+        })
+        .expect("GPU tier (these tests need a GPU)");
+        (Arc::new(tier) as Arc<dyn Tier>, ())
+    }
+);
+
+#[tokio::test]
+async fn a_gpu_tier_larger_than_free_hbm_is_an_error_not_a_crash() {
+    let err = tierkv_tiers::GpuTier::new(tierkv_tiers::GpuTierConfig {
+        capacity_bytes: 1 << 50,
+        slot_bytes: 1 << 20,
+        ..Default::default()
+    })
+    .expect_err("a petabyte of HBM");
+    assert!(err.to_string().contains("allocating"), "{err}");
+}
+
+#[tokio::test]
+async fn the_gpu_tier_keeps_block_bytes_on_the_device() {
+    // A block of nearly a whole slot comes back bit for bit, and the stats count it
+    // under the GPU's kind.
+    let tier = tierkv_tiers::GpuTier::new(tierkv_tiers::GpuTierConfig {
+        capacity_bytes: 8 << 20,
+        slot_bytes: 1 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut rng = Rng(0x9e37);
+    let mut data = vec![0u8; (1 << 20) - 16];
+    rng.fill(&mut data);
+    let key = BlockKey::new(7, 11);
+    tier.put(key, bytes::Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(tier.get(key).await.unwrap().as_deref(), Some(&data[..]));
+    let stats = tier.stats();
+    assert_eq!((stats.blocks, stats.payload_bytes), (1, data.len() as u64));
+    assert_eq!(stats.kind, tierkv_tiers::TierKind::Gpu);
+}

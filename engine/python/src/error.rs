@@ -47,7 +47,7 @@ pub enum PyTierkvError {
     #[error("the store is closed")]
     Closed,
     #[error("cannot start the tokio runtime: {0}")]
-    Runtime(String),
+    Runtime(#[source] std::sync::Arc<std::io::Error>),
 }
 
 pub(crate) type Result<T, E = PyTierkvError> = std::result::Result<T, E>;

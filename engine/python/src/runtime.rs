@@ -1,10 +1,11 @@
 //! The tokio runtime shared by every store and client of the process.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{PyTierkvError, Result};
 
-static RUNTIME: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+static RUNTIME: OnceLock<std::result::Result<tokio::runtime::Runtime, Arc<std::io::Error>>> =
+    OnceLock::new();
 
 /// The process-wide runtime: two worker threads (the stores' own I/O runs on their
 /// dedicated threads), created on first use, free to run on every core.
@@ -17,10 +18,10 @@ pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
                 .on_thread_start(run_on_every_core)
                 .enable_all()
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(Arc::new)
         })
         .as_ref()
-        .map_err(|e| PyTierkvError::Runtime(e.clone()))
+        .map_err(|e| PyTierkvError::Runtime(Arc::clone(e)))
 }
 
 /// Lets the calling thread run on every core of the machine (the kernel keeps it within

@@ -189,8 +189,7 @@ impl StoreConfig {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<StoreConfig> {
-        let config: StoreConfig =
-            toml::from_str(text).map_err(|e| KvStoreError::Config(e.to_string()))?;
+        let config: StoreConfig = toml::from_str(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -199,13 +198,13 @@ impl StoreConfig {
     pub fn from_file(path: &Path) -> Result<StoreConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| KvStoreError::ConfigFile {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         Self::from_toml(&text).map_err(|e| KvStoreError::ConfigFile {
             path: path.to_path_buf(),
-            reason: match e {
-                KvStoreError::Config(reason) => reason,
-                other => other.to_string(),
+            source: match e {
+                KvStoreError::Toml(e) => Box::new(e),
+                other => Box::new(other),
             },
         })
     }
@@ -421,6 +420,40 @@ pub(crate) const REDACTED: &str = "<redacted>";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_file_error_keeps_its_cause_as_the_source() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        let e = StoreConfig::from_file(&missing).unwrap_err();
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound),
+            "{e}"
+        );
+        assert!(e.to_string().contains("none.toml"), "{e}");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[[tier]]\nkind = 3\n").unwrap();
+        let e = StoreConfig::from_file(&bad).unwrap_err();
+        let toml = e.source().and_then(|s| s.downcast_ref::<toml::de::Error>());
+        assert!(toml.is_some(), "the TOML error is the source: {e:?}");
+        assert!(
+            e.to_string().contains("line 2"),
+            "the message names the line: {e}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_peer_keeps_the_client_error_as_the_source() {
+        use std::error::Error as _;
+        let config = crate::service::BlockClientConfig::new("http://[not an address");
+        let e = crate::service::BlockClient::new(config).unwrap_err();
+        assert!(matches!(e, KvStoreError::Connect { .. }), "{e:?}");
+        assert!(e.source().is_some(), "the transport error is kept: {e:?}");
+    }
 
     #[test]
     fn redacted_hides_every_secret_and_keeps_the_rest() {

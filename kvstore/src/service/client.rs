@@ -195,9 +195,10 @@ impl BlockClient {
     /// A client that connects on first use (and reconnects after failures).
     pub fn new(config: BlockClientConfig) -> Result<BlockClient> {
         let addr = config.addr.clone();
-        let connect_err = |reason: String| KvStoreError::Connect {
+        let connect_err = |context: String, source: tierkv_tiers::BoxError| KvStoreError::Connect {
             addr: addr.clone(),
-            reason,
+            context,
+            source,
         };
         let uri = if addr.contains("://") {
             addr.clone()
@@ -207,7 +208,7 @@ impl BlockClient {
             format!("http://{addr}")
         };
         let mut endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| connect_err(e.to_string()))?
+            .map_err(|e| connect_err("parsing the address".into(), Box::new(e)))?
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
             .tcp_nodelay(true)
@@ -216,14 +217,15 @@ impl BlockClient {
             .max_frame_size(super::server::MAX_FRAME);
         if let Some(ca) = &config.tls_ca {
             let pem = std::fs::read(ca)
-                .map_err(|e| connect_err(format!("reading CA {}: {e}", ca.display())))?;
+                .map_err(|e| connect_err(format!("reading CA {}", ca.display()), Box::new(e)))?;
             let mut tls = tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(pem));
             match (&config.tls_cert, &config.tls_key) {
                 (Some(cert), Some(key)) => {
                     let read = |p: &PathBuf| {
-                        std::fs::read(p)
-                            .map_err(|e| connect_err(format!("reading {}: {e}", p.display())))
+                        std::fs::read(p).map_err(|e| {
+                            connect_err(format!("reading {}", p.display()), Box::new(e))
+                        })
                     };
                     tls = tls.identity(tonic::transport::Identity::from_pem(
                         read(cert)?,
@@ -231,15 +233,21 @@ impl BlockClient {
                     ));
                 }
                 (None, None) => {}
-                _ => return Err(connect_err("tls_cert and tls_key go together".into())),
+                _ => {
+                    return Err(KvStoreError::Config(format!(
+                        "block service at {addr}: tls_cert and tls_key go together"
+                    )));
+                }
             }
             endpoint = endpoint
                 .tls_config(tls)
-                .map_err(|e| connect_err(e.to_string()))?;
+                .map_err(|e| connect_err("setting up TLS".into(), Box::new(e)))?;
         }
         let auth = match &config.token {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
-                connect_err("the token has characters not allowed in a header".into())
+                KvStoreError::Config(format!(
+                    "block service at {addr}: the token has characters not allowed in a header"
+                ))
             })?),
             None => None,
         };

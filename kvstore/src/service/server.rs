@@ -81,7 +81,8 @@ pub async fn serve(
             .await
             .map_err(|e| KvStoreError::Connect {
                 addr: format!("{ip}:{}", config.data_port),
-                reason: format!("binding the data channel: {e}"),
+                context: "binding the data channel".into(),
+                source: Box::new(e),
             })?;
         let port = data.local_addr().map(|a| a.port()).unwrap_or(0);
         server
@@ -100,7 +101,8 @@ pub async fn serve(
         let (listener, file) =
             super::local::server::bind(path).map_err(|e| KvStoreError::Connect {
                 addr: path.display().to_string(),
-                reason: format!("binding the same-host socket: {e}"),
+                context: "binding the same-host socket".into(),
+                source: Box::new(e),
             })?;
         let _ = server.local_socket.set(path.display().to_string());
         tracing::info!(socket = %path.display(), "block service same-host channel listening");
@@ -167,6 +169,7 @@ pub async fn serve(
         .await
         .map_err(|e| KvStoreError::Connect {
             addr,
-            reason: e.to_string(),
+            context: "serving".into(),
+            source: Box::new(e),
         })
 }

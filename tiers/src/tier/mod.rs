@@ -11,6 +11,8 @@ pub mod disk;
 pub(crate) mod disk_buffers;
 pub(crate) mod disk_index;
 mod disk_rebuild;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod host;
 pub mod object;
 mod slots;
@@ -20,6 +22,8 @@ mod slots;
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum TierKind {
+    /// GPU memory (HBM) held by tierkv (`GpuTier`, feature `cuda`).
+    Gpu,
     /// Host memory ([`crate::HostTier`]).
     Host,
     /// A file on local storage through io_uring ([`crate::DiskTier`]).
@@ -33,6 +37,7 @@ pub enum TierKind {
 impl std::fmt::Display for TierKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            TierKind::Gpu => "gpu",
             TierKind::Host => "host",
             TierKind::Disk => "disk",
             TierKind::Object => "object",
