@@ -24,9 +24,6 @@ pub enum EngineError {
     /// The KV block store failed.
     #[error("store: {0}")]
     Store(#[from] tierkv_kvstore::KvStoreError),
-    /// A trace or request log is malformed (the message names the file and line).
-    #[error("trace: {0}")]
-    Trace(String),
     /// The serving layer failed: the text side of the model (tokenizer, chat template,
     /// GGUF metadata), the API, the PD protocol or discovery.
     #[error(transparent)]

@@ -17,10 +17,11 @@ fn target() -> Target {
             "block_service_message" => tierkv_kvstore::fuzzing::block_service_message,
             "data_channel_connection" => tierkv_kvstore::fuzzing::data_channel_connection,
             "publish_stream" => tierkv_kvstore::fuzzing::publish_stream,
-            "openai_request_body" => tierkv_engine::fuzzing::openai_request_body,
-            "internal_api_body" => tierkv_engine::fuzzing::internal_api_body,
-            "gguf_metadata" => tierkv_engine::fuzzing::gguf_metadata,
-            "trace_lines" => tierkv_engine::fuzzing::trace_lines,
+            "openai_request_body" => tierkv_serving::fuzzing::openai_request_body,
+            "internal_api_body" => tierkv_serving::fuzzing::internal_api_body,
+            "gguf_metadata" => tierkv_serving::fuzzing::gguf_metadata,
+            "trace_lines" => tierkv_serving::fuzzing::trace_lines,
+            #[cfg(feature = "engine")]
             "engine_config_toml" => tierkv_engine::fuzzing::engine_config_toml,
             other => {
                 eprintln!("TIERKV_FUZZ_TARGET={other:?} names no target");

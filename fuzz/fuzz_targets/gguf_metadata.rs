@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = tierkv_engine::fuzzing::gguf_metadata(data);
+    let _ = tierkv_serving::fuzzing::gguf_metadata(data);
 });

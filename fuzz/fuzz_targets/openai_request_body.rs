@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = tierkv_engine::fuzzing::openai_request_body(data);
+    let _ = tierkv_serving::fuzzing::openai_request_body(data);
 });

@@ -26,6 +26,9 @@ pub enum ServingError {
     /// The KV block store (hashing, namespaces, a block service) failed.
     #[error("store: {0}")]
     Store(#[from] tierkv_kvstore::KvStoreError),
+    /// A trace or request log that does not parse (file and line named).
+    #[error("trace: {0}")]
+    Trace(String),
     /// An I/O error.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -46,9 +46,11 @@ pub mod api;
 pub mod discovery;
 mod error;
 pub mod frontend;
+pub mod fuzzing;
 pub mod metrics;
 pub mod pd;
 pub mod request;
+pub mod request_log;
 pub mod text;
 
 pub use error::{Result, ServingError};

@@ -11,7 +11,6 @@
 
 mod config;
 mod fetch;
-mod request_log;
 pub mod sampler;
 mod sequence;
 mod worker;
@@ -23,11 +22,11 @@ use tierkv_kvstore::{BlockHash, Namespace, TieredStore, hash_blocks};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::EngineConfig;
-pub use request_log::{RequestLog, TRACE_BLOCK_TOKENS, TraceRecord, parse_trace};
 pub use tierkv_serving::request::{
     FinishReason, GenEvent, GenerateRequest, KvSource, PrefillElsewhere, Prefilled, SamplingParams,
     Usage,
 };
+pub use tierkv_serving::request_log::{RequestLog, TRACE_BLOCK_TOKENS, TraceRecord, parse_trace};
 
 use crate::kv::{KvPool, PoolUsage, ResidentSet};
 use crate::metrics::EngineMetrics;

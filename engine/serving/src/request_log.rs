@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tierkv_kvstore::BlockHash;
 
-use crate::{EngineError, Result};
+use crate::{Result, ServingError};
 
 /// Tokens per hash id in the Mooncake format.
 pub const TRACE_BLOCK_TOKENS: u64 = 512;
@@ -95,7 +95,7 @@ impl TraceRecord {
 /// Parses a trace (`origin` names it in errors); a malformed line is an error naming
 /// the origin and the line.
 pub fn parse_trace(text: &str, origin: &str) -> Result<Vec<TraceRecord>> {
-    let bad = |line: usize, why: String| EngineError::Trace(format!("{origin}:{line}: {why}"));
+    let bad = |line: usize, why: String| ServingError::Trace(format!("{origin}:{line}: {why}"));
     let mut out = Vec::new();
     let mut last_ts = 0;
     for (i, line) in text.lines().enumerate() {
@@ -119,7 +119,7 @@ pub fn parse_trace(text: &str, origin: &str) -> Result<Vec<TraceRecord>> {
         out.push(rec);
     }
     if out.is_empty() {
-        return Err(EngineError::Trace(format!(
+        return Err(ServingError::Trace(format!(
             "{origin}: the trace has no records"
         )));
     }
@@ -141,7 +141,7 @@ impl RequestLog {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| EngineError::Config(format!("request log {}: {e}", path.display())))?;
+            .map_err(|e| ServingError::Config(format!("request log {}: {e}", path.display())))?;
         Ok(RequestLog {
             file: Mutex::new(std::io::BufWriter::new(file)),
             start: Instant::now(),
@@ -164,7 +164,7 @@ impl RequestLog {
             block_tokens: Some(u64::from(block_tokens)),
             block_hashes: hashes.iter().map(|h| h.0).collect(),
         };
-        let mut f = tierkv_tiers::sync::lock(&self.file);
+        let mut f = tierkv_kvstore::sync::lock(&self.file);
         let written = serde_json::to_writer(&mut *f, &line)
             .map_err(std::io::Error::other)
             .and_then(|()| f.write_all(b"\n"))
