@@ -23,6 +23,21 @@ use super::{TraceRecord, block_hashes};
 /// Distance of a block never seen before.
 pub(super) const COLD: u64 = u64::MAX;
 
+/// Sampling hashes fall in `0..SAMPLE_SPACE`.
+const SAMPLE_SPACE: u64 = 1 << 24;
+
+/// The error `tune --sample-rate` states for a sampled curve: the hit ratio of every
+/// capacity within this (absolute) of the exact pass, at rates that keep at least
+/// 10,000 distinct blocks. Checked by the tests on generated chat traces (the largest
+/// error measured there is in the test's output).
+pub(crate) const SAMPLED_ERROR_BOUND: f64 = 0.02;
+
+/// A block's sampling hash (the block hash is already uniform; mixing its halves keeps
+/// the sample independent of how ids were assigned in a trace).
+fn sample_hash(h: u128) -> u64 {
+    ((h as u64) ^ ((h >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40
+}
+
 fn bump(hist: &mut Vec<u64>, at: usize) {
     if hist.len() <= at {
         hist.resize(at + 1, 0);
@@ -74,23 +89,56 @@ pub(super) struct HitCurve {
 
 impl HitCurve {
     /// Measures `trace` at `block_tokens` tokens per block; `host_caps` are the host
-    /// capacities (blocks) whose split [`HitCurve::split`] will be asked for.
+    /// capacities (blocks) whose split [`HitCurve::split`] will be asked for. Exact.
+    #[cfg(test)]
     pub(super) fn measure(trace: &[TraceRecord], block_tokens: u64, host_caps: &[u64]) -> HitCurve {
+        HitCurve::measure_sampled(trace, block_tokens, host_caps, 1.0)
+    }
+
+    /// [`HitCurve::measure`] over a spatial sample of the blocks (SHARDS, Waldspurger et
+    /// al., FAST'15): a block is kept when a hash of it falls below `rate` (so a kept
+    /// block is kept at every access), distances among kept blocks are scaled by
+    /// `1 / rate`, and each kept access stands for `1 / rate` accesses. Time and memory
+    /// of the pass shrink by about `rate`; `rate = 1` is the exact pass. The result is an
+    /// estimate (see [`SAMPLED_ERROR_BOUND`]); `tune` simulates its shortlist exactly.
+    ///
+    /// Prefix hits stay right under sampling because the block hashes chain: a block
+    /// never seen before makes every later block of its request new too, so a cold
+    /// block that was not sampled is followed only by cold blocks; and along a request
+    /// the stack distance of a later block is at least an earlier one's less the blocks
+    /// between them (every request that touched the later block touched the earlier
+    /// one just before), so the largest sampled distance of a prefix stands for the
+    /// prefix's maximum.
+    pub(super) fn measure_sampled(
+        trace: &[TraceRecord],
+        block_tokens: u64,
+        host_caps: &[u64],
+        rate: f64,
+    ) -> HitCurve {
+        let rate = rate.clamp(f64::MIN_POSITIVE, 1.0);
+        let threshold = (rate * SAMPLE_SPACE as f64) as u64;
+        let kept = |h: &u128| rate >= 1.0 || sample_hash(*h) < threshold;
         let mut host_caps = host_caps.to_vec();
         host_caps.sort_unstable();
         host_caps.dedup();
+        let mut accesses = 0usize;
         let chains: Vec<Vec<u128>> = trace
             .iter()
-            .map(|r| block_hashes(r, block_tokens))
+            .map(|r| {
+                let mut chain = block_hashes(r, block_tokens);
+                accesses += chain.len();
+                chain.retain(kept);
+                chain
+            })
             .collect();
-        let accesses: usize = chains.iter().map(Vec::len).sum();
-        let mut last: HashMap<u128, usize> = HashMap::with_capacity(accesses / 2);
-        let mut marks = Fenwick::new(accesses);
-        // Histograms indexed by the prefix maximum (below the blocks seen so far, so
-        // they grow to the working set at most); COLD is never a hit.
+        let sampled: usize = chains.iter().map(Vec::len).sum();
+        let mut last: HashMap<u128, usize> = HashMap::with_capacity(sampled / 2);
+        let mut marks = Fenwick::new(sampled);
+        // Histograms indexed by the (scaled) prefix maximum (below the blocks seen so
+        // far, so they grow to the working set at most); COLD is never a hit.
         let mut total_hist: Vec<u64> = Vec::new();
         let mut host_hist: Vec<Vec<u64>> = vec![Vec::new(); host_caps.len()];
-        let mut live = 0u64; // marked positions = distinct blocks seen so far
+        let mut live = 0u64; // marked positions = distinct (sampled) blocks seen so far
         let mut t = 0usize;
         for chain in &chains {
             let mut prefix_max = 0u64;
@@ -100,7 +148,11 @@ impl HitCurve {
                         // Distinct blocks touched after `prev`: marks in (prev, t).
                         let d = live - marks.prefix(prev + 1);
                         marks.add(prev, -1);
-                        d
+                        if rate >= 1.0 {
+                            d
+                        } else {
+                            (d as f64 / rate) as u64
+                        }
                     }
                     None => {
                         live += 1;
@@ -122,15 +174,31 @@ impl HitCurve {
                 }
             }
         }
-        let distinct = live;
+        let scale = |n: f64| -> u64 {
+            if rate >= 1.0 {
+                n as u64
+            } else {
+                (n / rate).round().max(0.0) as u64
+            }
+        };
+        // SHARDS-adj: a few hot blocks (system prompts) carry much of a trace, and
+        // whether the sample caught them moves the estimate; the difference between
+        // the accesses the sample should hold and those it holds is given to the
+        // shortest distance, where hot blocks sit.
+        let adjust = if rate >= 1.0 {
+            0.0
+        } else {
+            accesses as f64 * rate - sampled as f64
+        };
+        let distinct = scale(live as f64).max(total_hist.len() as u64);
         let cumulate = |hist: Vec<u64>| -> Vec<u64> {
             // out[c] = accesses whose prefix maximum is < c, for c in 0..=distinct.
             let mut out = Vec::with_capacity(distinct as usize + 1);
-            let mut sum = 0;
+            let mut sum = adjust;
             out.push(0);
             for c in 0..distinct as usize {
-                sum += hist.get(c).copied().unwrap_or(0);
-                out.push(sum);
+                sum += hist.get(c).copied().unwrap_or(0) as f64;
+                out.push(scale(sum));
             }
             out
         };
@@ -191,6 +259,63 @@ mod tests {
             }
         }
         hits
+    }
+
+    #[test]
+    fn a_sampled_curve_is_within_its_stated_bound_and_rate_one_is_exact() {
+        use crate::trace::generate::{GenArgs, generate};
+        for seed in [7, 11] {
+            let t = generate(&GenArgs {
+                out: std::path::PathBuf::from("unused"),
+                requests: 30_000,
+                users: 64,
+                turns: 4,
+                system_prompts: 8,
+                system_tokens: 2048,
+                user_tokens: 384,
+                output_tokens: 256,
+                documents: 64,
+                document_tokens: 8192,
+                document_share: 0.25,
+                zipf: 1.1,
+                rate: 4.0,
+                seed,
+            })
+            .unwrap();
+            let bt = 128;
+            let exact = HitCurve::measure(&t, bt, &[]);
+            let one = HitCurve::measure_sampled(&t, bt, &[], 1.0);
+            assert_eq!(
+                (one.total.clone(), one.distinct),
+                (exact.total.clone(), exact.distinct)
+            );
+            let caps: Vec<u64> = (0..=40).map(|i| exact.distinct * i / 40).collect();
+            for rate in [0.1, 0.3] {
+                let sampled = HitCurve::measure_sampled(&t, bt, &[], rate);
+                let kept = (exact.distinct as f64 * rate) as u64;
+                assert!(
+                    kept >= 10_000,
+                    "the bound is stated for >= 10^4 sampled blocks: {kept}"
+                );
+                let worst = caps
+                    .iter()
+                    .map(|&c| {
+                        let e = exact.hits(c) as f64 / exact.accesses as f64;
+                        let s = sampled.hits(c) as f64 / sampled.accesses as f64;
+                        (e - s).abs()
+                    })
+                    .fold(0.0, f64::max);
+                println!(
+                    "seed {seed} rate {rate}: {kept} of {} distinct blocks sampled, largest hit-ratio error {worst:.4}",
+                    exact.distinct
+                );
+                assert!(
+                    worst <= SAMPLED_ERROR_BOUND,
+                    "rate {rate}: error {worst} over the stated {SAMPLED_ERROR_BOUND}"
+                );
+                assert_eq!(sampled.accesses, exact.accesses);
+            }
+        }
     }
 
     #[test]

@@ -84,6 +84,12 @@ pub(crate) struct TuneArgs {
     /// one-tier curves alone.
     #[arg(long, default_value_t = 3)]
     pub shortlist: usize,
+    /// Build the curves from a spatial sample of this share of the blocks (SHARDS):
+    /// about that much of the pass's time and memory, every curve point then an
+    /// estimate within the stated bound (see README), and the shortlist (host-only
+    /// points included) simulated exactly. 1 = the exact pass.
+    #[arg(long, default_value_t = 1.0)]
+    pub sample_rate: f64,
     /// The model whose KV is priced: a Hugging Face `config.json` (layers, KV heads,
     /// head size, dtype) or a known name (`qwen3-32b`, `qwen3-8b`, `llama-3.1-8b`,
     /// `llama-3.1-70b`, `smollm2-135m`); replaces --bytes-per-token.
@@ -150,6 +156,15 @@ pub(crate) async fn tune(mut args: TuneArgs) -> anyhow::Result<(Point, Option<Re
         (0.0..=1.0).contains(&args.target),
         "--target must be in 0..=1"
     );
+    ensure!(
+        args.sample_rate > 0.0 && args.sample_rate <= 1.0,
+        "--sample-rate must be in (0, 1]"
+    );
+    let sampled = args.sample_rate < 1.0;
+    ensure!(
+        !sampled || args.shortlist > 0 || args.exact,
+        "--sample-rate below 1 estimates every curve point: it needs a --shortlist to simulate"
+    );
     let trace = crate::trace::load(&args.trace)?;
     for &bt in &args.block_tokens {
         crate::trace::check_block_tokens(&trace, bt)?;
@@ -163,6 +178,9 @@ pub(crate) async fn tune(mut args: TuneArgs) -> anyhow::Result<(Point, Option<Re
         for mut p in grid {
             let (host_cap, disk_cap) = capacities(&args, &p);
             let hits = if p.disk_bytes == 0 {
+                if sampled {
+                    p.source = Source::Model;
+                }
                 Some((curve.hits(host_cap), 0))
             } else if !p.write_through && p.promote {
                 p.source = Source::Model;
@@ -329,6 +347,13 @@ pub(crate) async fn tune(mut args: TuneArgs) -> anyhow::Result<(Point, Option<Re
         sweep_s - curves_s,
         args.target * 100.0
     );
+    if sampled {
+        println!(
+            "curves from a {:.2}% spatial sample of the blocks (SHARDS): each curve point within {} of its exact hit ratio (the stated bound, for >= 10^4 sampled blocks); the shortlist above was simulated exactly",
+            args.sample_rate * 100.0,
+            crate::trace::curve::SAMPLED_ERROR_BOUND
+        );
+    }
     println!("{}", plan::TABLE_HEAD);
     let show = plan::show;
     for p in sorted.iter().take(8) {

@@ -124,7 +124,7 @@ pub(super) fn curve_for(
         .iter()
         .map(|p| p.host_bytes / stride(args, bt).0)
         .collect();
-    HitCurve::measure(trace, bt, &caps)
+    HitCurve::measure_sampled(trace, bt, &caps, args.sample_rate)
 }
 
 /// Every point of the sweep at one block size, not yet measured.

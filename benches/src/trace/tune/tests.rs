@@ -103,6 +103,7 @@ fn args_for(trace_path: PathBuf, dir: &std::path::Path) -> TuneArgs {
         exact: false,
         through_store: false,
         shortlist: 3,
+        sample_rate: 1.0,
         model: None,
         tp: 1,
         nodes: 1,
@@ -190,6 +191,20 @@ async fn the_fast_sweep_recommends_what_the_exact_sweep_does() {
         )
     );
     assert!(fast.exact());
+    // With sampled curves (SHARDS) every curve point is an estimate, so the pick is
+    // still a simulated, exact point.
+    let sampled = tune(TuneArgs {
+        sample_rate: 0.5,
+        ..args_for(write_trace(dir.path(), 7, 150), dir.path())
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(sampled.exact(), "{sampled:?}");
+    assert!(
+        sampled.cost <= exact.cost || sampled.ttft_saved_s >= 0.8 * exact.ttft_saved_s,
+        "sampled {sampled:?} vs exact {exact:?}"
+    );
     // The fast sweep's pick is exact and reaches the target; it costs at most what
     // the exhaustive sweep's pick does, or saves within the target of it.
     assert!(
@@ -217,6 +232,7 @@ async fn bad_flags_are_refused() {
         exact: false,
         through_store: false,
         shortlist: 3,
+        sample_rate: 1.0,
         model: None,
         tp: 1,
         nodes: 1,
@@ -225,6 +241,16 @@ async fn bad_flags_are_refused() {
     };
     let err = tune(args.clone()).await.unwrap_err();
     assert!(err.to_string().contains("--target"), "{err}");
+    for rate in [0.0, 1.5] {
+        let err = tune(TuneArgs {
+            target: 0.9,
+            sample_rate: rate,
+            ..args.clone()
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("--sample-rate"), "{rate}: {err}");
+    }
     let err = tune(TuneArgs {
         target: 0.9,
         ..args
