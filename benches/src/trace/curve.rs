@@ -95,7 +95,7 @@ impl HitCurve {
         HitCurve::measure_sampled(trace, block_tokens, host_caps, 1.0)
     }
 
-    /// [`HitCurve::measure`] over a spatial sample of the blocks (SHARDS, Waldspurger et
+    /// The one-pass curve (as `measure`, the exact pass the tests call) over a spatial sample of the blocks (SHARDS, Waldspurger et
     /// al., FAST'15): a block is kept when a hash of it falls below `rate` (so a kept
     /// block is kept at every access), distances among kept blocks are scaled by
     /// `1 / rate`, and each kept access stands for `1 / rate` accesses. Time and memory
@@ -218,7 +218,7 @@ impl HitCurve {
     }
 
     /// `(host hits, lower-tier hits)` of the exclusive host -> lower model: host
-    /// `host_cap` blocks (one of the capacities given to [`HitCurve::measure`]) over a
+    /// `host_cap` blocks (one of the capacities given to [`HitCurve::measure_sampled`]) over a
     /// lower tier of `lower_cap`. `None` for a host capacity not measured.
     pub(super) fn split(&self, host_cap: u64, lower_cap: u64) -> Option<(u64, u64)> {
         let i = self.host_caps.iter().position(|&c| c == host_cap)?;
