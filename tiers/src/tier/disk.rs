@@ -17,7 +17,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,7 +28,8 @@ use super::disk_index::{
 use super::disk_rebuild;
 use super::host::check_payload;
 use super::slots::{Reservation, SlotTable};
-use super::{PutOutcome, Tier, TierKind, lock};
+use super::slotted::SlottedCore;
+use super::{PutOutcome, Tier, TierKind};
 use crate::defaults;
 use crate::header::{self, HEADER_LEN};
 use crate::io::{AlignedBuf, BufPool, IoKind, PooledBuf, UringPool, align_up};
@@ -90,17 +91,14 @@ impl DiskTierConfig {
 const DATA_FILE: &str = "blocks.dat";
 
 pub(super) struct Inner {
-    pub(super) name: String,
+    pub(super) core: SlottedCore,
     dir: PathBuf,
-    pub(super) slot_bytes: usize,
     pub(super) slot_stride: usize,
     sync_writes: bool,
     file: Arc<File>,
     index: DiskIndex,
-    pub(super) table: Mutex<SlotTable>,
     bufs: Arc<BufPool>,
     uring: UringPool,
-    pub(super) counters: TierCounters,
     /// Woken whenever a put's write settled (committed or aborted).
     settled: tokio::sync::Notify,
 }
@@ -174,17 +172,14 @@ impl DiskTier {
         );
         Ok(DiskTier {
             inner: Arc::new(Inner {
-                name,
+                core: SlottedCore::new(name, TierKind::Disk, config.slot_bytes, table),
                 dir,
-                slot_bytes: config.slot_bytes,
                 slot_stride,
                 sync_writes: config.sync_writes,
                 file: Arc::new(file),
                 index,
-                table: Mutex::new(table),
                 bufs,
                 uring,
-                counters: TierCounters::default(),
                 settled: tokio::sync::Notify::new(),
             }),
         })
@@ -199,10 +194,8 @@ impl DiskTier {
             tokio::pin!(settled);
             // Registered before the check, so a settle in between is not missed.
             settled.as_mut().enable();
-            // Bind first: the table's lock must be released before `capacity_blocks`
-            // takes it.
             let reservation = {
-                let mut table = lock(&self.inner.table);
+                let mut table = self.inner.core.table();
                 if table.is_writing(key) {
                     None
                 } else {
@@ -212,12 +205,7 @@ impl DiskTier {
             match reservation {
                 None => settled.await,
                 Some(Reservation::Present) => return Ok(None),
-                Some(Reservation::Full) => {
-                    return Err(TierError::Full {
-                        tier: self.inner.name.clone(),
-                        capacity_blocks: self.capacity_blocks(),
-                    });
-                }
+                Some(Reservation::Full) => return Err(self.inner.core.full()),
                 Some(Reservation::Reserved(slot)) => return Ok(Some(slot)),
             }
         }
@@ -232,7 +220,7 @@ impl DiskTier {
     /// Byte offset of `key`'s slot in the slot file, if the block is present.
     #[cfg(any(test, feature = "testing"))]
     pub fn slot_offset(&self, key: BlockKey) -> Option<u64> {
-        let mut table = lock(&self.inner.table);
+        let mut table = self.inner.core.table();
         let (slot, _) = table.acquire(key)?;
         table.release_reader(slot);
         Some(slot as u64 * self.inner.slot_stride as u64)
@@ -401,8 +389,8 @@ fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
 
 impl Inner {
     fn io_error(&self, context: &str, e: std::io::Error) -> TierError {
-        TierCounters::add(&self.counters.io_errors, 1);
-        TierError::io(format!("disk tier `{}`: {context}", self.name), e)
+        TierCounters::add(&self.core.counters.io_errors, 1);
+        TierError::io(format!("disk tier `{}`: {context}", self.core.name), e)
     }
 
     async fn write_slot(&self, key: BlockKey, slot: u32, data: &[u8]) -> Result<()> {
@@ -453,7 +441,7 @@ impl Inner {
             )
             .await;
         let Ok(done) = submitted else {
-            return (None, Err(TierError::Closed(self.name.clone())));
+            return (None, Err(TierError::Closed(self.core.name.clone())));
         };
         if let Err(e) = done.result {
             let e = self.io_error(&format!("writing slot {slot}"), e);
@@ -468,7 +456,7 @@ impl Inner {
             .read_slot_into(key, slot, len, self.bufs.take().into_inner())
             .await;
         let Some(buf) = buf else {
-            return Err(TierError::Closed(self.name.clone()));
+            return Err(TierError::Closed(self.core.name.clone()));
         };
         let mut buf = PooledBuf::from_parts(buf, &self.bufs);
         if !result? {
@@ -508,7 +496,7 @@ impl Inner {
             )
             .await;
         let Ok(done) = submitted else {
-            return (None, Err(TierError::Closed(self.name.clone())));
+            return (None, Err(TierError::Closed(self.core.name.clone())));
         };
         if let Err(e) = done.result {
             let e = self.io_error(&format!("reading slot {slot}"), e);
@@ -518,8 +506,8 @@ impl Inner {
         match verdict {
             Ok(_) => (Some(done.buf), Ok(true)),
             Err(why) => {
-                TierCounters::add(&self.counters.corrupt_blocks, 1);
-                tracing::warn!(tier = %self.name, %key, slot, %why, "corrupt block on disk; dropping it");
+                TierCounters::add(&self.core.counters.corrupt_blocks, 1);
+                tracing::warn!(tier = %self.core.name, %key, slot, %why, "corrupt block on disk; dropping it");
                 (Some(done.buf), Ok(false))
             }
         }
@@ -548,16 +536,15 @@ impl Inner {
     ) -> Result<PutOutcome> {
         match written {
             Ok(()) => {
-                if !lock(&self.table).commit(slot, len) {
+                if !self.core.table().commit(slot, len) {
                     // Removed while being written: drop the index entry we just wrote.
                     self.index.delete(key).await?;
                 }
-                TierCounters::add(&self.counters.puts, 1);
-                TierCounters::add(&self.counters.put_bytes, len);
+                self.core.count_put(len as usize);
                 Ok(PutOutcome::Stored)
             }
             Err(e) => {
-                lock(&self.table).abort(key, slot);
+                self.core.table().abort(key, slot);
                 Err(e)
             }
         }
@@ -573,12 +560,12 @@ impl Inner {
     ) -> Result<bool> {
         match found {
             Ok(true) => {
-                TierCounters::add(&self.counters.hits, 1);
-                TierCounters::add(&self.counters.get_bytes, len);
+                TierCounters::add(&self.core.counters.hits, 1);
+                TierCounters::add(&self.core.counters.get_bytes, len);
                 Ok(true)
             }
             Ok(false) => {
-                TierCounters::add(&self.counters.misses, 1);
+                TierCounters::add(&self.core.counters.misses, 1);
                 self.forget(key).await?;
                 Ok(false)
             }
@@ -587,7 +574,7 @@ impl Inner {
     }
 
     async fn forget(&self, key: BlockKey) -> Result<bool> {
-        let removed = lock(&self.table).remove(key).is_some();
+        let removed = self.core.table().remove(key).is_some();
         if removed {
             self.index.delete(key).await?;
         }
@@ -598,29 +585,29 @@ impl Inner {
 #[async_trait]
 impl Tier for DiskTier {
     fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.core.name
     }
     fn kind(&self) -> TierKind {
         TierKind::Disk
     }
     fn slot_bytes(&self) -> usize {
-        self.inner.slot_bytes
+        self.inner.core.slot_bytes
     }
     fn capacity_blocks(&self) -> u64 {
-        lock(&self.inner.table).capacity()
+        self.inner.core.capacity_blocks()
     }
     fn payload_bytes(&self) -> u64 {
-        lock(&self.inner.table).used_bytes()
+        self.inner.core.payload_bytes()
     }
     fn len(&self) -> u64 {
-        lock(&self.inner.table).len()
+        self.inner.core.len()
     }
     fn is_persistent(&self) -> bool {
         true
     }
 
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
-        check_payload(&self.inner.name, self.inner.slot_bytes, &data)?;
+        check_payload(&self.inner.core.name, self.inner.core.slot_bytes, &data)?;
         let Some(slot) = self.reserve(key).await? else {
             return Ok(PutOutcome::AlreadyPresent);
         };
@@ -639,14 +626,14 @@ impl Tier for DiskTier {
 
     async fn get(&self, key: BlockKey) -> Result<Option<Bytes>> {
         let inner = Arc::clone(&self.inner);
-        TierCounters::add(&inner.counters.gets, 1);
-        let Some((slot, len)) = lock(&inner.table).acquire(key) else {
-            TierCounters::add(&inner.counters.misses, 1);
+        TierCounters::add(&inner.core.counters.gets, 1);
+        let Some((slot, len)) = inner.core.table().acquire(key) else {
+            TierCounters::add(&inner.core.counters.misses, 1);
             return Ok(None);
         };
         let task = tokio::spawn(async move {
             let result = inner.read_slot(key, slot, len).await;
-            lock(&inner.table).release_reader(slot);
+            inner.core.table().release_reader(slot);
             let (data, found) = match result {
                 Ok(data) => (data.clone(), Ok(data.is_some())),
                 Err(e) => (None, Err(e)),
@@ -658,33 +645,22 @@ impl Tier for DiskTier {
     }
 
     async fn contains(&self, key: BlockKey) -> Result<bool> {
-        Ok(lock(&self.inner.table).contains(key))
+        Ok(self.inner.core.contains(key))
     }
 
     async fn remove(&self, key: BlockKey) -> Result<bool> {
         let removed = self.inner.forget(key).await?;
         if removed {
-            TierCounters::add(&self.inner.counters.removes, 1);
+            self.inner.core.count_remove();
         }
         Ok(removed)
     }
 
     async fn keys(&self) -> Result<Vec<(BlockKey, u64)>> {
-        Ok(lock(&self.inner.table).ready_keys())
+        Ok(self.inner.core.ready_keys())
     }
 
     fn stats(&self) -> TierStats {
-        let (used, blocks) = {
-            let t = lock(&self.inner.table);
-            (t.used_bytes(), t.len())
-        };
-        self.inner.counters.snapshot(
-            &self.inner.name,
-            TierKind::Disk,
-            self.capacity_bytes(),
-            self.slot_bytes(),
-            used,
-            blocks,
-        )
+        self.inner.core.stats()
     }
 }

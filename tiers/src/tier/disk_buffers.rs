@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use super::PutOutcome;
 use super::disk::DiskTier;
-use super::{PutOutcome, lock};
 use crate::header::HEADER_LEN;
 use crate::io::AlignedBuf;
 use crate::{BlockKey, Result, TierCounters, TierError};
@@ -76,13 +76,13 @@ impl DiskTier {
         let stride = self.inner.slot_stride;
         let Some(p) = std::ptr::NonNull::new(ptr) else {
             return Err(TierError::config(
-                &self.inner.name,
+                &self.inner.core.name,
                 "a slot buffer at address 0",
             ));
         };
         if !(ptr as usize).is_multiple_of(crate::io::DIRECT_IO_ALIGN) || len < stride {
             return Err(TierError::config(
-                &self.inner.name,
+                &self.inner.core.name,
                 format!("a slot buffer of {len} bytes at {ptr:p}: needs {stride}, 4 KiB-aligned"),
             ));
         }
@@ -108,13 +108,13 @@ impl DiskTier {
         len: usize,
     ) -> (Option<SlotBuffer>, Result<PutOutcome>) {
         let inner = &self.inner;
-        let checked = match check_buffer(&inner.name, inner.slot_stride, &buf) {
+        let checked = match check_buffer(&inner.core.name, inner.slot_stride, &buf) {
             Err(e) => Err(e),
-            Ok(()) if len == 0 => Err(TierError::Empty(inner.name.clone())),
-            Ok(()) if len > inner.slot_bytes => Err(TierError::TooLarge {
-                tier: inner.name.clone(),
+            Ok(()) if len == 0 => Err(TierError::Empty(inner.core.name.clone())),
+            Ok(()) if len > inner.core.slot_bytes => Err(TierError::TooLarge {
+                tier: inner.core.name.clone(),
                 len,
-                slot_bytes: inner.slot_bytes,
+                slot_bytes: inner.core.slot_bytes,
             }),
             Ok(()) => self.reserve(key).await,
         };
@@ -145,17 +145,17 @@ impl DiskTier {
         buf: SlotBuffer,
     ) -> (Option<SlotBuffer>, Result<Option<usize>>) {
         let inner = Arc::clone(&self.inner);
-        if let Err(e) = check_buffer(&inner.name, inner.slot_stride, &buf) {
+        if let Err(e) = check_buffer(&inner.core.name, inner.slot_stride, &buf) {
             return (Some(buf), Err(e));
         }
-        TierCounters::add(&inner.counters.gets, 1);
-        let Some((slot, len)) = lock(&inner.table).acquire(key) else {
-            TierCounters::add(&inner.counters.misses, 1);
+        TierCounters::add(&inner.core.counters.gets, 1);
+        let Some((slot, len)) = inner.core.table().acquire(key) else {
+            TierCounters::add(&inner.core.counters.misses, 1);
             return (Some(buf), Ok(None));
         };
         let task = tokio::spawn(async move {
             let (back, found) = inner.read_slot_into(key, slot, len, buf.buf).await;
-            lock(&inner.table).release_reader(slot);
+            inner.core.table().release_reader(slot);
             let found = inner.settle_read(key, len, found).await;
             (back, found)
         });

@@ -13,7 +13,7 @@
 //! half-written. Slot bookkeeping is the one shared with the host and disk tiers, so a
 //! removed slot is recycled only when its last reader has copied out of it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,7 +21,8 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaContext, result};
 
 use super::slots::{Reservation, SlotTable};
-use super::{PutOutcome, Tier, TierKind, lock};
+use super::slotted::SlottedCore;
+use super::{PutOutcome, Tier, TierKind};
 use crate::tier::host::check_payload;
 use crate::{BlockKey, Result, TierCounters, TierError, TierStats, defaults};
 
@@ -84,12 +85,9 @@ impl Drop for Hbm {
 }
 
 struct Inner {
-    name: String,
+    core: SlottedCore,
     slot_stride: usize,
-    slot_bytes: usize,
     hbm: Hbm,
-    table: Mutex<SlotTable>,
-    counters: TierCounters,
 }
 
 impl Inner {
@@ -98,8 +96,8 @@ impl Inner {
     }
 
     fn gpu_error(&self, what: &str, e: cudarc::driver::DriverError) -> TierError {
-        TierCounters::add(&self.counters.io_errors, 1);
-        TierError::Gpu(format!("GPU tier `{}`: {what}: {e}", self.name))
+        TierCounters::add(&self.core.counters.io_errors, 1);
+        TierError::Gpu(format!("GPU tier `{}`: {what}: {e}", self.core.name))
     }
 }
 
@@ -153,12 +151,14 @@ impl GpuTier {
         })?;
         Ok(GpuTier {
             inner: Arc::new(Inner {
-                name,
+                core: SlottedCore::new(
+                    name,
+                    TierKind::Gpu,
+                    config.slot_bytes,
+                    SlotTable::new(slots),
+                ),
                 slot_stride,
-                slot_bytes: config.slot_bytes,
                 hbm: Hbm { ctx, base },
-                table: Mutex::new(SlotTable::new(slots)),
-                counters: TierCounters::default(),
             }),
         })
     }
@@ -166,13 +166,6 @@ impl GpuTier {
     /// The CUDA context the tier's memory belongs to.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.inner.hbm.ctx
-    }
-
-    fn full(&self) -> TierError {
-        TierError::Full {
-            tier: self.inner.name.clone(),
-            capacity_blocks: self.capacity_blocks(),
-        }
     }
 
     fn bind(&self) -> Result<()> {
@@ -199,22 +192,22 @@ impl GpuTier {
 #[async_trait]
 impl Tier for GpuTier {
     fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.core.name
     }
     fn kind(&self) -> TierKind {
         TierKind::Gpu
     }
     fn slot_bytes(&self) -> usize {
-        self.inner.slot_bytes
+        self.inner.core.slot_bytes
     }
     fn capacity_blocks(&self) -> u64 {
-        lock(&self.inner.table).capacity()
+        self.inner.core.capacity_blocks()
     }
     fn payload_bytes(&self) -> u64 {
-        lock(&self.inner.table).used_bytes()
+        self.inner.core.payload_bytes()
     }
     fn len(&self) -> u64 {
-        lock(&self.inner.table).len()
+        self.inner.core.len()
     }
     fn is_persistent(&self) -> bool {
         false
@@ -222,10 +215,11 @@ impl Tier for GpuTier {
 
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
         let inner = &self.inner;
-        check_payload(&inner.name, inner.slot_bytes, &data)?;
-        let slot = match lock(&inner.table).reserve(key) {
+        check_payload(&inner.core.name, inner.core.slot_bytes, &data)?;
+        let reservation = inner.core.table().reserve(key);
+        let slot = match reservation {
             Reservation::Present => return Ok(PutOutcome::AlreadyPresent),
-            Reservation::Full => return Err(self.full()),
+            Reservation::Full => return Err(inner.core.full()),
             Reservation::Reserved(slot) => slot,
         };
         // No await from here to the commit or abort: the slot cannot be orphaned by a
@@ -238,58 +232,42 @@ impl Tier for GpuTier {
                 .map_err(|e| inner.gpu_error("copying a block to HBM", e))
         });
         if let Err(e) = copied {
-            lock(&inner.table).abort(key, slot);
+            inner.core.table().abort(key, slot);
             return Err(e);
         }
-        lock(&inner.table).commit(slot, data.len() as u64);
-        TierCounters::add(&inner.counters.puts, 1);
-        TierCounters::add(&inner.counters.put_bytes, data.len() as u64);
+        inner.core.table().commit(slot, data.len() as u64);
+        inner.core.count_put(data.len());
         Ok(PutOutcome::Stored)
     }
 
     async fn get(&self, key: BlockKey) -> Result<Option<Bytes>> {
         let inner = &self.inner;
-        TierCounters::add(&inner.counters.gets, 1);
-        let Some((slot, len)) = lock(&inner.table).acquire(key) else {
-            TierCounters::add(&inner.counters.misses, 1);
+        TierCounters::add(&inner.core.counters.gets, 1);
+        let Some((slot, len)) = inner.core.table().acquire(key) else {
+            TierCounters::add(&inner.core.counters.misses, 1);
             return Ok(None);
         };
         let copied = self.copy_out(slot, len as usize);
-        lock(&inner.table).release_reader(slot);
+        inner.core.table().release_reader(slot);
         let data = copied?;
-        TierCounters::add(&inner.counters.hits, 1);
-        TierCounters::add(&inner.counters.get_bytes, len);
+        TierCounters::add(&inner.core.counters.hits, 1);
+        TierCounters::add(&inner.core.counters.get_bytes, len);
         Ok(Some(data))
     }
 
     async fn contains(&self, key: BlockKey) -> Result<bool> {
-        Ok(lock(&self.inner.table).contains(key))
+        Ok(self.inner.core.contains(key))
     }
 
     async fn remove(&self, key: BlockKey) -> Result<bool> {
-        let removed = lock(&self.inner.table).remove(key).is_some();
-        if removed {
-            TierCounters::add(&self.inner.counters.removes, 1);
-        }
-        Ok(removed)
+        Ok(self.inner.core.remove(key))
     }
 
     async fn keys(&self) -> Result<Vec<(BlockKey, u64)>> {
-        Ok(lock(&self.inner.table).ready_keys())
+        Ok(self.inner.core.ready_keys())
     }
 
     fn stats(&self) -> TierStats {
-        let (used, blocks) = {
-            let t = lock(&self.inner.table);
-            (t.used_bytes(), t.len())
-        };
-        self.inner.counters.snapshot(
-            &self.inner.name,
-            TierKind::Gpu,
-            self.capacity_bytes(),
-            self.slot_bytes(),
-            used,
-            blocks,
-        )
+        self.inner.core.stats()
     }
 }

@@ -16,13 +16,14 @@
 //! at full PCIe speed straight from the slots.
 
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::slots::{Reservation, SlotTable};
-use super::{PutOutcome, Tier, TierKind, lock};
+use super::slotted::SlottedCore;
+use super::{PutOutcome, Tier, TierKind};
 use crate::defaults;
 use crate::{BlockKey, Result, TierCounters, TierError, TierStats};
 
@@ -210,12 +211,9 @@ impl Drop for Slab {
 }
 
 struct Inner {
-    name: String,
+    core: SlottedCore,
     slot_stride: usize,
-    slot_bytes: usize,
     slab: Slab,
-    table: Mutex<SlotTable>,
-    counters: TierCounters,
 }
 
 impl Inner {
@@ -279,12 +277,14 @@ impl HostTier {
         }
         Ok(HostTier {
             inner: Arc::new(Inner {
-                name,
+                core: SlottedCore::new(
+                    name,
+                    TierKind::Host,
+                    config.slot_bytes,
+                    SlotTable::new(slots),
+                ),
                 slot_stride,
-                slot_bytes: config.slot_bytes,
                 slab,
-                table: Mutex::new(SlotTable::new(slots)),
-                counters: TierCounters::default(),
             }),
         })
     }
@@ -332,7 +332,7 @@ impl HostTier {
     /// the writer's until [`StagedSlot::into_bytes`] hands them to a `put` (which
     /// adopts the slot without copying) or the slot is dropped (and recycled).
     pub fn stage(&self) -> Option<StagedSlot> {
-        let slot = lock(&self.inner.table).stage()?;
+        let slot = self.inner.core.table().stage()?;
         Some(StagedSlot {
             inner: Arc::clone(&self.inner),
             slot,
@@ -343,26 +343,19 @@ impl HostTier {
     fn staged_slot_of(&self, data: &[u8]) -> Option<u32> {
         let offset = self.offset_of(data)? as usize;
         let slot = u32::try_from(offset / self.inner.slot_stride).ok()?;
-        (offset.is_multiple_of(self.inner.slot_stride) && lock(&self.inner.table).is_staged(slot))
+        (offset.is_multiple_of(self.inner.slot_stride) && self.inner.core.table().is_staged(slot))
             .then_some(slot)
-    }
-
-    fn full(&self) -> TierError {
-        TierError::Full {
-            tier: self.inner.name.clone(),
-            capacity_blocks: self.capacity_blocks(),
-        }
     }
 
     fn acquire(&self, key: BlockKey) -> Option<SlotView> {
         let inner = &self.inner;
-        TierCounters::add(&inner.counters.gets, 1);
-        let Some((slot, len)) = lock(&inner.table).acquire(key) else {
-            TierCounters::add(&inner.counters.misses, 1);
+        TierCounters::add(&inner.core.counters.gets, 1);
+        let Some((slot, len)) = inner.core.table().acquire(key) else {
+            TierCounters::add(&inner.core.counters.misses, 1);
             return None;
         };
-        TierCounters::add(&inner.counters.hits, 1);
-        TierCounters::add(&inner.counters.get_bytes, len);
+        TierCounters::add(&inner.core.counters.hits, 1);
+        TierCounters::add(&inner.core.counters.get_bytes, len);
         Some(SlotView {
             inner: Arc::clone(inner),
             slot,
@@ -395,7 +388,7 @@ impl StagedSlot {
 
     /// Bytes the slot can take.
     pub fn capacity(&self) -> usize {
-        self.inner.slot_bytes
+        self.inner.core.slot_bytes
     }
 
     /// Start of the slot's bytes, for the holder to write into (`capacity` bytes).
@@ -406,7 +399,7 @@ impl StagedSlot {
     /// The first `len` bytes of the slot as a payload (to verify and `put`); the slot
     /// stays held until the last view is dropped.
     pub fn into_bytes(self, len: usize) -> Bytes {
-        let len = len.min(self.inner.slot_bytes);
+        let len = len.min(self.inner.core.slot_bytes);
         let ptr = self.inner.slot_ptr(self.slot);
         Bytes::from_owner(StagedView {
             staged: self,
@@ -418,7 +411,7 @@ impl StagedSlot {
 
 impl Drop for StagedSlot {
     fn drop(&mut self) {
-        lock(&self.inner.table).unstage(self.slot);
+        self.inner.core.table().unstage(self.slot);
     }
 }
 
@@ -469,29 +462,29 @@ impl AsRef<[u8]> for SlotView {
 
 impl Drop for SlotView {
     fn drop(&mut self) {
-        lock(&self.inner.table).release_reader(self.slot);
+        self.inner.core.table().release_reader(self.slot);
     }
 }
 
 #[async_trait]
 impl Tier for HostTier {
     fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.core.name
     }
     fn kind(&self) -> TierKind {
         TierKind::Host
     }
     fn slot_bytes(&self) -> usize {
-        self.inner.slot_bytes
+        self.inner.core.slot_bytes
     }
     fn capacity_blocks(&self) -> u64 {
-        lock(&self.inner.table).capacity()
+        self.inner.core.capacity_blocks()
     }
     fn payload_bytes(&self) -> u64 {
-        lock(&self.inner.table).used_bytes()
+        self.inner.core.payload_bytes()
     }
     fn len(&self) -> u64 {
-        lock(&self.inner.table).len()
+        self.inner.core.len()
     }
     fn is_persistent(&self) -> bool {
         false
@@ -499,23 +492,23 @@ impl Tier for HostTier {
 
     async fn put(&self, key: BlockKey, data: Bytes) -> Result<PutOutcome> {
         let inner = &self.inner;
-        check_payload(&inner.name, inner.slot_bytes, &data)?;
+        check_payload(&inner.core.name, inner.core.slot_bytes, &data)?;
         if let Some(slot) = self.staged_slot_of(&data) {
             // Written in place by a same-host client: adopt the slot, no copy.
-            return match lock(&inner.table).adopt(slot, key, data.len() as u64) {
+            let adopted = inner.core.table().adopt(slot, key, data.len() as u64);
+            return match adopted {
                 Reservation::Present => Ok(PutOutcome::AlreadyPresent),
-                Reservation::Full => Err(self.full()),
+                Reservation::Full => Err(inner.core.full()),
                 Reservation::Reserved(_) => {
-                    TierCounters::add(&inner.counters.puts, 1);
-                    TierCounters::add(&inner.counters.put_bytes, data.len() as u64);
+                    inner.core.count_put(data.len());
                     Ok(PutOutcome::Stored)
                 }
             };
         }
-        let reservation = lock(&inner.table).reserve(key);
+        let reservation = inner.core.table().reserve(key);
         let slot = match reservation {
             Reservation::Present => return Ok(PutOutcome::AlreadyPresent),
-            Reservation::Full => return Err(self.full()),
+            Reservation::Full => return Err(inner.core.full()),
             Reservation::Reserved(slot) => slot,
         };
         // SAFETY: the slot is reserved for this put alone: no reader can acquire it
@@ -524,9 +517,8 @@ impl Tier for HostTier {
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), inner.slot_ptr(slot), data.len());
         }
-        lock(&inner.table).commit(slot, data.len() as u64);
-        TierCounters::add(&inner.counters.puts, 1);
-        TierCounters::add(&inner.counters.put_bytes, data.len() as u64);
+        inner.core.table().commit(slot, data.len() as u64);
+        inner.core.count_put(data.len());
         Ok(PutOutcome::Stored)
     }
 
@@ -535,34 +527,19 @@ impl Tier for HostTier {
     }
 
     async fn contains(&self, key: BlockKey) -> Result<bool> {
-        Ok(lock(&self.inner.table).contains(key))
+        Ok(self.inner.core.contains(key))
     }
 
     async fn remove(&self, key: BlockKey) -> Result<bool> {
-        let removed = lock(&self.inner.table).remove(key).is_some();
-        if removed {
-            TierCounters::add(&self.inner.counters.removes, 1);
-        }
-        Ok(removed)
+        Ok(self.inner.core.remove(key))
     }
 
     async fn keys(&self) -> Result<Vec<(BlockKey, u64)>> {
-        Ok(lock(&self.inner.table).ready_keys())
+        Ok(self.inner.core.ready_keys())
     }
 
     fn stats(&self) -> TierStats {
-        let (used, blocks) = {
-            let t = lock(&self.inner.table);
-            (t.used_bytes(), t.len())
-        };
-        self.inner.counters.snapshot(
-            &self.inner.name,
-            TierKind::Host,
-            self.capacity_bytes(),
-            self.slot_bytes(),
-            used,
-            blocks,
-        )
+        self.inner.core.stats()
     }
 }
 

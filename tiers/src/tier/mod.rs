@@ -16,6 +16,7 @@ pub mod gpu;
 pub mod host;
 pub mod object;
 mod slots;
+mod slotted;
 
 /// Which medium a tier lives on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

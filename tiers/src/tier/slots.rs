@@ -1,4 +1,4 @@
-//! Slot bookkeeping shared by the slotted tiers (host memory and disk): which key sits
+//! Slot bookkeeping shared by the slotted tiers (host memory, disk and GPU): which key sits
 //! in which slot, which slots are free, and who is reading or writing a slot.
 //!
 //! A slot goes `Free -> Writing -> Ready`; `remove` of a slot that is being read or
