@@ -104,8 +104,8 @@ pub mod store;
 
 pub use builder::TieredStoreBuilder;
 pub use config::{
-    ByteSize, DiskSection, EvictPolicy, HostSection, ObjectSection, RemoteSection, S3Config,
-    StoreConfig, TierConfig, TierSection,
+    ByteSize, DiskSection, EvictPolicy, GpuSection, HostSection, ObjectSection, RemoteSection,
+    S3Config, StoreConfig, TierConfig, TierSection,
 };
 pub use error::{KvStoreError, Result};
 pub use hash::{BlockHash, hash_blocks, hash_next};

@@ -18,6 +18,9 @@ use tierkv_tiers::gpu::{
 };
 use tierkv_tiers::{BlockKey, DiskTier, DiskTierConfig};
 
+#[cfg(test)]
+mod store_gpu_tier;
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct GpuArgs {
     /// KV shapes: qwen3-32b (64 layers), llama3-8b (32 layers); 8 KV heads, head dim

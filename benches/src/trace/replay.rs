@@ -136,6 +136,7 @@ pub(crate) async fn build_store(
             TierConfig::Disk(d) => (TierKind::Disk, config.disk_config(d).capacity_blocks()),
             TierConfig::Object(o) => (TierKind::Object, config.object_config(o).capacity_blocks()),
             TierConfig::Remote(_) => anyhow::bail!("a replay cannot simulate a remote tier"),
+            TierConfig::Gpu(g) => (TierKind::Gpu, config.gpu_capacity_blocks(g)),
         };
         let tier = SimTier::new(s.name(), kind, config.slot_bytes.0 as usize, capacity);
         builder = builder.tier(Arc::new(tier)).policy(TierPolicy {

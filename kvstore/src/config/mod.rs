@@ -35,8 +35,8 @@ use tierkv_tiers::{DiskTierConfig, HostTierConfig, ObjectBackend, ObjectTierConf
 pub use size::ByteSize;
 use tiers::yes;
 pub use tiers::{
-    DiskSection, EvictPolicy, HostSection, ObjectSection, RemoteSection, S3Config, TierConfig,
-    TierSection,
+    DiskSection, EvictPolicy, GpuSection, HostSection, ObjectSection, RemoteSection, S3Config,
+    TierConfig, TierSection,
 };
 
 use crate::{KvStoreError, Result};
@@ -353,6 +353,23 @@ impl StoreConfig {
         }
     }
 
+    /// How many blocks a `gpu` section's tier holds: its slots are `slot_bytes` rounded
+    /// up to 256 bytes (what `GpuTierConfig::capacity_blocks` says, without CUDA).
+    pub fn gpu_capacity_blocks(&self, s: &GpuSection) -> u64 {
+        s.capacity.0 / self.slot_bytes.0.div_ceil(256).max(1) / 256
+    }
+
+    /// The `GpuTierConfig` of a `gpu` section.
+    #[cfg(feature = "cuda")]
+    pub fn gpu_config(&self, s: &GpuSection) -> tierkv_tiers::GpuTierConfig {
+        tierkv_tiers::GpuTierConfig {
+            name: s.name.clone(),
+            capacity_bytes: s.capacity.0,
+            slot_bytes: self.slot_bytes.0 as usize,
+            device: s.device,
+        }
+    }
+
     /// The [`DiskTierConfig`] of a `disk` section (its path under `data_dir`).
     pub fn disk_config(&self, s: &DiskSection) -> DiskTierConfig {
         DiskTierConfig {
@@ -453,6 +470,40 @@ mod tests {
         let e = crate::service::BlockClient::new(config).unwrap_err();
         assert!(matches!(e, KvStoreError::Connect { .. }), "{e:?}");
         assert!(e.source().is_some(), "the transport error is kept: {e:?}");
+    }
+
+    #[test]
+    fn a_gpu_section_parses_and_a_build_without_cuda_refuses_to_open_it() {
+        let text = r#"
+            slot_bytes = "1000B"
+            [[tier]]
+            kind = "gpu"
+            capacity = "1MiB"
+            [[tier]]
+            kind = "host"
+            capacity = "64MiB"
+        "#;
+        let c = StoreConfig::from_toml(text).unwrap();
+        let TierConfig::Gpu(g) = &c.tiers[0] else {
+            panic!("{:?}", c.tiers[0]);
+        };
+        assert_eq!(
+            (g.name.as_str(), g.device, g.write_through),
+            ("gpu", 0, false)
+        );
+        assert_eq!(c.tiers[0].kind_name(), "gpu");
+        // Slots of 1000 bytes take 1024 (256-byte aligned): 1 MiB holds 1024 of them.
+        assert_eq!(c.gpu_capacity_blocks(g), 1024);
+        assert!(StoreConfig::from_toml(&text.replace("\"1MiB\"", "\"512B\"")).is_err());
+        #[cfg(not(feature = "cuda"))]
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let e = rt.block_on(crate::TieredStore::open(&c)).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("`gpu`") && msg.contains("cuda"), "{msg}");
+        }
     }
 
     #[test]

@@ -4,6 +4,27 @@
 use super::{StoreConfig, TierConfig};
 use crate::{Result, TierPolicy, TieredStore};
 
+#[cfg(feature = "cuda")]
+fn gpu_tier(
+    config: &StoreConfig,
+    g: &super::GpuSection,
+) -> Result<std::sync::Arc<dyn tierkv_tiers::Tier>> {
+    Ok(std::sync::Arc::new(tierkv_tiers::GpuTier::new(
+        config.gpu_config(g),
+    )?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_tier(
+    _: &StoreConfig,
+    g: &super::GpuSection,
+) -> Result<std::sync::Arc<dyn tierkv_tiers::Tier>> {
+    Err(crate::KvStoreError::Config(format!(
+        "tier `{}`: kind = \"gpu\" needs a build with the `cuda` feature; this one has none",
+        g.name
+    )))
+}
+
 impl TieredStore {
     /// Opens every configured tier (creating directories and files as needed) and
     /// indexes the blocks that persistent tiers kept from an earlier run.
@@ -19,6 +40,7 @@ impl TieredStore {
                 TierConfig::Disk(d) => builder.disk(config.disk_config(d)),
                 TierConfig::Object(o) => builder.object(config.object_config(o)),
                 TierConfig::Remote(r) => builder.remote(config.remote_config(r)),
+                TierConfig::Gpu(g) => builder.tier(gpu_tier(config, g)?),
             }
             .policy(TierPolicy {
                 write_through: s.write_through(),

@@ -85,6 +85,8 @@ pub enum TierConfig {
     Object(ObjectSection),
     /// `kind = "remote"`.
     Remote(RemoteSection),
+    /// `kind = "gpu"` (builds with the `cuda` feature; others refuse it when opening).
+    Gpu(GpuSection),
 }
 
 /// Policy knobs every tier section has.
@@ -149,6 +151,34 @@ impl HostSection {
     }
 }
 tier_section!(HostSection);
+
+/// `kind = "gpu"`: HBM that tierkv allocates on a local GPU (`GpuTier`), opened only by
+/// builds with the `cuda` feature.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSection {
+    /// Default `"gpu"`.
+    #[serde(default = "GpuSection::default_name")]
+    pub name: String,
+    /// Required.
+    pub capacity: ByteSize,
+    /// Default false.
+    #[serde(default)]
+    pub write_through: bool,
+    /// Default `demote`.
+    #[serde(default)]
+    pub on_evict: EvictPolicy,
+    /// CUDA ordinal of the GPU. Default 0.
+    #[serde(default)]
+    pub device: usize,
+}
+
+impl GpuSection {
+    fn default_name() -> String {
+        "gpu".into()
+    }
+}
+tier_section!(GpuSection);
 
 /// `kind = "disk"`: a slot file on NVMe through io_uring + O_DIRECT.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -349,16 +379,18 @@ impl TierConfig {
             TierConfig::Disk(s) => s,
             TierConfig::Object(s) => s,
             TierConfig::Remote(s) => s,
+            TierConfig::Gpu(s) => s,
         }
     }
 
-    /// The `kind` it was written with: `host`, `disk`, `object` or `remote`.
+    /// The `kind` it was written with: `host`, `disk`, `object`, `remote` or `gpu`.
     pub fn kind_name(&self) -> &'static str {
         match self {
             TierConfig::Host(_) => "host",
             TierConfig::Disk(_) => "disk",
             TierConfig::Object(_) => "object",
             TierConfig::Remote(_) => "remote",
+            TierConfig::Gpu(_) => "gpu",
         }
     }
 }
